@@ -1,0 +1,1103 @@
+//! The configuration: Kong `ai-mcp-oauth2` field names and defaults, plus our additive
+//! extensions (behaviour.md §1).
+//!
+//! Parse it from JSON with [`Config::from_json`] (or a [`serde_json::Value`] with
+//! [`Config::from_value`]), or build it in Rust with [`Config::new`] and struct update syntax.
+//! Unknown fields are errors; `null` means "unset" for every field (as `deck dump` writes
+//! them); every error names the field path.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::token::Secret;
+use crate::Error;
+
+/// Client authentication at the authorization server (Kong's `client_auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `Authorization: Basic` with the form-urlencoded id and secret (RFC 6749 §2.3.1).
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+    /// RFC 7523 assertion signed with the client secret (HS*).
+    ClientSecretJwt,
+    /// RFC 7523 assertion signed with `client_jwk`.
+    PrivateKeyJwt,
+    /// RFC 8705 mutual TLS with a CA-issued certificate.
+    TlsClientAuth,
+    /// RFC 8705 mutual TLS with a self-signed certificate.
+    SelfSignedTlsClientAuth,
+    /// No client authentication (`client_id` is still sent when set).
+    None,
+}
+
+impl ClientAuth {
+    /// The configuration value, e.g. `client_secret_basic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::ClientSecretBasic => "client_secret_basic",
+            ClientAuth::ClientSecretPost => "client_secret_post",
+            ClientAuth::ClientSecretJwt => "client_secret_jwt",
+            ClientAuth::PrivateKeyJwt => "private_key_jwt",
+            ClientAuth::TlsClientAuth => "tls_client_auth",
+            ClientAuth::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
+            ClientAuth::None => "none",
+        }
+    }
+
+    fn is_tls(self) -> bool {
+        matches!(self, ClientAuth::TlsClientAuth | ClientAuth::SelfSignedTlsClientAuth)
+    }
+}
+
+/// `introspection_format`: accepted for Kong compatibility.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntrospectionFormat {
+    /// The raw JSON text.
+    String,
+    /// Standard base64 of the JSON text.
+    Base64,
+    /// URL-safe base64 of the JSON text.
+    Base64url,
+}
+
+/// `access_token_type` (extension): whether JWT access tokens must be typed `at+jwt`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum AccessTokenType {
+    /// Any token type (ID tokens are still rejected).
+    #[default]
+    #[serde(rename = "any")]
+    Any,
+    /// RFC 9068: JOSE `typ` must be `at+jwt` or `application/at+jwt`.
+    #[serde(rename = "at+jwt")]
+    AtJwt,
+}
+
+/// `http_version` for calls to the authorization server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub enum HttpVersion {
+    /// HTTP/1.0.
+    #[serde(rename = "1.0")]
+    Http10,
+    /// HTTP/1.1 (the default).
+    #[default]
+    #[serde(rename = "1.1")]
+    Http11,
+}
+
+impl<'de> Deserialize<'de> for HttpVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Kong stores it as a number (1.1); YAML and JSON users also write "1.1".
+        match Value::deserialize(d)? {
+            Value::Number(n) if n.as_f64() == Some(1.0) => Ok(HttpVersion::Http10),
+            Value::Number(n) if n.as_f64() == Some(1.1) => Ok(HttpVersion::Http11),
+            Value::String(s) if s == "1.0" => Ok(HttpVersion::Http10),
+            Value::String(s) if s == "1.1" => Ok(HttpVersion::Http11),
+            _ => Err(D::Error::custom("must be 1.0 or 1.1")),
+        }
+    }
+}
+
+/// Kong's `consumer_by` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerBy {
+    /// The consumer's id.
+    Id,
+    /// The consumer's username.
+    Username,
+    /// The consumer's custom_id.
+    CustomId,
+}
+
+/// A claim path: a claim name, or a list of names/array indices into nested claims.
+/// Accepts a string (`"sub"`) or an array (`["realm_access", "roles"]`, `["groups", 0]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClaimPath(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for ClaimPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        fn element<E: serde::de::Error>(v: Value) -> Result<String, E> {
+            match v {
+                Value::String(s) => Ok(s),
+                Value::Number(n) if n.is_u64() => Ok(n.to_string()),
+                _ => Err(E::custom("path elements must be strings or array indices")),
+            }
+        }
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(ClaimPath(vec![s])),
+            Value::Array(items) => Ok(ClaimPath(items.into_iter().map(element).collect::<Result<_, _>>()?)),
+            _ => Err(D::Error::custom("must be a claim name or an array of path elements")),
+        }
+    }
+}
+
+impl ClaimPath {
+    /// A path of one top-level claim.
+    pub fn claim(name: impl Into<String>) -> Self {
+        ClaimPath(vec![name.into()])
+    }
+}
+
+/// One entry of `claim_to_header`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimToHeader {
+    /// Top-level claim name.
+    pub claim: String,
+    /// Upstream header name.
+    pub header: String,
+}
+
+/// One entry of `upstream_headers`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamHeader {
+    /// Upstream header name.
+    pub header: String,
+    /// Path into the claims; numeric elements index arrays.
+    pub path: ClaimPath,
+}
+
+/// `token_exchange.client_auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExchangeClientAuth {
+    /// Basic authentication.
+    ClientSecretBasic,
+    /// Credentials in the body.
+    ClientSecretPost,
+    /// Reuse the introspection client's credentials.
+    Inherit,
+    /// No client authentication.
+    None,
+}
+
+/// `token_exchange.request.actor_token_source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorTokenSource {
+    /// No actor token.
+    None,
+    /// From a request header.
+    Header,
+    /// From the configuration.
+    Config,
+}
+
+/// `token_exchange.request`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct TokenExchangeRequest {
+    #[serde(default)]
+    pub subject_token_type: Option<String>,
+    #[serde(default)]
+    pub requested_token_type: Option<String>,
+    #[serde(default)]
+    pub actor_token_source: Option<ActorTokenSource>,
+    #[serde(default)]
+    pub actor_token_header: Option<String>,
+    #[serde(default)]
+    pub actor_token: Option<Secret>,
+    #[serde(default)]
+    pub actor_token_type: Option<String>,
+    #[serde(default)]
+    pub audience: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub resource: Option<String>,
+}
+
+/// `token_exchange.cache`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct TokenExchangeCache {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "d_3600")]
+    pub ttl: u64,
+}
+
+impl Default for TokenExchangeCache {
+    fn default() -> Self {
+        TokenExchangeCache { enabled: true, ttl: 3600 }
+    }
+}
+
+/// `token_exchange` (RFC 8693). Parsed and validated; not implemented yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct TokenExchange {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    #[serde(default)]
+    pub client_auth: Option<ExchangeClientAuth>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    #[serde(default)]
+    pub request: TokenExchangeRequest,
+    #[serde(default)]
+    pub cache: TokenExchangeCache,
+}
+
+/// A JWK given as a JSON object or as a JSON string; kept as JSON text, redacted.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct ClientJwk(pub Secret);
+
+impl std::fmt::Debug for ClientJwk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientJwk([redacted])")
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientJwk {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = match Value::deserialize(d)? {
+            Value::String(s) => s,
+            v @ Value::Object(_) => v.to_string(),
+            _ => return Err(D::Error::custom("must be a JWK object or a JSON string")),
+        };
+        match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(m)) if m.get("kty").is_some_and(Value::is_string) => Ok(ClientJwk(Secret::new(text))),
+            _ => Err(D::Error::custom("must be a JWK (a JSON object with \"kty\")")),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn d_3600() -> u64 {
+    3600
+}
+fn d_max_body() -> u64 {
+    1024 * 1024
+}
+fn d_retry() -> u32 {
+    3
+}
+fn d_timeout() -> u64 {
+    10_000
+}
+fn d_consumer_by() -> Vec<ConsumerBy> {
+    vec![ConsumerBy::CustomId, ConsumerBy::Username]
+}
+fn d_credential_claim() -> ClaimPath {
+    ClaimPath::claim("sub")
+}
+fn d_audiences_denied() -> Vec<String> {
+    vec!["account".to_owned()]
+}
+fn d_cache_max_entries() -> usize {
+    10_000
+}
+fn d_cache_ttl_negative() -> u64 {
+    5
+}
+
+/// The plugin configuration. Field names, types and defaults are Kong's (behaviour.md §1).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // every field is documented in behaviour.md §1 and the README
+pub struct Config {
+    pub resource: String,
+    pub authorization_servers: Vec<String>,
+    #[serde(default)]
+    pub metadata_endpoint: Option<String>,
+    #[serde(default)]
+    pub scopes_supported: Option<Vec<String>>,
+    #[serde(default)]
+    pub insecure_relaxed_audience_validation: bool,
+    #[serde(default = "d_max_body")]
+    pub max_request_body_size: u64,
+
+    #[serde(default)]
+    pub introspection_endpoint: Option<String>,
+    #[serde(default)]
+    pub mtls_introspection_endpoint: Option<String>,
+    #[serde(default = "yes")]
+    pub cache_introspection: bool,
+    #[serde(default)]
+    pub introspection_format: Option<IntrospectionFormat>,
+    #[serde(default)]
+    pub args: BTreeMap<String, String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+
+    #[serde(default)]
+    pub jwks_endpoint: Option<String>,
+    #[serde(default = "d_3600")]
+    pub jwks_cache_ttl: u64,
+    #[serde(default)]
+    pub jwt_claims_leeway: u64,
+    #[serde(default)]
+    pub metadata_discovery_endpoint: Option<String>,
+    #[serde(default = "d_retry")]
+    pub metadata_discovery_retry: u32,
+    #[serde(default = "d_3600")]
+    pub metadata_cache_ttl: u64,
+
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+    #[serde(default)]
+    pub client_alg: Option<String>,
+    #[serde(default)]
+    pub client_jwk: Option<ClientJwk>,
+    #[serde(default)]
+    pub tls_client_auth_cert: Option<String>,
+    #[serde(default)]
+    pub tls_client_auth_key: Option<Secret>,
+    #[serde(default = "yes")]
+    pub tls_client_auth_ssl_verify: bool,
+    #[serde(default = "yes")]
+    pub ssl_verify: bool,
+    #[serde(default = "d_timeout")]
+    pub timeout: u64,
+    #[serde(default = "yes")]
+    pub keepalive: bool,
+    #[serde(default)]
+    pub http_version: HttpVersion,
+    #[serde(default)]
+    pub http_proxy: Option<String>,
+    #[serde(default)]
+    pub http_proxy_authorization: Option<Secret>,
+    #[serde(default)]
+    pub https_proxy: Option<String>,
+    #[serde(default)]
+    pub https_proxy_authorization: Option<Secret>,
+    #[serde(default)]
+    pub no_proxy: Option<String>,
+
+    #[serde(default)]
+    pub claim_to_header: Vec<ClaimToHeader>,
+    #[serde(default)]
+    pub upstream_headers: Vec<UpstreamHeader>,
+    #[serde(default)]
+    pub passthrough_credentials: bool,
+
+    #[serde(default)]
+    pub consumer_claim: Option<ClaimPath>,
+    #[serde(default = "d_consumer_by")]
+    pub consumer_by: Vec<ConsumerBy>,
+    #[serde(default)]
+    pub consumer_optional: bool,
+    #[serde(default)]
+    pub consumer_groups_claim: Option<ClaimPath>,
+    #[serde(default)]
+    pub consumer_groups_optional: bool,
+    #[serde(default = "d_credential_claim")]
+    pub credential_claim: ClaimPath,
+
+    #[serde(default)]
+    pub token_exchange: Option<TokenExchange>,
+
+    // ---- extensions (additive; a Kong config never needs them) ----
+    #[serde(default)]
+    pub scopes_required: Vec<String>,
+    #[serde(default)]
+    pub method_scopes: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default = "d_audiences_denied")]
+    pub audiences_denied: Vec<String>,
+    #[serde(default)]
+    pub access_token_type: AccessTokenType,
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    #[serde(default = "d_cache_max_entries")]
+    pub cache_max_entries: usize,
+    #[serde(default = "d_3600")]
+    pub cache_ttl_max: u64,
+    #[serde(default = "d_cache_ttl_negative")]
+    pub cache_ttl_negative: u64,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub issuers: Option<Vec<String>>,
+    #[serde(default)]
+    pub scope_implies: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+/// JWS algorithms accepted for access tokens by default.
+pub const DEFAULT_ALGORITHMS: &[&str] =
+    &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+
+/// Upstream header names no claim may be mapped to: hop-by-hop and framing headers, and
+/// `Authorization` (which the library owns).
+const RESERVED_UPSTREAM_HEADERS: &[&str] = &[
+    "authorization",
+    "connection",
+    "content-length",
+    "content-type",
+    "host",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+impl Config {
+    /// A configuration with the two required fields and every default.
+    pub fn new(resource: impl Into<String>, authorization_servers: Vec<String>) -> Self {
+        let mut v = serde_json::json!({
+            "resource": resource.into(),
+            "authorization_servers": authorization_servers,
+        });
+        // Defaults live in one place (the serde attributes); reuse them.
+        strip_nulls(&mut v);
+        serde_json::from_value(v).expect("defaults of the two required fields always parse")
+    }
+
+    /// Parses and validates a configuration from JSON text (the bare Kong `config` object).
+    pub fn from_json(text: &str) -> Result<Self, Error> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| Error::config("", format!("invalid JSON: {}", json_error_position(&e))))?;
+        Self::from_value(value)
+    }
+
+    /// Parses and validates a configuration from JSON bytes.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, Error> {
+        let text = std::str::from_utf8(bytes).map_err(|_| Error::config("", "configuration is not valid UTF-8"))?;
+        Self::from_json(text)
+    }
+
+    /// Parses and validates a configuration from a JSON value. `null` members mean unset.
+    pub fn from_value(mut value: Value) -> Result<Self, Error> {
+        if !value.is_object() {
+            return Err(Error::config("", "configuration must be a JSON object"));
+        }
+        strip_nulls(&mut value);
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            Error::config(path, scrub_serde_message(&e.into_inner().to_string()))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The client authentication method in effect: `client_auth`, or
+    /// `client_secret_basic` when a secret is set, else `none`.
+    pub fn effective_client_auth(&self) -> ClientAuth {
+        self.client_auth.unwrap_or(if self.client_secret.is_some() {
+            ClientAuth::ClientSecretBasic
+        } else {
+            ClientAuth::None
+        })
+    }
+
+    /// The path the PRM document is served on (`metadata_endpoint`, or the path of
+    /// `resource` + `/.well-known/oauth-protected-resource`).
+    pub fn effective_metadata_endpoint(&self) -> String {
+        match &self.metadata_endpoint {
+            Some(p) => p.clone(),
+            None => {
+                let path = url::Url::parse(&self.resource)
+                    .map(|u| u.path().trim_end_matches('/').to_owned())
+                    .unwrap_or_default();
+                format!("{path}/.well-known/oauth-protected-resource")
+            }
+        }
+    }
+
+    /// The JWS algorithms accepted for access tokens.
+    pub fn effective_algorithms(&self) -> Vec<String> {
+        match &self.algorithms {
+            Some(a) => a.clone(),
+            None => DEFAULT_ALGORITHMS.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    /// Checks every field and every cross-field rule. Called by [`Config::from_value`] and
+    /// by [`Validator::new`](crate::Validator::new).
+    pub fn validate(&self) -> Result<(), Error> {
+        check_url("resource", &self.resource)?;
+        if url::Url::parse(&self.resource).is_ok_and(|u| u.fragment().is_some()) {
+            return Err(Error::config("resource", "must not contain a fragment"));
+        }
+        if self.authorization_servers.is_empty() {
+            return Err(Error::config("authorization_servers", "at least one issuer URL is required"));
+        }
+        for (i, u) in self.authorization_servers.iter().enumerate() {
+            check_url(&format!("authorization_servers[{i}]"), u)?;
+        }
+        if let Some(p) = &self.metadata_endpoint {
+            if !p.starts_with('/') || p.contains(['?', '#']) || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(Error::config(
+                    "metadata_endpoint",
+                    "must be an absolute path starting with '/', without query or fragment",
+                ));
+            }
+        }
+        check_scopes("scopes_supported", self.scopes_supported.as_deref().unwrap_or(&[]))?;
+        check_scopes("scopes_required", &self.scopes_required)?;
+        for (method, scopes) in &self.method_scopes {
+            if method.is_empty() {
+                return Err(Error::config("method_scopes", "method names must not be empty"));
+            }
+            check_scopes(&format!("method_scopes.{method}"), scopes)?;
+        }
+        for (scope, implied) in &self.scope_implies {
+            check_scopes("scope_implies", std::slice::from_ref(scope))?;
+            check_scopes(&format!("scope_implies.{scope}"), implied)?;
+        }
+
+        for (field, value) in [
+            ("introspection_endpoint", &self.introspection_endpoint),
+            ("mtls_introspection_endpoint", &self.mtls_introspection_endpoint),
+            ("jwks_endpoint", &self.jwks_endpoint),
+            ("metadata_discovery_endpoint", &self.metadata_discovery_endpoint),
+            ("http_proxy", &self.http_proxy),
+            ("https_proxy", &self.https_proxy),
+        ] {
+            if let Some(u) = value {
+                check_url(field, u)?;
+            }
+        }
+
+        for key in self.args.keys() {
+            if key.is_empty() {
+                return Err(Error::config("args", "form field names must not be empty"));
+            }
+            if matches!(
+                key.as_str(),
+                "token" | "client_id" | "client_secret" | "client_assertion" | "client_assertion_type"
+            ) {
+                return Err(Error::config(format!("args.{key}"), "is set by the library and cannot be overridden"));
+            }
+        }
+        let auth = self.effective_client_auth();
+        for (name, value) in &self.headers {
+            let path = format!("headers.{name}");
+            if !is_header_name(name) {
+                return Err(Error::config(path, "is not a valid HTTP header name"));
+            }
+            if matches!(
+                name.to_ascii_lowercase().as_str(),
+                "content-type" | "content-length" | "host" | "transfer-encoding" | "connection"
+            ) {
+                return Err(Error::config(path, "is set by the library and cannot be overridden"));
+            }
+            if name.eq_ignore_ascii_case("authorization") && auth == ClientAuth::ClientSecretBasic {
+                return Err(Error::config(
+                    path,
+                    "conflicts with client_auth client_secret_basic, which sets Authorization",
+                ));
+            }
+            if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                return Err(Error::config(path, "value must not contain control characters"));
+            }
+        }
+
+        match auth {
+            ClientAuth::ClientSecretBasic | ClientAuth::ClientSecretPost | ClientAuth::ClientSecretJwt => {
+                if self.client_id.as_deref().is_none_or(str::is_empty) {
+                    return Err(Error::config("client_id", format!("is required by client_auth {}", auth.as_str())));
+                }
+                if self.client_secret.as_ref().is_none_or(|s| s.expose().is_empty()) {
+                    return Err(Error::config(
+                        "client_secret",
+                        format!("is required by client_auth {}", auth.as_str()),
+                    ));
+                }
+            }
+            ClientAuth::PrivateKeyJwt => {
+                if self.client_id.as_deref().is_none_or(str::is_empty) {
+                    return Err(Error::config("client_id", "is required by client_auth private_key_jwt"));
+                }
+                if self.client_jwk.is_none() {
+                    return Err(Error::config("client_jwk", "is required by client_auth private_key_jwt"));
+                }
+            }
+            ClientAuth::TlsClientAuth | ClientAuth::SelfSignedTlsClientAuth => {
+                if self.tls_client_auth_cert.is_none() {
+                    return Err(Error::config(
+                        "tls_client_auth_cert",
+                        format!("is required by client_auth {}", auth.as_str()),
+                    ));
+                }
+                if self.tls_client_auth_key.is_none() {
+                    return Err(Error::config(
+                        "tls_client_auth_key",
+                        format!("is required by client_auth {}", auth.as_str()),
+                    ));
+                }
+            }
+            ClientAuth::None => {}
+        }
+        if let Some(alg) = &self.client_alg {
+            let ok = match auth {
+                ClientAuth::ClientSecretJwt => matches!(alg.as_str(), "HS256" | "HS384" | "HS512"),
+                ClientAuth::PrivateKeyJwt => matches!(
+                    alg.as_str(),
+                    "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "ES512" | "EdDSA"
+                ),
+                _ => DEFAULT_ALGORITHMS.contains(&alg.as_str()) || alg.starts_with("HS"),
+            };
+            if !ok {
+                return Err(Error::config(
+                    "client_alg",
+                    format!("is not a JWS algorithm usable with client_auth {}", auth.as_str()),
+                ));
+            }
+        }
+        if self.timeout == 0 {
+            return Err(Error::config("timeout", "must be at least 1 ms (there is no \"no timeout\")"));
+        }
+        if self.metadata_discovery_retry == 0 {
+            return Err(Error::config("metadata_discovery_retry", "must be at least 1"));
+        }
+
+        if !self.claim_to_header.is_empty() && !self.upstream_headers.is_empty() {
+            return Err(Error::config("upstream_headers", "cannot be combined with claim_to_header; use one of them"));
+        }
+        let mut seen: Vec<String> = Vec::new();
+        let mut check_header = |path: String, header: &str| -> Result<(), Error> {
+            if !is_header_name(header) {
+                return Err(Error::config(path, "is not a valid HTTP header name"));
+            }
+            let lower = header.to_ascii_lowercase();
+            if RESERVED_UPSTREAM_HEADERS.contains(&lower.as_str()) {
+                return Err(Error::config(path, "is reserved and cannot carry a claim"));
+            }
+            if seen.contains(&lower) {
+                return Err(Error::config(path, "is mapped twice"));
+            }
+            seen.push(lower);
+            Ok(())
+        };
+        for (i, m) in self.claim_to_header.iter().enumerate() {
+            if m.claim.is_empty() {
+                return Err(Error::config(format!("claim_to_header[{i}].claim"), "must not be empty"));
+            }
+            check_header(format!("claim_to_header[{i}].header"), &m.header)?;
+        }
+        for (i, m) in self.upstream_headers.iter().enumerate() {
+            check_header(format!("upstream_headers[{i}].header"), &m.header)?;
+            check_path(&format!("upstream_headers[{i}].path"), &m.path)?;
+        }
+
+        if let Some(p) = &self.consumer_claim {
+            check_path("consumer_claim", p)?;
+        }
+        if let Some(p) = &self.consumer_groups_claim {
+            check_path("consumer_groups_claim", p)?;
+        }
+        check_path("credential_claim", &self.credential_claim)?;
+        if self.consumer_by.is_empty() {
+            return Err(Error::config("consumer_by", "must list at least one of id, username, custom_id"));
+        }
+
+        if let Some(te) = &self.token_exchange {
+            if te.enabled {
+                match &te.token_endpoint {
+                    Some(u) => check_url("token_exchange.token_endpoint", u)?,
+                    None => {
+                        return Err(Error::config(
+                            "token_exchange.token_endpoint",
+                            "is required when token exchange is enabled",
+                        ))
+                    }
+                }
+                if !self.passthrough_credentials {
+                    return Err(Error::config(
+                        "token_exchange.enabled",
+                        "requires passthrough_credentials: true (upstream receives the exchanged token)",
+                    ));
+                }
+            }
+        }
+
+        for (field, values) in [("audiences", &self.audiences), ("audiences_denied", &self.audiences_denied)] {
+            if values.iter().any(String::is_empty) {
+                return Err(Error::config(field, "values must not be empty"));
+            }
+        }
+        if self.audiences_denied.contains(&self.resource) {
+            return Err(Error::config("audiences_denied", "must not contain the resource itself"));
+        }
+        if let Some(algs) = &self.algorithms {
+            if algs.is_empty() {
+                return Err(Error::config("algorithms", "must list at least one algorithm"));
+            }
+            for (i, a) in algs.iter().enumerate() {
+                if !DEFAULT_ALGORITHMS.contains(&a.as_str()) {
+                    return Err(Error::config(
+                        format!("algorithms[{i}]"),
+                        format!("{a:?} is not allowed (allowed: {}; never none or HS*)", DEFAULT_ALGORITHMS.join(", ")),
+                    ));
+                }
+            }
+        }
+        if self.cache_max_entries == 0 {
+            return Err(Error::config("cache_max_entries", "must be at least 1"));
+        }
+        for (i, p) in self.trusted_proxies.iter().enumerate() {
+            if parse_cidr(p).is_none() {
+                return Err(Error::config(format!("trusted_proxies[{i}]"), "must be an IP address or CIDR"));
+            }
+        }
+        if let Some(issuers) = &self.issuers {
+            if issuers.is_empty() || issuers.iter().any(String::is_empty) {
+                return Err(Error::config("issuers", "must list non-empty issuer identifiers"));
+            }
+        }
+        if let Some(origins) = &self.allowed_origins {
+            for (i, o) in origins.iter().enumerate() {
+                if !is_origin(o) {
+                    return Err(Error::config(
+                        format!("allowed_origins[{i}]"),
+                        "must be an origin: scheme://host[:port], without path",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Names the first configured feature this build cannot perform yet, so that it is
+    /// never silently ignored.
+    pub(crate) fn check_supported(&self) -> Result<(), Error> {
+        if self.introspection_endpoint.is_none() {
+            return Err(Error::unsupported(
+                "introspection_endpoint",
+                "is required: local JWT validation (jwks_endpoint / metadata discovery) is not implemented yet",
+            ));
+        }
+        let auth = self.effective_client_auth();
+        if matches!(auth, ClientAuth::ClientSecretJwt | ClientAuth::PrivateKeyJwt) || auth.is_tls() {
+            return Err(Error::unsupported(
+                "client_auth",
+                format!(
+                    "{} is not implemented yet; use client_secret_basic, client_secret_post or none",
+                    auth.as_str()
+                ),
+            ));
+        }
+        for (field, set) in [
+            ("http_proxy", self.http_proxy.is_some()),
+            ("https_proxy", self.https_proxy.is_some()),
+            ("http_proxy_authorization", self.http_proxy_authorization.is_some()),
+            ("https_proxy_authorization", self.https_proxy_authorization.is_some()),
+        ] {
+            if set {
+                return Err(Error::unsupported(field, "forward proxies are not implemented yet"));
+            }
+        }
+        if self.http_version == HttpVersion::Http10 {
+            return Err(Error::unsupported("http_version", "1.0 is not implemented; use 1.1"));
+        }
+        if self.token_exchange.as_ref().is_some_and(|t| t.enabled) {
+            return Err(Error::unsupported(
+                "token_exchange.enabled",
+                "token exchange (RFC 8693) is not implemented yet",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Removes every `null` object member, recursively: `null` means "unset".
+fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, v| !v.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+fn json_error_position(e: &serde_json::Error) -> String {
+    format!("line {} column {}", e.line(), e.column())
+}
+
+/// serde's "unknown field" message lists every field name; say it shortly instead.
+fn scrub_serde_message(msg: &str) -> String {
+    // serde_path_to_error already puts the unknown name at the end of the path.
+    if msg.starts_with("unknown field") {
+        "unknown field (not part of the ai-mcp-oauth2 schema; check the spelling)".to_owned()
+    } else {
+        msg.to_owned()
+    }
+}
+
+/// Absolute `http`/`https` URL with a host. The value is never echoed (it may hold userinfo).
+fn check_url(field: &str, value: &str) -> Result<(), Error> {
+    match url::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()) => {
+            if !u.username().is_empty() || u.password().is_some() {
+                return Err(Error::config(field, "must not contain credentials"));
+            }
+            Ok(())
+        }
+        _ => Err(Error::config(field, "must be an absolute http:// or https:// URL")),
+    }
+}
+
+/// RFC 6749 scope-token: `1*( %x21 / %x23-5B / %x5D-7E )`.
+fn check_scopes(field: &str, scopes: &[String]) -> Result<(), Error> {
+    for (i, s) in scopes.iter().enumerate() {
+        let ok =
+            !s.is_empty() && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+        if !ok {
+            return Err(Error::config(
+                format!("{field}[{i}]"),
+                "is not a valid scope (printable ASCII without space, '\"' or '\\')",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_path(field: &str, path: &ClaimPath) -> Result<(), Error> {
+    if path.0.is_empty() || path.0.iter().any(String::is_empty) {
+        return Err(Error::config(field, "must be a non-empty claim path without empty elements"));
+    }
+    Ok(())
+}
+
+/// RFC 9110 `token`.
+pub(crate) fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+pub(crate) fn parse_cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+fn is_origin(o: &str) -> bool {
+    match url::Url::parse(o) {
+        Ok(u) => {
+            matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some()
+                && u.path() == "/"
+                && u.query().is_none()
+                && u.fragment().is_none()
+                && !o.ends_with('/')
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn err(v: Value) -> String {
+        Config::from_value(v).unwrap_err().to_string()
+    }
+
+    fn base() -> Value {
+        json!({
+            "resource": "http://127.0.0.1:8080/mcp",
+            "authorization_servers": ["http://127.0.0.1:9400/realms/mcp"],
+            "introspection_endpoint": "http://127.0.0.1:9400/introspect",
+            "client_id": "kong",
+            "client_secret": "kong-secret"
+        })
+    }
+
+    fn with(extra: Value) -> Value {
+        let mut v = base();
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    }
+
+    #[test]
+    fn kong_documentation_example_loads_unchanged() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/testdata/kong-config.json")).unwrap();
+        let c = Config::from_json(&text).unwrap();
+        assert!(c.insecure_relaxed_audience_validation);
+        assert_eq!(c.claim_to_header[0].claim, "sub");
+        assert_eq!(c.effective_client_auth(), ClientAuth::ClientSecretBasic);
+        assert_eq!(c.effective_metadata_endpoint(), "/mcp/.well-known/oauth-protected-resource");
+        assert_eq!(c.timeout, 10_000);
+        assert!(c.cache_introspection && c.ssl_verify && c.keepalive);
+        assert_eq!(c.audiences_denied, vec!["account"]);
+        assert_eq!(c.consumer_by, vec![ConsumerBy::CustomId, ConsumerBy::Username]);
+        assert_eq!(c.credential_claim, ClaimPath::claim("sub"));
+    }
+
+    #[test]
+    fn nulls_mean_unset_like_deck_dump() {
+        let c = Config::from_value(with(json!({
+            "timeout": null, "scopes_supported": null, "claim_to_header": null,
+            "token_exchange": null, "cache_introspection": null, "http_version": 1.1
+        })))
+        .unwrap();
+        assert_eq!(c.timeout, 10_000);
+        assert!(c.cache_introspection);
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_naming_the_field() {
+        assert_eq!(
+            err(with(json!({"clent_secret": "x"}))),
+            "clent_secret: unknown field (not part of the ai-mcp-oauth2 schema; check the spelling)"
+        );
+        let e = err(with(json!({"claim_to_header": [{"claim": "sub", "header": "X", "hdr": 1}]})));
+        assert!(e.starts_with("claim_to_header[0].hdr: unknown field"), "{e}");
+        let e = err(with(json!({"token_exchange": {"request": {"audiences": []}}})));
+        assert!(e.starts_with("token_exchange.request.audiences: unknown field"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_field_path() {
+        assert_eq!(
+            err(with(json!({"claim_to_header": [{"claim": "sub", "header": "X User"}]}))),
+            "claim_to_header[0].header: is not a valid HTTP header name"
+        );
+        assert_eq!(err(with(json!({"timeout": "soon"}))).split(':').next().unwrap(), "timeout");
+        assert_eq!(
+            err(with(json!({"resource": "not a url"}))),
+            "resource: must be an absolute http:// or https:// URL"
+        );
+        assert_eq!(
+            err(with(json!({"authorization_servers": ["http://a", "ftp://b"]}))),
+            "authorization_servers[1]: must be an absolute http:// or https:// URL"
+        );
+        assert!(err(json!({"authorization_servers": ["http://a"]})).contains("missing field `resource`"));
+        assert!(err(with(json!({"upstream_headers": [{"header": "X-R", "path": []}]})))
+            .starts_with("upstream_headers[0].path:"));
+        assert!(err(with(json!({"client_auth": "magic"}))).starts_with("client_auth: unknown variant"));
+        assert!(err(with(json!({"trusted_proxies": ["10.0.0.0/8", "nope"]}))).starts_with("trusted_proxies[1]:"));
+        assert!(err(with(json!({"algorithms": ["RS256", "none"]}))).starts_with("algorithms[1]:"));
+        assert!(err(with(json!({"algorithms": ["HS256"]}))).starts_with("algorithms[0]:"));
+        assert!(err(with(json!({"scopes_required": ["a b"]}))).starts_with("scopes_required[0]:"));
+        assert!(err(with(json!({"timeout": 0}))).starts_with("timeout:"));
+        assert!(err(with(json!({"allowed_origins": ["https://a.example/path"]}))).starts_with("allowed_origins[0]:"));
+    }
+
+    #[test]
+    fn claim_to_header_and_upstream_headers_are_exclusive() {
+        let e = err(with(json!({
+            "claim_to_header": [{"claim": "sub", "header": "X-User"}],
+            "upstream_headers": [{"header": "X-Roles", "path": ["realm_access", "roles"]}]
+        })));
+        assert!(e.starts_with("upstream_headers:"), "{e}");
+    }
+
+    #[test]
+    fn reserved_and_duplicate_headers_are_rejected() {
+        assert!(
+            err(with(json!({"claim_to_header": [{"claim": "sub", "header": "Authorization"}]}))).contains("reserved")
+        );
+        assert!(err(with(
+            json!({"claim_to_header": [{"claim": "sub", "header": "X-A"}, {"claim": "aud", "header": "x-a"}]})
+        ))
+        .starts_with("claim_to_header[1].header: is mapped twice"));
+    }
+
+    #[test]
+    fn client_auth_requirements() {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("client_secret");
+        assert_eq!(Config::from_value(v.clone()).unwrap().effective_client_auth(), ClientAuth::None);
+        v["client_auth"] = json!("client_secret_post");
+        assert_eq!(err(v), "client_secret: is required by client_auth client_secret_post");
+        assert!(err(with(json!({"client_auth": "private_key_jwt"}))).starts_with("client_jwk:"));
+        assert!(err(with(json!({"client_auth": "tls_client_auth"}))).starts_with("tls_client_auth_cert:"));
+        assert!(err(with(json!({"headers": {"Authorization": "x"}}))).starts_with("headers.Authorization:"));
+        assert!(err(with(json!({"args": {"token": "x"}}))).starts_with("args.token:"));
+    }
+
+    #[test]
+    fn secrets_never_appear_in_errors_or_debug() {
+        let e = err(with(json!({"client_secret": 918273645})));
+        assert!(!e.contains("918273645"), "{e}");
+        assert!(e.starts_with("client_secret:"));
+        let e = err(with(json!({"introspection_endpoint": "http://user:hunter2@as/introspect"})));
+        assert!(!e.contains("hunter2"), "{e}");
+        let c = Config::from_value(with(json!({
+            "client_jwk": {"kty": "oct", "k": "c2VjcmV0LWp3ay12YWx1ZQ"},
+            "token_exchange": {"client_secret": "te-secret-value"}
+        })))
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("kong-secret") && !dbg.contains("c2VjcmV0") && !dbg.contains("te-secret-value"), "{dbg}");
+    }
+
+    #[test]
+    fn token_exchange_parses_and_requires_passthrough() {
+        let te = json!({"enabled": true, "token_endpoint": "http://as/token",
+            "request": {"subject_token_type": "urn:ietf:params:oauth:token-type:access_token", "audience": ["x"]},
+            "cache": {"ttl": 60}});
+        assert_eq!(
+            err(with(json!({"token_exchange": te.clone()}))).split(':').next().unwrap(),
+            "token_exchange.enabled"
+        );
+        let c = Config::from_value(with(json!({"token_exchange": te, "passthrough_credentials": true}))).unwrap();
+        assert_eq!(c.token_exchange.unwrap().cache.ttl, 60);
+    }
+
+    #[test]
+    fn claim_paths_accept_strings_and_indices() {
+        let c = Config::from_value(with(json!({
+            "upstream_headers": [{"header": "X-First-Group", "path": ["groups", 0]}],
+            "consumer_claim": "sub",
+            "http_version": "1.0"
+        })))
+        .unwrap();
+        assert_eq!(c.upstream_headers[0].path.0, vec!["groups", "0"]);
+        assert_eq!(c.consumer_claim, Some(ClaimPath::claim("sub")));
+        assert_eq!(c.http_version, HttpVersion::Http10);
+    }
+
+    #[test]
+    fn metadata_endpoint_default_follows_resource_path() {
+        let c = Config::new("https://mcp.example.com", vec!["https://as.example.com".into()]);
+        assert_eq!(c.effective_metadata_endpoint(), "/.well-known/oauth-protected-resource");
+        let c = Config::new("https://mcp.example.com/a/b/", vec!["https://as.example.com".into()]);
+        assert_eq!(c.effective_metadata_endpoint(), "/a/b/.well-known/oauth-protected-resource");
+    }
+}

@@ -1,0 +1,494 @@
+//! What the host does with a request: answer it ([`Response`]) or send it upstream
+//! ([`Forward`]); challenges and JSON bodies exactly as behaviour.md §6 lists them.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::validator::Inner;
+
+/// Why a decision was made. Stable names for logs and metrics via [`Reason::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    /// The token is valid and sufficient: forward upstream.
+    Allowed,
+    /// The Protected Resource Metadata document was served.
+    Metadata,
+    /// A CORS preflight was answered.
+    Preflight,
+    /// A method other than GET/HEAD on a metadata path (405).
+    MethodNotAllowed,
+    /// An `Origin` not in `allowed_origins` (403).
+    OriginNotAllowed,
+    /// No `Authorization: Bearer` credentials (401 without `error`).
+    NoCredentials,
+    /// Two `Authorization` headers, an empty or malformed bearer token, or an unreadable
+    /// JSON-RPC body when `method_scopes` need it (400).
+    InvalidRequest,
+    /// The body is larger than `max_request_body_size` and needed for `method_scopes` (413).
+    RequestBodyTooLarge,
+    /// A token longer than 16 KiB (401 `invalid_token`, the AS is not contacted).
+    TokenTooLong,
+    /// The authorization server says the token is not active (401).
+    TokenInactive,
+    /// `exp` has passed (401).
+    TokenExpired,
+    /// `nbf` is in the future (401).
+    TokenNotYetValid,
+    /// The token's claims are malformed (401).
+    TokenMalformed,
+    /// `aud` does not name this resource (401).
+    AudienceMismatch,
+    /// The token lacks a scope this operation needs (403 `insufficient_scope`).
+    InsufficientScope,
+    /// `consumer_claim` is configured, not optional, and absent from the token (403).
+    ConsumerMissing,
+    /// `consumer_groups_claim` is configured, not optional, and absent (403).
+    ConsumerGroupsMissing,
+    /// A mapped claim value cannot be sent as a header (CR/LF/NUL, over 8 KiB) (403).
+    ClaimHeaderInvalid,
+    /// The authorization server failed: unreachable, timeout, non-200, non-JSON,
+    /// oversize (503).
+    AuthorizationServerUnavailable,
+}
+
+impl Reason {
+    /// A stable snake_case name, e.g. `token_inactive`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::Metadata => "metadata",
+            Reason::Preflight => "preflight",
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::OriginNotAllowed => "origin_not_allowed",
+            Reason::NoCredentials => "no_credentials",
+            Reason::InvalidRequest => "invalid_request",
+            Reason::RequestBodyTooLarge => "request_body_too_large",
+            Reason::TokenTooLong => "token_too_long",
+            Reason::TokenInactive => "token_inactive",
+            Reason::TokenExpired => "token_expired",
+            Reason::TokenNotYetValid => "token_not_yet_valid",
+            Reason::TokenMalformed => "token_malformed",
+            Reason::AudienceMismatch => "audience_mismatch",
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::ConsumerMissing => "consumer_missing",
+            Reason::ConsumerGroupsMissing => "consumer_groups_missing",
+            Reason::ClaimHeaderInvalid => "claim_header_invalid",
+            Reason::AuthorizationServerUnavailable => "authorization_server_unavailable",
+        }
+    }
+
+    /// The generic `error_description` for a rejected token.
+    fn token_description(self) -> &'static str {
+        match self {
+            Reason::TokenTooLong => "The access token is too long",
+            Reason::TokenExpired => "The access token has expired",
+            Reason::TokenNotYetValid => "The access token is not yet valid",
+            Reason::AudienceMismatch => "The access token was not issued for this resource",
+            Reason::TokenMalformed => "The access token is malformed",
+            _ => "The access token is not active",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The validator's verdict on one request.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Answer the client with this response; do not forward.
+    Respond(Response),
+    /// Forward upstream after applying the header changes.
+    Forward(Forward),
+}
+
+impl Decision {
+    /// True if the request goes upstream.
+    pub fn is_forward(&self) -> bool {
+        matches!(self, Decision::Forward(_))
+    }
+
+    /// Why this decision was made.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Decision::Respond(r) => r.reason,
+            Decision::Forward(_) => Reason::Allowed,
+        }
+    }
+
+    /// For a forward: when the token stops being usable (min of `exp` and cache expiry).
+    /// Hosts close long-lived streams (SSE) at this time.
+    pub fn valid_until(&self) -> Option<SystemTime> {
+        match self {
+            Decision::Forward(f) => Some(f.valid_until()),
+            Decision::Respond(_) => None,
+        }
+    }
+
+    /// The response, if this decision answers the client.
+    pub fn as_response(&self) -> Option<&Response> {
+        match self {
+            Decision::Respond(r) => Some(r),
+            Decision::Forward(_) => None,
+        }
+    }
+
+    /// The forward instructions, if this decision sends the request upstream.
+    pub fn as_forward(&self) -> Option<&Forward> {
+        match self {
+            Decision::Forward(f) => Some(f),
+            Decision::Respond(_) => None,
+        }
+    }
+}
+
+/// A response the host sends to the client instead of forwarding.
+#[derive(Clone)]
+pub struct Response {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(&'static str, String)>,
+    pub(crate) body: Vec<u8>,
+    pub(crate) reason: Reason,
+    pub(crate) detail: Option<Cow<'static, str>>,
+}
+
+impl Response {
+    /// HTTP status code.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// Response headers, e.g. `WWW-Authenticate`, `Content-Type`.
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+        self.headers.iter().map(|(n, v)| (*n, v.as_str()))
+    }
+
+    /// The value of the first header with this name (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The body (JSON; empty for HEAD, 204 and 405 preflights).
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Why this response.
+    pub fn reason(&self) -> Reason {
+        self.reason
+    }
+
+    /// A short, secret-free explanation for logs (e.g. which AS failure), if any.
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+}
+
+impl fmt::Debug for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("reason", &self.reason)
+            .field("headers", &self.headers)
+            .field("body", &String::from_utf8_lossy(&self.body))
+            .field("detail", &self.detail)
+            .finish()
+    }
+}
+
+/// Identity facts about the validated token, for hosts (Kong maps them to consumers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub(crate) subject: Option<Box<str>>,
+    pub(crate) client_id: Option<Box<str>>,
+    pub(crate) scope: Option<Box<str>>,
+    pub(crate) consumer: Option<Box<str>>,
+    pub(crate) consumer_groups: Option<Box<[Box<str>]>>,
+    pub(crate) credential: Option<Box<str>>,
+}
+
+impl Identity {
+    /// The `sub` claim.
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
+    }
+    /// The `client_id` claim (or `azp`).
+    pub fn client_id(&self) -> Option<&str> {
+        self.client_id.as_deref()
+    }
+    /// The granted scopes, space-separated.
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+    /// The value of `consumer_claim`, if configured and present.
+    pub fn consumer(&self) -> Option<&str> {
+        self.consumer.as_deref()
+    }
+    /// The values of `consumer_groups_claim`, if configured and present.
+    pub fn consumer_groups(&self) -> Option<&[Box<str>]> {
+        self.consumer_groups.as_deref()
+    }
+    /// The value of `credential_claim` (default `sub`).
+    pub fn credential(&self) -> Option<&str> {
+        self.credential.as_deref()
+    }
+}
+
+/// The result of validating one token, shared by every request that carries it.
+#[derive(Debug)]
+pub(crate) struct Grant {
+    pub(crate) exp: Option<i64>,
+    pub(crate) nbf: Option<i64>,
+    /// Unix seconds: min(`exp`, validation time + positive cache TTL).
+    pub(crate) valid_until: i64,
+    pub(crate) identity: Identity,
+    /// One value per configured header mapping, in configuration order; `None` = claim absent.
+    pub(crate) header_values: Box<[Option<Box<str>>]>,
+    pub(crate) header_invalid: bool,
+    pub(crate) consumer_missing: bool,
+    pub(crate) groups_missing: bool,
+}
+
+/// Instructions for forwarding an allowed request upstream.
+#[derive(Clone)]
+pub struct Forward {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) grant: Arc<Grant>,
+}
+
+impl Forward {
+    /// Header names to remove from the client request first (`Authorization` unless
+    /// `passthrough_credentials`, and every configured claim header: no spoofing).
+    pub fn remove_headers(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.inner.remove_headers.iter().map(String::as_str)
+    }
+
+    /// Headers to set upstream, after the removals: mapped claims present in the token.
+    pub fn set_headers(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.inner
+            .header_names
+            .iter()
+            .zip(self.grant.header_values.iter())
+            .filter_map(|(n, v)| v.as_deref().map(|v| (n.as_str(), v)))
+    }
+
+    /// Identity facts for the host.
+    pub fn identity(&self) -> &Identity {
+        &self.grant.identity
+    }
+
+    /// When the token stops being usable.
+    pub fn valid_until(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(u64::try_from(self.grant.valid_until).unwrap_or(0))
+    }
+
+    /// [`Forward::valid_until`] as Unix seconds.
+    pub fn valid_until_unix(&self) -> i64 {
+        self.grant.valid_until
+    }
+}
+
+impl fmt::Debug for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Forward")
+            .field("remove_headers", &self.remove_headers().collect::<Vec<_>>())
+            .field("set_headers", &self.set_headers().collect::<Vec<_>>())
+            .field("identity", &self.grant.identity)
+            .field("valid_until", &self.grant.valid_until)
+            .finish()
+    }
+}
+
+/// Escapes a value for an RFC 9110 quoted-string.
+pub(crate) fn quote(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('"');
+    for c in v.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Request-scoped facts a response needs.
+pub(crate) struct Answer<'c> {
+    pub(crate) resource_metadata: &'c str,
+    pub(crate) cors_origin: Option<&'c str>,
+}
+
+impl Answer<'_> {
+    fn respond(
+        &self,
+        status: u16,
+        reason: Reason,
+        mut headers: Vec<(&'static str, String)>,
+        body: Vec<u8>,
+    ) -> Response {
+        if let Some(origin) = self.cors_origin {
+            headers.push(("Access-Control-Allow-Origin", origin.to_owned()));
+            headers.push(("Access-Control-Expose-Headers", "WWW-Authenticate".to_owned()));
+            headers.push(("Vary", "Origin".to_owned()));
+        }
+        Response { status, headers, body, reason, detail: None }
+    }
+
+    fn json_error(
+        &self,
+        status: u16,
+        reason: Reason,
+        challenge: Option<String>,
+        error: &str,
+        description: &str,
+    ) -> Response {
+        let mut headers = Vec::with_capacity(6);
+        if let Some(c) = challenge {
+            headers.push(("WWW-Authenticate", c));
+        }
+        headers.push(("Content-Type", "application/json".to_owned()));
+        headers.push(("Cache-Control", "no-store".to_owned()));
+        let body = serde_json::to_vec(&serde_json::json!({"error": error, "error_description": description}))
+            .expect("a JSON value serializes");
+        self.respond(status, reason, headers, body)
+    }
+
+    /// 401 without `error`: the client sent no bearer token.
+    pub(crate) fn no_credentials(&self, scope: Option<&str>) -> Response {
+        let mut c = format!("Bearer resource_metadata={}", quote(self.resource_metadata));
+        if let Some(s) = scope.filter(|s| !s.is_empty()) {
+            c.push_str(", scope=");
+            c.push_str(&quote(s));
+        }
+        self.json_error(401, Reason::NoCredentials, Some(c), "invalid_request", "A bearer token is required")
+    }
+
+    /// 400 `invalid_request`.
+    pub(crate) fn invalid_request(&self, description: &str) -> Response {
+        let c = format!("Bearer error=\"invalid_request\", resource_metadata={}", quote(self.resource_metadata));
+        self.json_error(400, Reason::InvalidRequest, Some(c), "invalid_request", description)
+    }
+
+    /// 413 for a body too large to read the JSON-RPC method from.
+    pub(crate) fn body_too_large(&self) -> Response {
+        self.json_error(413, Reason::RequestBodyTooLarge, None, "invalid_request", "The request body is too large")
+    }
+
+    /// 401 `invalid_token` with a generic description.
+    pub(crate) fn invalid_token(&self, reason: Reason) -> Response {
+        let description = reason.token_description();
+        let c = format!(
+            "Bearer error=\"invalid_token\", error_description={}, resource_metadata={}",
+            quote(description),
+            quote(self.resource_metadata)
+        );
+        self.json_error(401, reason, Some(c), "invalid_token", description)
+    }
+
+    /// 403 `insufficient_scope` naming every scope the operation needs.
+    pub(crate) fn insufficient_scope(&self, required: &[String]) -> Response {
+        let scope = required.join(" ");
+        let c = format!(
+            "Bearer error=\"insufficient_scope\", scope={}, resource_metadata={}",
+            quote(&scope),
+            quote(self.resource_metadata)
+        );
+        self.json_error(
+            403,
+            Reason::InsufficientScope,
+            Some(c),
+            "insufficient_scope",
+            "The access token lacks a required scope",
+        )
+    }
+
+    /// 403 without a challenge (consumer mapping, claim header, origin).
+    pub(crate) fn forbidden(&self, reason: Reason, description: &str) -> Response {
+        self.json_error(403, reason, None, "forbidden", description)
+    }
+
+    /// 503 without a challenge: never 401 for AS failures.
+    pub(crate) fn unavailable(&self, detail: Cow<'static, str>) -> Response {
+        let mut r = self.json_error(
+            503,
+            Reason::AuthorizationServerUnavailable,
+            None,
+            "temporarily_unavailable",
+            "The authorization server is unavailable",
+        );
+        r.headers.push(("Retry-After", "5".to_owned()));
+        r.detail = Some(detail);
+        r
+    }
+
+    /// 200 with the PRM document (empty body for HEAD).
+    pub(crate) fn metadata(&self, document: &[u8], head: bool) -> Response {
+        let headers =
+            vec![("Content-Type", "application/json".to_owned()), ("Cache-Control", "max-age=3600".to_owned())];
+        self.respond(200, Reason::Metadata, headers, if head { Vec::new() } else { document.to_vec() })
+    }
+
+    /// 405 on a metadata path.
+    pub(crate) fn method_not_allowed(&self) -> Response {
+        let mut r = self.json_error(405, Reason::MethodNotAllowed, None, "method_not_allowed", "Use GET or HEAD");
+        r.headers.insert(0, ("Allow", "GET, HEAD".to_owned()));
+        r
+    }
+
+    /// 204 answer to a CORS preflight from an allowed origin.
+    pub(crate) fn preflight(&self, metadata_path: bool) -> Response {
+        let methods = if metadata_path { "GET, HEAD, OPTIONS" } else { "GET, POST, DELETE, OPTIONS" };
+        let headers = vec![
+            ("Access-Control-Allow-Methods", methods.to_owned()),
+            (
+                "Access-Control-Allow-Headers",
+                "Authorization, Content-Type, Accept, Mcp-Session-Id, Mcp-Protocol-Version, Last-Event-ID".to_owned(),
+            ),
+            ("Access-Control-Max-Age", "600".to_owned()),
+        ];
+        self.respond(204, Reason::Preflight, headers, Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_escapes_quotes_and_backslashes() {
+        assert_eq!(quote(r#"a"b\c"#), r#""a\"b\\c""#);
+    }
+
+    #[test]
+    fn challenge_syntax() {
+        let a = Answer {
+            resource_metadata: "https://m.example/.well-known/oauth-protected-resource/mcp",
+            cors_origin: None,
+        };
+        let r = a.no_credentials(Some("mcp:read mcp:write"));
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.header("www-authenticate").unwrap(),
+            r#"Bearer resource_metadata="https://m.example/.well-known/oauth-protected-resource/mcp", scope="mcp:read mcp:write""#
+        );
+        let r = a.invalid_token(Reason::TokenExpired);
+        assert_eq!(
+            r.header("WWW-Authenticate").unwrap(),
+            r#"Bearer error="invalid_token", error_description="The access token has expired", resource_metadata="https://m.example/.well-known/oauth-protected-resource/mcp""#
+        );
+        let body: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "invalid_token", "error_description": "The access token has expired"})
+        );
+        let r = a.unavailable("x".into());
+        assert_eq!((r.status(), r.header("WWW-Authenticate")), (503, None));
+    }
+}

@@ -1,0 +1,208 @@
+//! The parts of a client request the validator reads, and the HTTP exchanges it asks the
+//! host to perform.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// The parts of one client request that the validator needs. Borrowed from the host's own
+/// request representation; building one allocates only the header list.
+#[derive(Clone, Default)]
+pub struct Request<'a> {
+    /// HTTP method, e.g. `GET`.
+    pub method: &'a str,
+    /// Request target path; a query string (`?…`) is ignored.
+    pub path: &'a str,
+    /// Header names and raw values, in the order received; a name may repeat.
+    pub headers: Vec<(&'a str, &'a [u8])>,
+    /// The address of the TCP peer (used for `trusted_proxies`).
+    pub peer_addr: Option<IpAddr>,
+    /// The buffered request body, when the host has it (needed for `method_scopes`).
+    pub body: Option<&'a [u8]>,
+}
+
+impl<'a> Request<'a> {
+    /// A request with a method and path and no headers.
+    pub fn new(method: &'a str, path: &'a str) -> Self {
+        Request { method, path, ..Request::default() }
+    }
+
+    /// Adds a header (builder style).
+    pub fn header(mut self, name: &'a str, value: &'a (impl AsRef<[u8]> + ?Sized)) -> Self {
+        self.headers.push((name, value.as_ref()));
+        self
+    }
+
+    /// Sets the peer address (builder style).
+    pub fn peer_addr(mut self, addr: IpAddr) -> Self {
+        self.peer_addr = Some(addr);
+        self
+    }
+
+    /// Sets the buffered body (builder style).
+    pub fn body(mut self, body: &'a [u8]) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    /// The path without its query string.
+    pub(crate) fn path_only(&self) -> &'a str {
+        self.path.split_once('?').map_or(self.path, |(p, _)| p)
+    }
+
+    /// The value of the first header with this (lower-case) name.
+    pub(crate) fn header_value(&self, lower_name: &str) -> Option<&'a [u8]> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(lower_name)).map(|(_, v)| *v)
+    }
+}
+
+impl fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Header values may carry credentials: print names only.
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("path", &self.path_only())
+            .field("headers", &self.headers.iter().map(|(n, _)| *n).collect::<Vec<_>>())
+            .field("peer_addr", &self.peer_addr)
+            .field("body_len", &self.body.map(<[u8]>::len))
+            .finish()
+    }
+}
+
+/// What an outbound call is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Purpose {
+    /// RFC 7662 token introspection.
+    Introspection,
+}
+
+impl Purpose {
+    /// A short name for logs, e.g. `introspection`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Introspection => "introspection",
+        }
+    }
+}
+
+/// An HTTP request the host must perform for the validator (to the authorization server).
+///
+/// Its body and headers carry the token and client credentials: `Debug` redacts them.
+#[derive(Clone)]
+pub struct HttpRequest {
+    /// `GET` or `POST`.
+    pub method: &'static str,
+    /// Absolute URL.
+    pub url: String,
+    /// Headers to send (the host adds `Host` and `Content-Length`).
+    pub headers: Vec<(String, String)>,
+    /// The body (form-urlencoded for introspection).
+    pub body: Vec<u8>,
+    /// The whole exchange must finish within this time; past it, report
+    /// [`TransportErrorKind::Timeout`].
+    pub timeout: Duration,
+    /// What the call is for.
+    pub purpose: Purpose,
+}
+
+impl fmt::Debug for HttpRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpRequest")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("headers", &self.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())
+            .field("body", &format_args!("[redacted; {} bytes]", self.body.len()))
+            .field("timeout", &self.timeout)
+            .field("purpose", &self.purpose)
+            .finish()
+    }
+}
+
+/// The answer to an [`HttpRequest`].
+#[derive(Clone, Default)]
+pub struct HttpResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// Response headers (only `Content-Type` is read).
+    pub headers: Vec<(String, String)>,
+    /// Response body; at most [`MAX_RESPONSE_BODY`] bytes are accepted.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// A response with a status, a `Content-Type` and a body.
+    pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        HttpResponse { status, headers: vec![("Content-Type".to_owned(), content_type.to_owned())], body: body.into() }
+    }
+
+    pub(crate) fn header(&self, lower_name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(lower_name)).map(|(_, v)| v.as_str())
+    }
+}
+
+impl fmt::Debug for HttpResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpResponse")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body", &format_args!("[{} bytes]", self.body.len()))
+            .finish()
+    }
+}
+
+/// Largest authorization-server response body accepted (1 MiB); larger is a failure (503).
+pub const MAX_RESPONSE_BODY: usize = 1024 * 1024;
+
+/// Why an outbound call failed before a complete response arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportErrorKind {
+    /// Could not connect (refused, DNS, unreachable).
+    Connect,
+    /// The call did not complete within its timeout.
+    Timeout,
+    /// TLS handshake or certificate verification failed.
+    Tls,
+    /// The response body exceeded [`MAX_RESPONSE_BODY`].
+    BodyTooLarge,
+    /// Anything else (malformed HTTP, I/O error).
+    Other,
+}
+
+impl TransportErrorKind {
+    /// A short name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportErrorKind::Connect => "connect",
+            TransportErrorKind::Timeout => "timeout",
+            TransportErrorKind::Tls => "tls",
+            TransportErrorKind::BodyTooLarge => "body_too_large",
+            TransportErrorKind::Other => "other",
+        }
+    }
+}
+
+/// A failed outbound call. Its message must not contain credentials or response text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportError {
+    /// The kind of failure.
+    pub kind: TransportErrorKind,
+    /// A short description for logs.
+    pub message: String,
+}
+
+impl TransportError {
+    /// A transport error of a kind with a message.
+    pub fn new(kind: TransportErrorKind, message: impl Into<String>) -> Self {
+        TransportError { kind, message: message.into() }
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for TransportError {}
