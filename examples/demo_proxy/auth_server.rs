@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::serve::{json, log_request, path_of, Body};
+use crate::serve::{json, Body, RequestLog};
 
 /// The demo client that obtains tokens.
 pub const DEMO_CLIENT_ID: &str = "demo-client";
@@ -56,11 +56,9 @@ impl AuthServer {
 
     /// Handles one request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let started = Instant::now();
-        let method = req.method().clone();
-        let path = path_of(&req).to_owned();
+        let log = RequestLog::start("as", peer, &req);
         let (response, outcome) = self.route(req).await;
-        log_request("as", peer, &method, &path, response.status().as_u16(), outcome, started, None);
+        log.finish(response.status().as_u16(), outcome, None);
         response
     }
 

@@ -401,7 +401,7 @@ mod tests {
     fn unset_variable_is_named() {
         let e = parse(&testdata("kong-deck-route-scoped.yaml"), &env_of(&[])).unwrap_err();
         assert!(e.0.contains("DECK_CLIENT_SECRET is not set"), "{e}");
-        assert!(e.0.starts_with("line 18 column"), "{e}");
+        assert!(e.0.starts_with("line 20 column 22:"), "{e}");
     }
 
     #[test]

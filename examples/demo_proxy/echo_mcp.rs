@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -22,7 +22,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::Interval;
 
-use crate::serve::{json, log_request, path_of, respond, Body, BoxError};
+use crate::serve::{json, respond, Body, BoxError, RequestLog};
 
 const PROTOCOL_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 
@@ -35,11 +35,9 @@ pub struct EchoMcp {
 impl EchoMcp {
     /// Handles one request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let started = Instant::now();
-        let method = req.method().clone();
-        let path = path_of(&req).to_owned();
+        let log = RequestLog::start("upstream", peer, &req);
         let (response, outcome) = self.route(req).await;
-        log_request("upstream", peer, &method, &path, response.status().as_u16(), outcome, started, None);
+        log.finish(response.status().as_u16(), outcome, None);
         response
     }
 
@@ -82,13 +80,10 @@ impl EchoMcp {
             return (rpc_http_error(StatusCode::PAYLOAD_TOO_LARGE, "Body too large or unreadable"), "bad_body");
         };
         let Ok(message) = serde_json::from_slice::<Value>(&collected.to_bytes()) else {
-            return (rpc_error_response(Value::Null, -32700, "Parse error", false), "parse_error");
+            return (rpc_error_response(Value::Null, -32700, "Parse error"), "parse_error");
         };
         let Some(obj) = message.as_object() else {
-            return (
-                rpc_error_response(Value::Null, -32600, "Expected one JSON-RPC message", false),
-                "invalid_request",
-            );
+            return (rpc_error_response(Value::Null, -32600, "Expected one JSON-RPC message"), "invalid_request");
         };
         let (Some(id), Some(method)) = (obj.get("id"), obj.get("method").and_then(Value::as_str)) else {
             // A notification or a response from the client: accepted, no body.
@@ -180,7 +175,7 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> &'h str {
     headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
 }
 
-fn rpc_error_response(id: Value, code: i64, message: &str, _sse: bool) -> Response<Body> {
+fn rpc_error_response(id: Value, code: i64, message: &str) -> Response<Body> {
     json(StatusCode::BAD_REQUEST, &json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}))
 }
 

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -28,7 +28,7 @@ use hyper_util::rt::TokioExecutor;
 use mcp_oauth2::{Decision, UreqTransport, Validator};
 use tokio::time::Sleep;
 
-use crate::serve::{full, json, log_request, path_of, Body, BoxError};
+use crate::serve::{full, json, Body, BoxError, RequestLog};
 
 type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
@@ -94,11 +94,9 @@ impl Proxy {
 
     /// Handles one client request. Never fails: problems become responses.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let started = Instant::now();
-        let method = req.method().clone();
-        let path = path_of(&req).to_owned();
+        let log = RequestLog::start("proxy", peer, &req);
         let (response, reason, detail) = self.decide_and_forward(req, peer).await;
-        log_request("proxy", peer, &method, &path, response.status().as_u16(), &reason, started, detail.as_deref());
+        log.finish(response.status().as_u16(), &reason, detail.as_deref());
         response
     }
 

@@ -96,30 +96,31 @@ where
     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
 }
 
-/// Formats one log line: `<time> <component> <peer> <METHOD> <path> <status> <reason> <ms>`.
-/// The path is printed without its query string (a client may put a token there) and
-/// nothing from headers or bodies is ever logged.
-pub fn log_request(
-    component: &str,
+/// One request's log line: `<time> <component> <peer> <METHOD> <path> <status> <reason>
+/// <ms>`. The path is printed without its query string (a client may put a token there)
+/// and nothing from headers or bodies is ever logged.
+pub struct RequestLog {
+    component: &'static str,
     peer: SocketAddr,
-    method: &hyper::Method,
-    path: &str,
-    status: u16,
-    reason: &str,
+    method: hyper::Method,
+    path: String,
     started: Instant,
-    detail: Option<&str>,
-) {
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
-    let path: String = path.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
-    match detail {
-        Some(d) => eprintln!("{} {component} {peer} {method} {path} {status} {reason} {ms:.2}ms ({d})", timestamp()),
-        None => eprintln!("{} {component} {peer} {method} {path} {status} {reason} {ms:.2}ms", timestamp()),
-    }
 }
 
-/// The path of a request URI, without the query string.
-pub fn path_of<B>(req: &Request<B>) -> &str {
-    req.uri().path()
+impl RequestLog {
+    /// Starts timing a request.
+    pub fn start<B>(component: &'static str, peer: SocketAddr, req: &Request<B>) -> Self {
+        let path = req.uri().path().chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+        RequestLog { component, peer, method: req.method().clone(), path, started: Instant::now() }
+    }
+
+    /// Writes the line to stderr.
+    pub fn finish(self, status: u16, reason: &str, detail: Option<&str>) {
+        let RequestLog { component, peer, method, path, started } = self;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let detail = detail.map(|d| format!(" ({d})")).unwrap_or_default();
+        eprintln!("{} {component} {peer} {method} {path} {status} {reason} {ms:.2}ms{detail}", timestamp());
+    }
 }
 
 /// UTC time as `2026-11-26T06:30:00.123Z` (no date crate for one log prefix).
