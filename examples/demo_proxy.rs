@@ -180,6 +180,7 @@ fn load_validator(path: &str) -> Result<(Validator, config_file::Found), String>
 }
 
 async fn real_mode(args: &Args, path: &str) -> Result<(), Failure> {
+    let signals = Signals::install()?;
     let (validator, found) = load_validator(path).map_err(Failure::Config)?;
     for w in &found.warnings {
         eprintln!("demo_proxy: warning: {w}");
@@ -217,7 +218,7 @@ async fn real_mode(args: &Args, path: &str) -> Result<(), Failure> {
     println!("  resource           {}", config.resource);
     println!("  metadata path      {}", config.effective_metadata_endpoint());
     println!("Ctrl-C stops it.");
-    wait_for_signal().await;
+    signals.wait().await;
     let _ = stop_tx.send(true);
     let _ = server.await;
     eprintln!("{} demo_proxy stopped", serve::timestamp());
@@ -225,6 +226,7 @@ async fn real_mode(args: &Args, path: &str) -> Result<(), Failure> {
 }
 
 async fn demo_mode(args: &Args) -> Result<(), Failure> {
+    let signals = Signals::install()?;
     let bind = |addr, what, flag| serve::bind(addr, what, flag);
     let proxy_listener = bind(args.listen, "proxy", "--listen").await.map_err(Failure::Runtime)?;
     let as_listener =
@@ -280,7 +282,7 @@ async fn demo_mode(args: &Args) -> Result<(), Failure> {
     ];
 
     print!("{}", banner(&resource, &issuer, &format!("http://{up_addr}/mcp"), &proxy_addr, &metadata_path));
-    wait_for_signal().await;
+    signals.wait().await;
     let _ = stop_tx.send(true);
     for s in servers {
         let _ = s.await;
@@ -323,25 +325,43 @@ Requests are logged on stderr, one line each. Ctrl-C stops everything.
     )
 }
 
-/// Ctrl-C (SIGINT) or SIGTERM.
-async fn wait_for_signal() {
+/// Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is created, before
+/// the banner is printed, so a signal sent right after the banner is never missed.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, Failure> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let err = |e: std::io::Error| Failure::Runtime(format!("cannot install signal handlers: {e}"));
+            Ok(Signals {
+                int: signal(SignalKind::interrupt()).map_err(err)?,
+                term: signal(SignalKind::terminate()).map_err(err)?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => {}
+                _ = self.term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
