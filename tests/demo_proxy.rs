@@ -369,6 +369,61 @@ fn authorization_server_down_is_503_not_401() {
     assert_eq!(r.status, 200);
 }
 
+#[test]
+fn real_mode_forwards_with_a_prefix_and_fails_closed_on_a_bad_upstream() {
+    // The embedded demo provides the AS and the echo server; a second proxy in real mode
+    // protects the same echo server with a config file.
+    let demo = Running::demo(&[]);
+    let issuer = demo.url_after("auth server");
+    let echo = demo.url_after("echo MCP server").trim_end_matches("/mcp").to_owned();
+    let dir = tempdir();
+    let config = dir.join("real.json");
+    let resource = "http://127.0.0.1:9/real/mcp";
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "name": "mcp-oauth2",
+            "config": {
+                "resource": resource,
+                "authorization_servers": [issuer],
+                "introspection_endpoint": format!("{issuer}/introspect"),
+                "client_id": "gateway",
+                "client_secret": "gateway-secret",
+                "claim_to_header": [{"claim": "sub", "header": "X-User-Id"}],
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let token = get_token(&issuer, Some(resource));
+    let start = |upstream: &str| {
+        Running::start(
+            &["--config", config.to_str().unwrap(), "--upstream", upstream, "--listen", "127.0.0.1:0"],
+            "Ctrl-C stops it",
+        )
+    };
+    // The upstream URL's path is a prefix: /mcp is sent to /mcp when the prefix is "/".
+    let real = start(&format!("{echo}/"));
+    let base = real.url_after("proxy listening on");
+    let seen = whoami(&format!("{base}/mcp"), &token, &[("X-User-Id", "spoofed")]);
+    assert_eq!(seen["x-user-id"], "demo-client", "{seen}");
+    assert!(seen.get("authorization").is_none());
+    // A prefix that the echo server does not know: its 404 comes back through the proxy.
+    let real = start(&format!("{echo}/base"));
+    let r = mcp_post(&format!("{}/mcp", real.url_after("proxy listening on")), Some(&token), "{}", &[]);
+    assert_eq!(r.status, 404, "{}", r.body);
+    // https:// to a server that does not speak TLS: 502, and the proxy keeps running.
+    let mut real = start(&echo.replace("http://", "https://"));
+    let url = format!("{}/mcp", real.url_after("proxy listening on"));
+    for _ in 0..2 {
+        let r = mcp_post(&url, Some(&token), "{}", &[]);
+        assert_eq!(r.status, 502, "{}", r.body);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(real.log().iter().any(|l| l.contains("502 upstream_unavailable")), "{:?}", real.log());
+    assert!(real.child.try_wait().unwrap().is_none(), "the proxy is still running");
+}
+
 fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("demo-proxy-test-{}-{}", std::process::id(), rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -22,6 +22,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -36,7 +37,7 @@ type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 pub struct Proxy {
     validator: Validator,
     transport: Arc<UreqTransport>,
-    client: Client<HttpConnector, UpstreamBody>,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     /// `scheme://authority` of the upstream.
     upstream_origin: String,
     /// Path prefix of the upstream URL, without a trailing slash.
@@ -61,30 +62,32 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 
 impl Proxy {
-    /// A proxy in front of `upstream` (an `http://` URL; its path is a prefix).
+    /// A proxy in front of `upstream` (an `http://` or `https://` URL; its path is a prefix).
     pub fn new(validator: Validator, upstream: &str) -> Result<Self, String> {
         let uri: Uri = upstream.parse().map_err(|_| format!("--upstream: not a URL: {upstream:?}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err("--upstream: https upstreams are not supported by the demo proxy; \
-                            run it next to the MCP server and use http://"
-                    .to_owned())
-            }
-            _ => return Err(format!("--upstream: must be an absolute http:// URL, got {upstream:?}")),
-        }
+        let scheme = match uri.scheme_str() {
+            Some(scheme @ ("http" | "https")) => scheme,
+            _ => return Err(format!("--upstream: must be an absolute http:// or https:// URL, got {upstream:?}")),
+        };
         let authority = uri.authority().ok_or_else(|| format!("--upstream: no host in {upstream:?}"))?;
         if uri.query().is_some() {
             return Err("--upstream: must not have a query string".to_owned());
         }
         let transport = Arc::new(UreqTransport::new(validator.config()));
         let config = validator.config();
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false); // the TLS wrapper below handles https:// URIs
+                                  // Server certificates are checked against the Mozilla roots (webpki-roots).
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         Ok(Proxy {
             buffer_bodies: !config.method_scopes.is_empty(),
             max_body: config.max_request_body_size,
-            upstream_origin: format!("http://{authority}"),
+            upstream_origin: format!("{scheme}://{authority}"),
             upstream_prefix: uri.path().trim_end_matches('/').to_owned(),
             client: Client::builder(TokioExecutor::new()).build(connector),
             transport,
