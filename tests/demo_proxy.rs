@@ -15,6 +15,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
+// The example's config-file loader, with its unit tests, compiled into this test binary:
+// plain `cargo test` builds examples as binaries (which these tests run) but does not run
+// their unit tests.
+#[allow(dead_code)]
+#[path = "../examples/demo_proxy/config_file.rs"]
+mod config_file;
+
 fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("DEMO_PROXY_BIN") {
         return PathBuf::from(p);
