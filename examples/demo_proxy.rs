@@ -51,6 +51,8 @@ Demo options (no --config):
   --upstream-listen ADDR  echo MCP server (default 127.0.0.1:8082)
   --token-ttl SECS        lifetime of demo tokens (default 300)
   --tick-ms MS            interval of events on GET /mcp SSE streams (default 1000)
+  --as-delay-ms MS        slow down every introspection (default 0): other requests
+                          through the proxy do not wait for it
 
 Port 0 picks a free port; the banner prints the real ones. Ctrl-C stops everything.
 ";
@@ -66,6 +68,7 @@ struct Args {
     upstream_listen: SocketAddr,
     token_ttl: u64,
     tick_ms: u64,
+    as_delay_ms: u64,
     check: bool,
 }
 
@@ -79,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
         upstream_listen: addr("127.0.0.1:8082"),
         token_ttl: 300,
         tick_ms: 1000,
+        as_delay_ms: 0,
         check: false,
     };
     let mut it = std::env::args().skip(1);
@@ -99,6 +103,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "--tick-ms" => {
                 args.tick_ms = value()?.parse().ok().filter(|t| *t > 0).ok_or("--tick-ms: a positive number")?
+            }
+            "--as-delay-ms" => {
+                args.as_delay_ms = value()?.parse().map_err(|_| "--as-delay-ms: a number of milliseconds")?
             }
             "--check" => args.check = true,
             "-h" | "--help" => {
@@ -255,7 +262,7 @@ async fn demo_mode(args: &Args) -> Result<(), Failure> {
     let metadata_path = config.effective_metadata_endpoint();
     let validator = Validator::new(config).map_err(|e| Failure::Config(e.to_string()))?;
     let proxy = Arc::new(Proxy::new(validator, &format!("http://{up_addr}")).map_err(Failure::Config)?);
-    let auth = Arc::new(AuthServer::new(issuer.clone(), args.token_ttl));
+    let auth = Arc::new(AuthServer::new(issuer.clone(), args.token_ttl, Duration::from_millis(args.as_delay_ms)));
     let echo = Arc::new(EchoMcp { tick: Duration::from_millis(args.tick_ms) });
 
     let (stop_tx, stop_rx) = watch::channel(false);

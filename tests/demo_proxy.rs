@@ -353,6 +353,47 @@ fn sse_arrives_event_by_event_and_ends_at_valid_until() {
 }
 
 #[test]
+fn slow_introspection_single_flight_and_no_blocked_runtime() {
+    // Every introspection takes 1.5 s at the AS.
+    let mut demo = Running::demo(&["--as-delay-ms", "1500"]);
+    let resource = format!("{}/mcp", demo.url_after("proxy listening on"));
+    let issuer = demo.url_after("auth server");
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let cached = get_token(&issuer, Some(&resource));
+    assert_eq!(mcp_post(&resource, Some(&cached), ping, &[]).status, 200); // now cached
+    let shared = get_token(&issuer, Some(&resource));
+    let distinct: Vec<String> = (0..6).map(|_| get_token(&issuer, Some(&resource))).collect();
+
+    // 10 concurrent requests with one new token, and 6 with distinct new tokens: 7 slow
+    // introspections in flight at once, more than the proxy has async worker threads.
+    let mut slow = Vec::new();
+    for token in std::iter::repeat_n(shared.clone(), 10).chain(distinct) {
+        let resource = resource.clone();
+        slow.push(std::thread::spawn(move || {
+            let status = mcp_post(&resource, Some(&token), ping, &[]).status;
+            (status, Instant::now())
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // Meanwhile a request with the cached token and a metadata request are answered at
+    // once: no AS call holds a runtime thread.
+    assert_eq!(mcp_post(&resource, Some(&cached), ping, &[]).status, 200);
+    let r = reply(agent().get(&format!("{resource}/.well-known/oauth-protected-resource")).call());
+    assert_eq!(r.status, 200);
+    let fast_done = Instant::now();
+    for handle in slow {
+        let (status, done) = handle.join().unwrap();
+        assert_eq!(status, 200);
+        assert!(done > fast_done, "a slow introspection finished before the cached request");
+    }
+    // Introspections: 1 for the cached token, 1 for the 10 requests sharing a token
+    // (single flight), 6 for the distinct tokens.
+    std::thread::sleep(Duration::from_millis(200));
+    let introspections = demo.log().iter().filter(|l| l.contains(" as ") && l.contains("POST /introspect")).count();
+    assert_eq!(introspections, 8, "{:?}", demo.log());
+}
+
+#[test]
 fn authorization_server_down_is_503_not_401() {
     let dir = tempdir();
     let config = dir.join("down.json");

@@ -40,14 +40,17 @@ struct Token {
 pub struct AuthServer {
     issuer: String,
     token_ttl: i64,
+    /// Added before every introspection answer: simulates a slow AS.
+    introspection_delay: std::time::Duration,
     tokens: Mutex<HashMap<String, Token>>,
 }
 
 impl AuthServer {
     /// An AS whose issuer is `issuer` (`http://127.0.0.1:<port>`), issuing tokens that live
-    /// `token_ttl` seconds.
-    pub fn new(issuer: String, token_ttl: u64) -> Self {
+    /// `token_ttl` seconds, answering introspection after `introspection_delay`.
+    pub fn new(issuer: String, token_ttl: u64, introspection_delay: std::time::Duration) -> Self {
         AuthServer {
+            introspection_delay,
             issuer,
             token_ttl: i64::try_from(token_ttl).unwrap_or(i64::MAX),
             tokens: Mutex::new(HashMap::new()),
@@ -192,6 +195,9 @@ impl AuthServer {
         let Some([token]) = form.get("token").map(Vec::as_slice) else {
             return (oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "token is required"), "invalid_request");
         };
+        if !self.introspection_delay.is_zero() {
+            tokio::time::sleep(self.introspection_delay).await;
+        }
         let now = unix_now();
         let tokens = self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let body = match tokens.get(token) {

@@ -45,7 +45,13 @@ pub struct Proxy {
     /// Buffer POST bodies: `method_scopes` needs the JSON-RPC method.
     buffer_bodies: bool,
     max_body: u64,
+    /// Bounds the blocking threads busy with AS calls: a flood of distinct unknown tokens
+    /// queues here (cheaply, as async waiters) instead of growing the blocking pool.
+    as_calls: Arc<tokio::sync::Semaphore>,
 }
+
+/// Concurrent authorization-server calls at most (each holds one blocking thread).
+const MAX_AS_CALLS: usize = 64;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus
 /// `Proxy-Authorization`, which is for this hop.
@@ -90,6 +96,7 @@ impl Proxy {
             upstream_origin: format!("{scheme}://{authority}"),
             upstream_prefix: uri.path().trim_end_matches('/').to_owned(),
             client: Client::builder(TokioExecutor::new()).build(connector),
+            as_calls: Arc::new(tokio::sync::Semaphore::new(MAX_AS_CALLS)),
             transport,
             validator,
         })
@@ -246,7 +253,12 @@ impl Proxy {
                 };
                 let validator = self.validator.clone();
                 let transport = Arc::clone(&self.transport);
+                let permit = Arc::clone(&self.as_calls)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| "the AS call limiter is closed".to_owned())?;
                 tokio::task::spawn_blocking(move || {
+                    let _permit = permit; // released when the call is done
                     let mut request = mcp_oauth2::Request::new(&owned.method, &owned.path).peer_addr(owned.peer);
                     request.headers = owned.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
                     if let Some(b) = &owned.body {
