@@ -292,6 +292,15 @@ fn flow_401_token_200_and_what_upstream_receives() {
     assert!(seen.get("authorization").is_none(), "{seen}");
     assert!(seen.get("x-hop").is_none(), "a header named in Connection was forwarded: {seen}");
     assert_eq!(seen["x-other"], "kept");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(
+        seen["x-forwarded-host"].as_str(),
+        resource.strip_prefix("http://").and_then(|r| r.strip_suffix("/mcp"))
+    );
+    let seen = whoami(&resource, &token, &[("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-Host", "evil.example")]);
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.7, 127.0.0.1", "{seen}");
+    assert_ne!(seen["x-forwarded-host"], "evil.example");
 
     // A token for another resource, or without one: 401 invalid_token.
     for other in [get_token(&issuer, Some("http://127.0.0.1:1/other")), get_token(&issuer, None)] {

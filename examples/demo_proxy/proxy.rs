@@ -152,6 +152,7 @@ impl Proxy {
         };
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
+        add_forwarded(&mut headers, &parts.uri, peer);
         headers.remove(hyper::header::HOST); // the client sets it from the upstream URI
         for name in forward.remove_headers() {
             headers.remove(name);
@@ -296,6 +297,30 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// `X-Forwarded-For` (the peer appended to what the client sent, as nginx does),
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` (what the client asked for), so the upstream
+/// knows the original request. The client's own `X-Forwarded-Proto/Host` are replaced.
+fn add_forwarded(headers: &mut HeaderMap, uri: &Uri, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+        _ => ip,
+    };
+    let host = headers
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(|a| a.as_str().to_owned())); // HTTP/2 :authority
+    headers.remove("x-forwarded-host");
+    if let Some(v) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+        headers.insert("x-forwarded-host", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
 }
 
 fn to_hyper(r: &mcp_oauth2::Response) -> Response<Body> {
