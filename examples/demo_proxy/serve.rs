@@ -119,8 +119,18 @@ impl RequestLog {
         let RequestLog { component, peer, method, path, started } = self;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         let detail = detail.map(|d| format!(" ({d})")).unwrap_or_default();
-        eprintln!("{} {component} {peer} {method} {path} {status} {reason} {ms:.2}ms{detail}", timestamp());
+        log_line(&format!("{} {component} {peer} {method} {path} {status} {reason} {ms:.2}ms{detail}", timestamp()));
     }
+}
+
+/// Writes one line to stderr in a single `write` (stderr is unbuffered: `eprintln!` would
+/// issue one system call per formatted piece).
+pub fn log_line(line: &str) {
+    use std::io::Write as _;
+    let mut buf = String::with_capacity(line.len() + 1);
+    buf.push_str(line);
+    buf.push('\n');
+    let _ = std::io::stderr().lock().write_all(buf.as_bytes());
 }
 
 /// UTC time as `2026-11-26T06:30:00.123Z` (no date crate for one log prefix).
