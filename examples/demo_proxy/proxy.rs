@@ -380,7 +380,10 @@ where
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
             self.expired = true;
-            eprintln!("{} proxy stream closed: the token's valid_until passed", crate::serve::timestamp());
+            crate::serve::log_line(&format!(
+                "{} proxy stream closed: the token's valid_until passed",
+                crate::serve::timestamp()
+            ));
             // A chunked stream (SSE) ends cleanly here; the client reconnects and re-authenticates.
             return Poll::Ready(None);
         }

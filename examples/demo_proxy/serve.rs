@@ -71,7 +71,7 @@ where
                     Ok(a) => a,
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
-                        eprintln!("{} accept failed: {e}", timestamp());
+                        log_line(&format!("{} accept failed: {e}", timestamp()));
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
