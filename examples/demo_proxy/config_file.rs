@@ -50,6 +50,8 @@ fn err<T>(message: impl Into<String>) -> Result<T, LoadError> {
 /// variables for `${{ env "DECK_X" }}` references (decK's rule: only `DECK_`-prefixed
 /// names; an unset one is an error).
 pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Found, LoadError> {
+    // Editors on Windows may start the file with a byte order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let documents = load_yaml(text, env)?;
     let documents: Vec<Value> = documents
         .into_iter()
@@ -446,6 +448,12 @@ mod tests {
         assert!(e.0.starts_with("plugin: expected"), "{e}");
         let e = parse("", &env_of(&[])).unwrap_err();
         assert_eq!(e.0, "the file is empty");
+    }
+
+    #[test]
+    fn byte_order_mark_is_ignored() {
+        let found = parse(&format!("\u{feff}{}", testdata("kong-config.json")), &env_of(&[])).unwrap();
+        assert_eq!(found.config["client_id"], "kong");
     }
 
     #[test]
