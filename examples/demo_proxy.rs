@@ -118,6 +118,18 @@ fn parse_args() -> Result<Args, String> {
     if args.config.is_none() && (args.upstream.is_some() || args.check) {
         return Err("--upstream and --check need --config FILE".to_owned());
     }
+    if args.config.is_none() {
+        // The demo AS has fixed, printed secrets and the echo server no auth at all.
+        for (flag, addr) in
+            [("--listen", args.listen), ("--as-listen", args.as_listen), ("--upstream-listen", args.upstream_listen)]
+        {
+            if !addr.ip().is_loopback() {
+                return Err(format!(
+                    "{flag}: the embedded demo listens on loopback addresses only (127.0.0.1), not {addr}"
+                ));
+            }
+        }
+    }
     if args.config.is_some() && !args.check && args.upstream.is_none() {
         return Err("--upstream URL is required with --config (the MCP server to protect)".to_owned());
     }
