@@ -657,7 +657,20 @@ fn config_errors_name_the_field_and_exit_nonzero() {
 
 #[test]
 fn ctrl_c_stops_cleanly() {
-    let mut demo = Running::demo(&[]);
+    let mut demo = Running::demo(&["--tick-ms", "100"]);
+    // An open SSE stream through the proxy must not keep the process alive.
+    let resource = format!("{}/mcp", demo.url_after("proxy listening on"));
+    let token = get_token(&demo.url_after("auth server"), Some(&resource));
+    let stream = agent()
+        .get(&resource)
+        .header("Authorization", &format!("Bearer {token}"))
+        .header("Accept", "text/event-stream")
+        .call()
+        .expect("GET stream");
+    let mut reader = BufReader::new(stream.into_body().into_reader());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert!(first.starts_with("event: message"), "{first}");
     let pid = demo.child.id().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     let deadline = Instant::now() + Duration::from_secs(10);
