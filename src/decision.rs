@@ -41,6 +41,8 @@ pub enum Reason {
     TokenMalformed,
     /// `aud` does not name this resource (401).
     AudienceMismatch,
+    /// The token is a refresh or ID token, not an access token (401).
+    NotAccessToken,
     /// The token lacks a scope this operation needs (403 `insufficient_scope`).
     InsufficientScope,
     /// `consumer_claim` is configured, not optional, and absent from the token (403).
@@ -72,6 +74,7 @@ impl Reason {
             Reason::TokenNotYetValid => "token_not_yet_valid",
             Reason::TokenMalformed => "token_malformed",
             Reason::AudienceMismatch => "audience_mismatch",
+            Reason::NotAccessToken => "not_access_token",
             Reason::InsufficientScope => "insufficient_scope",
             Reason::ConsumerMissing => "consumer_missing",
             Reason::ConsumerGroupsMissing => "consumer_groups_missing",
@@ -88,6 +91,7 @@ impl Reason {
             Reason::TokenNotYetValid => "The access token is not yet valid",
             Reason::AudienceMismatch => "The access token was not issued for this resource",
             Reason::TokenMalformed => "The access token is malformed",
+            Reason::NotAccessToken => "The token is not an access token",
             _ => "The access token is not active",
         }
     }

@@ -20,6 +20,8 @@ pub(crate) enum Introspected {
     Active(Map<String, Value>),
     /// Anything else about `active`: the token is not usable.
     Inactive,
+    /// Active, but the AS says it is not an access token (a refresh or ID token).
+    NotAccessToken,
     /// The authorization server failed; the text is for logs and never holds AS output.
     Failed(Cow<'static, str>),
 }
@@ -131,9 +133,20 @@ pub(crate) fn read_response(result: Result<HttpResponse, TransportError>) -> Int
         Err(_) => return Introspected::Failed("introspection: response is not valid JSON".into()),
     };
     match claims.get("active") {
-        Some(Value::Bool(true)) => Introspected::Active(claims),
+        Some(Value::Bool(true)) if !is_other_token_type(&claims) => Introspected::Active(claims),
+        Some(Value::Bool(true)) => Introspected::NotAccessToken,
         _ => Introspected::Inactive,
     }
+}
+
+/// Some authorization servers introspect refresh and ID tokens as active too (Keycloak marks
+/// them with `typ` `Refresh`, `Offline` or `ID`; others with `token_type: refresh_token`).
+/// Such a token must never pass as a bearer access token, even with a relaxed audience.
+fn is_other_token_type(claims: &Map<String, Value>) -> bool {
+    let is = |name: &str, values: &[&str]| {
+        claims.get(name).and_then(Value::as_str).is_some_and(|v| values.iter().any(|x| v.eq_ignore_ascii_case(x)))
+    };
+    is("typ", &["Refresh", "Offline", "ID", "Logout"]) || is("token_type", &["refresh_token", "Refresh", "id_token"])
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`).
@@ -219,6 +232,20 @@ mod tests {
         ));
         for body in [r#"{"active":"true"}"#, r#"{"active":1}"#, r#"{}"#, r#"{"active":false}"#, r#"{"active":null}"#] {
             assert!(matches!(read_response(resp(200, "application/json", body)), Introspected::Inactive), "{body}");
+        }
+        for body in [
+            r#"{"active":true,"typ":"Refresh"}"#,
+            r#"{"active":true,"typ":"Offline"}"#,
+            r#"{"active":true,"typ":"ID"}"#,
+            r#"{"active":true,"token_type":"refresh_token"}"#,
+        ] {
+            assert!(
+                matches!(read_response(resp(200, "application/json", body)), Introspected::NotAccessToken),
+                "{body}"
+            );
+        }
+        for body in [r#"{"active":true,"typ":"Bearer"}"#, r#"{"active":true,"token_type":"Bearer"}"#] {
+            assert!(matches!(read_response(resp(200, "application/json", body)), Introspected::Active(_)), "{body}");
         }
     }
 

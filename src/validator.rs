@@ -313,6 +313,7 @@ impl Pending {
         let outcome = match read_response(result) {
             Introspected::Active(claims) => inner.outcome_from_claims(&claims, now),
             Introspected::Inactive => Outcome::Invalid(Reason::TokenInactive),
+            Introspected::NotAccessToken => Outcome::Invalid(Reason::NotAccessToken),
             Introspected::Failed(detail) => Outcome::Unavailable(detail),
         };
         inner.store(self.key, &outcome, now);

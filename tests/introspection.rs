@@ -739,6 +739,17 @@ fn keycloak_shape() {
 }
 
 #[test]
+fn refresh_tokens_never_pass_as_access_tokens() {
+    // Keycloak introspects its refresh tokens as active with typ "Refresh".
+    let mut refresh: Value = serde_json::from_str(&fixture("keycloak")).unwrap();
+    refresh["typ"] = json!("Refresh");
+    let mut server = Server::new();
+    let _m = mock_as(&mut server, &refresh.to_string());
+    let (v, t) = validator(&server, json!({"insecure_relaxed_audience_validation": true}));
+    expect_invalid_token(&v, &t, TOKEN, Reason::NotAccessToken);
+}
+
+#[test]
 fn okta_auth0_entra_and_oidc_provider_shapes() {
     assert_eq!(
         forward_with(
