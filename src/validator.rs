@@ -15,10 +15,11 @@ use crate::claims;
 use crate::config::ClaimPath;
 use crate::decision::{Answer, Decision, Forward, Grant, Identity, Reason};
 use crate::introspect::{read_response, Introspected, Introspector};
+use crate::jwt::{JwtStep, LocalJwt, Progress};
 use crate::metadata::Metadata;
 use crate::policy::{check_time, AudiencePolicy, ScopeRules, TimeFailure};
 use crate::request::{HttpRequest, HttpResponse, Request, TransportError};
-use crate::token::{extract_bearer, hex, AccessToken, Extracted};
+use crate::token::{extract_bearer, hex, AccessToken, Extracted, Secret};
 use crate::transport::Transport;
 use crate::{Config, Error};
 
@@ -40,7 +41,10 @@ pub struct Validator {
 pub(crate) struct Inner {
     config: Config,
     metadata: Metadata,
-    introspector: Introspector,
+    /// Set when `introspection_endpoint` is (introspection always wins, as in Kong).
+    introspector: Option<Introspector>,
+    /// Local JWT validation, when there is no introspector.
+    jwt: Option<LocalJwt>,
     audience: AudiencePolicy,
     scopes: ScopeRules,
     /// Claim path per mapped header, parallel to `header_names`.
@@ -75,6 +79,23 @@ pub struct Pending {
     inner: Arc<Inner>,
     ctx: Ctx<'static>,
     key: Key,
+    state: State,
+}
+
+/// What a [`Pending`] waits for.
+enum State {
+    Introspect,
+    /// A metadata or JWKS fetch for local JWT validation; the token is kept to finish.
+    Jwt {
+        token: Secret,
+        step: JwtStep,
+    },
+}
+
+/// The result of one step of a pending validation.
+enum Advance {
+    Done(Ctx<'static>, Outcome),
+    Need(HttpRequest, Pending),
 }
 
 /// Request-scoped facts a decision needs.
@@ -108,7 +129,6 @@ impl Validator {
     pub fn new(config: Config) -> Result<Self, Error> {
         config.validate()?;
         config.check_supported()?;
-        let endpoint = config.introspection_endpoint.clone().expect("checked by check_supported");
 
         let (header_names, header_paths): (Vec<String>, Vec<ClaimPath>) = if config.upstream_headers.is_empty() {
             config.claim_to_header.iter().map(|m| (m.header.clone(), ClaimPath::claim(&m.claim))).unzip()
@@ -136,7 +156,8 @@ impl Validator {
         let cache = (config.cache_introspection).then(|| TtlCache::new(config.cache_max_entries));
         let inner = Inner {
             metadata: Metadata::new(&config),
-            introspector: Introspector::new(&config, &endpoint),
+            introspector: config.introspection_endpoint.as_deref().map(|url| Introspector::new(&config, url)),
+            jwt: config.introspection_endpoint.is_none().then(|| LocalJwt::new(&config)),
             audience: AudiencePolicy::new(&config),
             scopes: ScopeRules::new(&config),
             header_paths,
@@ -231,8 +252,24 @@ impl Validator {
         if let Some(outcome) = inner.cache.as_ref().and_then(|c| c.get(&key, Instant::now())) {
             return Step::Done(self.decide(&ctx, &outcome));
         }
-        let http = inner.introspector.request(token.0);
-        Step::Need(http, Pending { inner: Arc::clone(inner), ctx: ctx.into_owned(), key })
+        let (http, state) = match (&inner.introspector, &inner.jwt) {
+            (Some(introspector), _) => (introspector.request(token.0), State::Introspect),
+            (None, Some(jwt)) => {
+                let now = unix_now();
+                match inner.jwt_outcome(jwt.start(token.0, now), now) {
+                    Ok(outcome) => {
+                        inner.store(key, &outcome, now);
+                        return Step::Done(self.decide(&ctx, &outcome));
+                    }
+                    Err((http, step)) => (http, State::Jwt { token: Secret::new(token.0), step }),
+                }
+            }
+            (None, None) => {
+                let outcome = Outcome::Unavailable(Cow::Borrowed("no validation method configured"));
+                return Step::Done(self.decide(&ctx, &outcome));
+            }
+        };
+        Step::Need(http, Pending { inner: Arc::clone(inner), ctx: ctx.into_owned(), key, state })
     }
 
     /// Decides one request, performing the authorization-server calls with `transport`.
@@ -240,11 +277,11 @@ impl Validator {
     /// Concurrent misses for one token in this process share one call (single flight):
     /// the others wait for its result.
     pub fn authorize<T: Transport + ?Sized>(&self, req: &Request<'_>, transport: &T) -> Decision {
-        let (http, pending) = match self.begin(req) {
+        let (mut http, mut pending) = match self.begin(req) {
             Step::Done(d) => return d,
             Step::Need(http, pending) => (http, pending),
         };
-        let waiting = Cow::Borrowed("introspection: gave up waiting for a concurrent call");
+        let waiting = Cow::Borrowed("validation: gave up waiting for a concurrent call");
         match self.inner.flights.join(pending.key, Outcome::Unavailable(waiting)) {
             Role::Leader(leader) => {
                 // A flight for this key may have finished between our miss and our join.
@@ -252,18 +289,40 @@ impl Validator {
                     leader.complete(outcome.clone());
                     return self.decide(&pending.ctx, &outcome);
                 }
-                let result = transport.send(&http);
-                let (ctx, outcome) = pending.finish(result);
-                leader.complete(outcome.clone());
-                self.decide(&ctx, &outcome)
+                // Discovery, then keys: a validation may need several calls.
+                loop {
+                    let result = transport.send(&http);
+                    match pending.advance(result) {
+                        Advance::Done(ctx, outcome) => {
+                            leader.complete(outcome.clone());
+                            return self.decide(&ctx, &outcome);
+                        }
+                        Advance::Need(next_http, next) => (http, pending) = (next_http, next),
+                    }
+                }
             }
             Role::Follower(flight) => {
-                let wait = Duration::from_millis(self.inner.config.timeout.saturating_mul(2)) + Duration::from_secs(1);
+                // Local JWT validation may chain discovery (with retries) and JWKS calls.
+                let calls = if self.inner.jwt.is_some() {
+                    4 + 3 * u64::from(self.inner.config.metadata_discovery_retry)
+                } else {
+                    2
+                };
+                let wait =
+                    Duration::from_millis(self.inner.config.timeout.saturating_mul(calls)) + Duration::from_secs(1);
                 let outcome = flight.wait(wait).unwrap_or(Outcome::Unavailable(Cow::Borrowed(
-                    "introspection: timed out waiting for a concurrent call",
+                    "validation: timed out waiting for a concurrent call",
                 )));
                 self.decide(&pending.ctx, &outcome)
             }
+        }
+    }
+
+    /// Shifts the local JWT clock (metadata/JWKS expiry, refetch limit) forward.
+    #[cfg(test)]
+    pub(crate) fn advance_jwt_clock(&self, by: Duration) {
+        if let Some(jwt) = &self.inner.jwt {
+            *jwt.skew.lock() += by;
         }
     }
 
@@ -296,33 +355,84 @@ impl Pending {
     /// Continues with the result of the HTTP request from [`Step::Need`].
     pub fn resume(self, result: Result<HttpResponse, TransportError>) -> Step {
         let inner = Arc::clone(&self.inner);
-        let (ctx, outcome) = self.finish(result);
-        Step::Done(inner.decide(&ctx, &outcome))
+        match self.advance(result) {
+            Advance::Done(ctx, outcome) => Step::Done(inner.decide(&ctx, &outcome)),
+            Advance::Need(http, pending) => Step::Need(http, pending),
+        }
     }
 
-    /// The cache key of the token being validated, as 64 hex digits: a SHA-256 digest over
-    /// the validator's identity and the token, never the token. Hosts with a shared cache
-    /// across processes (nginx workers) use it to store and replay AS responses.
+    /// A key for the response this step waits for, as 64 hex digits (a SHA-256 digest
+    /// over the validator's identity and what identifies the response; never the token).
+    /// Hosts with a shared cache across processes (nginx workers) use it to store and
+    /// replay AS responses:
+    /// - introspection: the token (one response per token);
+    /// - discovery and JWKS ([`Purpose::Discovery`](crate::Purpose), [`Purpose::Jwks`](crate::Purpose)):
+    ///   the URL, so every token shares one cached document;
+    /// - a JWKS refetch after an unknown `kid`: the URL and the current minute, so a
+    ///   replayed stale key set is never mistaken for the refetch.
     pub fn cache_key(&self) -> String {
-        hex(&self.key)
+        match &self.state {
+            State::Introspect => hex(&self.key),
+            State::Jwt { step, .. } => {
+                let mut h = self.inner.key_seed.clone();
+                match step {
+                    JwtStep::Discover { candidate, .. } => {
+                        h.update(b"discovery\0");
+                        h.update(candidate.to_le_bytes());
+                    }
+                    JwtStep::FetchKeys { url } => {
+                        h.update(b"jwks\0");
+                        h.update(url.as_bytes());
+                    }
+                    JwtStep::RefetchKeys { url } => {
+                        h.update(b"jwks-refetch\0");
+                        h.update(url.as_bytes());
+                        h.update(b"\0");
+                        h.update((unix_now() / 60).to_le_bytes());
+                    }
+                }
+                let digest: Key = h.finalize().into();
+                hex(&digest)
+            }
+        }
     }
 
-    fn finish(self, result: Result<HttpResponse, TransportError>) -> (Ctx<'static>, Outcome) {
-        let inner = &self.inner;
+    fn advance(self, result: Result<HttpResponse, TransportError>) -> Advance {
+        let Pending { inner, ctx, key, state } = self;
         let now = unix_now();
-        let outcome = match read_response(result) {
-            Introspected::Active(claims) => inner.outcome_from_claims(&claims, now),
-            Introspected::Inactive => Outcome::Invalid(Reason::TokenInactive),
-            Introspected::Failed(detail) => Outcome::Unavailable(detail),
+        let outcome = match state {
+            State::Introspect => match read_response(result) {
+                Introspected::Active(claims) => inner.outcome_from_claims(&claims, now),
+                Introspected::Inactive => Outcome::Invalid(Reason::TokenInactive),
+                Introspected::Failed(detail) => Outcome::Unavailable(detail),
+            },
+            State::Jwt { token, step } => {
+                let progress = match &inner.jwt {
+                    Some(jwt) => jwt.resume(token.expose(), step, result, now),
+                    None => Progress::Unavailable(Cow::Borrowed("jwt: not configured")),
+                };
+                match inner.jwt_outcome(progress, now) {
+                    Ok(outcome) => outcome,
+                    Err((http, step)) => {
+                        let state = State::Jwt { token, step };
+                        return Advance::Need(http, Pending { inner, ctx, key, state });
+                    }
+                }
+            }
         };
-        inner.store(self.key, &outcome, now);
-        (self.ctx, outcome)
+        inner.store(key, &outcome, now);
+        Advance::Done(ctx, outcome)
     }
 }
 
 impl fmt::Debug for Pending {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pending").field("ctx", &self.ctx).finish_non_exhaustive()
+        let waiting_for = match &self.state {
+            State::Introspect => "introspection",
+            State::Jwt { step: JwtStep::Discover { .. }, .. } => "discovery",
+            State::Jwt { .. } => "jwks",
+        };
+        f.debug_struct("Pending").field("ctx", &self.ctx).field("waiting_for", &waiting_for).finish_non_exhaustive()
     }
 }
 
@@ -367,6 +477,16 @@ pub(crate) fn unix_now() -> i64 {
 }
 
 impl Inner {
+    /// A local JWT step's outcome, or the next request it needs.
+    fn jwt_outcome(&self, progress: Progress, now: i64) -> Result<Outcome, (HttpRequest, JwtStep)> {
+        match progress {
+            Progress::Verified(claims) => Ok(self.outcome_from_claims(&claims, now)),
+            Progress::Invalid(reason) => Ok(Outcome::Invalid(reason)),
+            Progress::Unavailable(detail) => Ok(Outcome::Unavailable(detail)),
+            Progress::Need(http, step) => Err((http, step)),
+        }
+    }
+
     fn cache_key(&self, token: AccessToken<'_>) -> Key {
         let mut h = self.key_seed.clone();
         h.update(token.0.as_bytes());

@@ -1,0 +1,421 @@
+//! Local validation of JWT access tokens (behaviour.md §4 "Local JWT"; RFC 9068, RFC 8725):
+//! the JOSE header rules, key lookup through the validator-level metadata and JWKS caches,
+//! signature verification (by `jsonwebtoken`, never by hand) and the JWT-only claim rules.
+//! Audience, `exp`/`nbf` and header mapping are shared with introspection (validator.rs).
+//!
+//! Fetching metadata and keys is sans-I/O like introspection: [`LocalJwt::start`] and
+//! [`LocalJwt::resume`] either finish or return the next HTTP request with a [`JwtStep`].
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+
+use crate::claims;
+use crate::config::AccessTokenType;
+use crate::decision::Reason;
+use crate::discovery::{self, AsMetadata, Candidate, Fetched};
+use crate::jwks::{read_jwks, KeySet, Selected};
+use crate::request::{HttpRequest, HttpResponse, Purpose, TransportError};
+use crate::Config;
+
+/// An unknown `kid` refetches a JWKS at most this often per JWKS URL.
+pub(crate) const REFETCH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Where the verification keys come from.
+#[derive(Debug)]
+enum Source {
+    /// `jwks_endpoint`.
+    Jwks(String),
+    /// The `jwks_uri` of the first authorization-server metadata found.
+    Discovery(Vec<Candidate>),
+}
+
+struct CachedKeys {
+    url: String,
+    set: Arc<KeySet>,
+    expires: Instant,
+}
+
+/// The JOSE header facts validation needs.
+#[derive(Debug)]
+pub(crate) struct JoseHeader {
+    pub(crate) alg: Algorithm,
+    pub(crate) kid: Option<String>,
+}
+
+/// Where a validation stands after a step.
+#[derive(Debug)]
+pub(crate) enum Progress {
+    /// Signature and JWT-only rules passed: apply the shared policy to these claims.
+    Verified(Map<String, Value>),
+    Invalid(Reason),
+    Unavailable(Cow<'static, str>),
+    /// Perform this request, then call [`LocalJwt::resume`] with the step.
+    Need(HttpRequest, JwtStep),
+}
+
+/// What a pending fetch is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum JwtStep {
+    /// Metadata candidate `candidate`, attempt `attempt` (from 1); `transient` is the last
+    /// transient failure seen for this authorization server.
+    Discover { candidate: usize, attempt: u32, transient: Option<Cow<'static, str>> },
+    /// The key set at `url` (cache miss or expiry).
+    FetchKeys { url: String },
+    /// The key set at `url` again, because the token's `kid` is not in the cached set.
+    RefetchKeys { url: String },
+}
+
+/// Local JWT validation for one validator: policy plus the metadata and key caches.
+pub(crate) struct LocalJwt {
+    /// One `jsonwebtoken` validation per allowed algorithm, built once.
+    validations: Vec<(Algorithm, Validation)>,
+    issuers: Option<Vec<String>>,
+    authorization_servers: Vec<String>,
+    require_at_jwt: bool,
+    leeway: i64,
+    timeout: Duration,
+    source: Source,
+    retry: u32,
+    jwks_ttl: Duration,
+    metadata_ttl: Duration,
+    /// The metadata in use and when it must be refreshed.
+    metadata: Mutex<Option<(AsMetadata, Instant)>>,
+    keys: Mutex<Option<CachedKeys>>,
+    /// When each JWKS URL was last requested (for the unknown-`kid` refetch limit).
+    last_fetch: Mutex<HashMap<String, Instant>>,
+    /// Test hook: added to the monotonic clock so the 60 s rule is testable without sleeping.
+    #[cfg(test)]
+    pub(crate) skew: Mutex<Duration>,
+}
+
+impl LocalJwt {
+    pub(crate) fn new(config: &Config) -> Self {
+        let validations = config
+            .effective_algorithms()
+            .iter()
+            .filter_map(|name| name.parse::<Algorithm>().ok())
+            .map(|alg| {
+                // Only the signature is checked here: every claim rule is ours, so that
+                // missing and malformed claims are told apart and leeway is applied once.
+                let mut v = Validation::new(alg);
+                v.required_spec_claims.clear();
+                v.validate_exp = false;
+                v.validate_nbf = false;
+                v.validate_aud = false;
+                v.leeway = 0;
+                (alg, v)
+            })
+            .collect();
+        let source = match &config.jwks_endpoint {
+            Some(url) => Source::Jwks(url.clone()),
+            None => Source::Discovery(discovery::candidates(config)),
+        };
+        LocalJwt {
+            validations,
+            issuers: config.issuers.clone(),
+            authorization_servers: config.authorization_servers.clone(),
+            require_at_jwt: config.access_token_type == AccessTokenType::AtJwt,
+            leeway: i64::try_from(config.jwt_claims_leeway).unwrap_or(i64::MAX),
+            timeout: Duration::from_millis(config.timeout),
+            source,
+            retry: config.metadata_discovery_retry.max(1),
+            jwks_ttl: Duration::from_secs(config.jwks_cache_ttl),
+            metadata_ttl: Duration::from_secs(config.metadata_cache_ttl),
+            metadata: Mutex::new(None),
+            keys: Mutex::new(None),
+            last_fetch: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            skew: Mutex::new(Duration::ZERO),
+        }
+    }
+
+    fn now(&self) -> Instant {
+        #[cfg(test)]
+        {
+            Instant::now() + *self.skew.lock()
+        }
+        #[cfg(not(test))]
+        {
+            Instant::now()
+        }
+    }
+
+    /// Starts validating `token` at unix time `now`.
+    pub(crate) fn start(&self, token: &str, now: i64) -> Progress {
+        match self.parse_header(token) {
+            Ok(header) => self.with_keys(token, &header, now),
+            Err(reason) => Progress::Invalid(reason),
+        }
+    }
+
+    /// Continues after the HTTP request of `step`.
+    pub(crate) fn resume(
+        &self,
+        token: &str,
+        step: JwtStep,
+        result: Result<HttpResponse, TransportError>,
+        now: i64,
+    ) -> Progress {
+        let header = match self.parse_header(token) {
+            Ok(h) => h,
+            Err(reason) => return Progress::Invalid(reason),
+        };
+        match step {
+            JwtStep::Discover { candidate, attempt, transient } => {
+                let Source::Discovery(candidates) = &self.source else {
+                    return Progress::Unavailable("jwt: unexpected discovery step".into());
+                };
+                let Some(current) = candidates.get(candidate) else {
+                    return Progress::Unavailable("jwt: unexpected discovery step".into());
+                };
+                match discovery::read_metadata(result, current) {
+                    Fetched::Found(metadata) => {
+                        *self.metadata.lock() = Some((metadata, self.now() + self.metadata_ttl));
+                        self.with_keys(token, &header, now)
+                    }
+                    Fetched::Failed(detail) if attempt < self.retry => Progress::Need(
+                        discovery::get_request(&current.url, self.timeout, Purpose::Discovery),
+                        JwtStep::Discover { candidate, attempt: attempt + 1, transient: Some(detail) },
+                    ),
+                    Fetched::Failed(detail) => self.next_candidate(candidates, candidate, Some(detail.clone()), detail),
+                    Fetched::Absent(detail) => self.next_candidate(candidates, candidate, transient, detail),
+                }
+            }
+            JwtStep::FetchKeys { url } | JwtStep::RefetchKeys { url } => {
+                // A fresh set is authoritative: an unknown kid now is a 401, not another fetch.
+                let set = match read_jwks(result) {
+                    Ok(set) => Arc::new(set),
+                    Err(detail) => return Progress::Unavailable(detail),
+                };
+                let expires = self.now() + self.jwks_ttl;
+                *self.keys.lock() = Some(CachedKeys { url, set: Arc::clone(&set), expires });
+                self.verify_with(token, &header, &set, now)
+            }
+        }
+    }
+
+    /// After candidate `after`: the next candidate of the same authorization server; at a
+    /// server boundary, stop with 503 if that server failed transiently (its keys must not
+    /// be silently replaced by another server's), else go on with the next server. `last`
+    /// is why candidate `after` did not do.
+    fn next_candidate(
+        &self,
+        candidates: &[Candidate],
+        after: usize,
+        transient: Option<Cow<'static, str>>,
+        last: Cow<'static, str>,
+    ) -> Progress {
+        let next = after + 1;
+        let same_server = candidates.get(next).is_some_and(|c| c.server == candidates[after].server);
+        if !same_server {
+            if let Some(detail) = transient {
+                return Progress::Unavailable(detail);
+            }
+        }
+        match candidates.get(next) {
+            Some(c) => Progress::Need(
+                discovery::get_request(&c.url, self.timeout, Purpose::Discovery),
+                JwtStep::Discover {
+                    candidate: next,
+                    attempt: 1,
+                    transient: if same_server { transient } else { None },
+                },
+            ),
+            None => Progress::Unavailable(Cow::Owned(format!("{last}; no usable authorization server metadata"))),
+        }
+    }
+
+    /// The JWKS URL in use, or what to do to find it.
+    fn jwks_url(&self) -> Result<String, Progress> {
+        match &self.source {
+            Source::Jwks(url) => Ok(url.clone()),
+            Source::Discovery(candidates) => {
+                if let Some((m, expires)) = &*self.metadata.lock() {
+                    if *expires > self.now() {
+                        return Ok(m.jwks_uri.clone());
+                    }
+                }
+                match candidates.first() {
+                    Some(first) => Err(Progress::Need(
+                        discovery::get_request(&first.url, self.timeout, Purpose::Discovery),
+                        JwtStep::Discover { candidate: 0, attempt: 1, transient: None },
+                    )),
+                    None => Err(Progress::Unavailable("discovery: no metadata URL can be derived".into())),
+                }
+            }
+        }
+    }
+
+    /// Verifies with the cached keys, or asks for the metadata or keys first.
+    fn with_keys(&self, token: &str, header: &JoseHeader, now: i64) -> Progress {
+        let url = match self.jwks_url() {
+            Ok(url) => url,
+            Err(progress) => return progress,
+        };
+        let now_mono = self.now();
+        let set = {
+            let keys = self.keys.lock();
+            keys.as_ref().filter(|k| k.url == url && k.expires > now_mono).map(|k| Arc::clone(&k.set))
+        };
+        let Some(set) = set else {
+            self.last_fetch.lock().insert(url.clone(), now_mono);
+            return Progress::Need(self.jwks_request(&url), JwtStep::FetchKeys { url });
+        };
+        if let Selected::UnknownKid = set.select(header.kid.as_deref(), header.alg) {
+            if self.may_refetch(&url) {
+                return Progress::Need(self.jwks_request(&url), JwtStep::RefetchKeys { url });
+            }
+            return Progress::Invalid(Reason::TokenKeyUnknown);
+        }
+        self.verify_with(token, header, &set, now)
+    }
+
+    fn jwks_request(&self, url: &str) -> HttpRequest {
+        discovery::get_request(url, self.timeout, Purpose::Jwks)
+    }
+
+    /// True (and the fetch is recorded) if `url` was not requested in the last 60 s.
+    fn may_refetch(&self, url: &str) -> bool {
+        let now = self.now();
+        let mut last = self.last_fetch.lock();
+        match last.get(url) {
+            Some(t) if now.saturating_duration_since(*t) < REFETCH_INTERVAL => false,
+            _ => {
+                last.insert(url.to_owned(), now);
+                true
+            }
+        }
+    }
+
+    fn verify_with(&self, token: &str, header: &JoseHeader, set: &KeySet, now: i64) -> Progress {
+        let key = match set.select(header.kid.as_deref(), header.alg) {
+            Selected::Key(k) => k,
+            Selected::UnknownKid | Selected::NoFit => return Progress::Invalid(Reason::TokenKeyUnknown),
+        };
+        let claims = match self.verify_signature(token, header.alg, key) {
+            Ok(c) => c,
+            Err(reason) => return Progress::Invalid(reason),
+        };
+        match self.check_claims(&claims, now) {
+            Ok(()) => Progress::Verified(claims),
+            Err(reason) => Progress::Invalid(reason),
+        }
+    }
+
+    /// Compact JWS only; `alg` in the allow-list (so never `none` or HS*); no `crit`
+    /// (no extension is understood); `typ` per `access_token_type`.
+    pub(crate) fn parse_header(&self, token: &str) -> Result<JoseHeader, Reason> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(Reason::TokenMalformed);
+        };
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).map_err(|_| Reason::TokenMalformed)?;
+        let Ok(Value::Object(header)) = serde_json::from_slice::<Value>(&bytes) else {
+            return Err(Reason::TokenMalformed);
+        };
+        let Some(alg_name) = header.get("alg").and_then(Value::as_str) else {
+            return Err(Reason::TokenMalformed);
+        };
+        let allowed = |a: &Algorithm| is_canonical(*a, alg_name) && self.validations.iter().any(|(v, _)| v == a);
+        let Some(alg) = alg_name.parse::<Algorithm>().ok().filter(allowed) else {
+            return Err(Reason::TokenAlgorithmNotAllowed);
+        };
+        if header.contains_key("crit") {
+            return Err(Reason::TokenMalformed);
+        }
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Value::String(k)) => Some(k.clone()),
+            Some(_) => return Err(Reason::TokenMalformed),
+        };
+        if self.require_at_jwt {
+            let ok = header
+                .get("typ")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt"));
+            if !ok {
+                return Err(Reason::TokenTypeInvalid);
+            }
+        }
+        Ok(JoseHeader { alg, kid })
+    }
+
+    fn verify_signature(&self, token: &str, alg: Algorithm, key: &DecodingKey) -> Result<Map<String, Value>, Reason> {
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == alg) else {
+            return Err(Reason::TokenAlgorithmNotAllowed);
+        };
+        match jsonwebtoken::decode::<Map<String, Value>>(token, key, validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) => Err(match e.kind() {
+                JwtErrorKind::InvalidToken
+                | JwtErrorKind::Base64(_)
+                | JwtErrorKind::Json(_)
+                | JwtErrorKind::Utf8(_)
+                | JwtErrorKind::InvalidClaimFormat(_)
+                | JwtErrorKind::MissingRequiredClaim(_) => Reason::TokenMalformed,
+                _ => Reason::TokenSignatureInvalid,
+            }),
+        }
+    }
+
+    /// The JWT-only claim rules: not an ID token, `exp` present, `iat` not in the future,
+    /// `iss` accepted. (`exp`/`nbf` times and `aud` are checked by the shared policy.)
+    fn check_claims(&self, claims: &Map<String, Value>, now: i64) -> Result<(), Reason> {
+        if claims.contains_key("nonce") {
+            return Err(Reason::TokenTypeInvalid);
+        }
+        match claims::numeric_date(claims, "exp") {
+            Ok(Some(_)) => {}
+            _ => return Err(Reason::TokenMalformed),
+        }
+        match claims::numeric_date(claims, "iat") {
+            Ok(Some(iat)) if iat > now.saturating_add(self.leeway) => return Err(Reason::TokenNotYetValid),
+            Ok(_) => {}
+            Err(()) => return Err(Reason::TokenMalformed),
+        }
+        let Some(iss) = claims::string_claim(claims, "iss") else {
+            return Err(Reason::IssuerMismatch);
+        };
+        if !self.issuer_accepted(iss) {
+            return Err(Reason::IssuerMismatch);
+        }
+        Ok(())
+    }
+
+    /// `issuers` if configured; else `authorization_servers` plus the discovered issuer.
+    fn issuer_accepted(&self, iss: &str) -> bool {
+        if let Some(issuers) = &self.issuers {
+            return issuers.iter().any(|i| i == iss);
+        }
+        self.authorization_servers.iter().any(|i| i == iss)
+            || self.metadata.lock().as_ref().is_some_and(|(m, _)| m.issuer == iss)
+    }
+}
+
+/// `Algorithm::from_str` is exact today; this guards the allow-list against any future
+/// lenient parsing (e.g. case folding) turning `rs256` into an accepted name.
+fn is_canonical(alg: Algorithm, name: &str) -> bool {
+    let canonical = match alg {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::EdDSA => "EdDSA",
+    };
+    canonical == name
+}
