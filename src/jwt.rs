@@ -89,8 +89,9 @@ pub(crate) struct LocalJwt {
     /// The metadata in use and when it must be refreshed.
     metadata: Mutex<Option<(AsMetadata, Instant)>>,
     keys: Mutex<Option<CachedKeys>>,
-    /// When each JWKS URL was last requested (for the unknown-`kid` refetch limit).
-    last_fetch: Mutex<HashMap<String, Instant>>,
+    /// When each JWKS URL was last refetched for an unknown `kid` (ordinary fetches on a
+    /// cache miss do not count: a key rotated just after a fetch must still be found).
+    last_refetch: Mutex<HashMap<String, Instant>>,
     /// Test hook: added to the monotonic clock so the 60 s rule is testable without sleeping.
     #[cfg(test)]
     pub(crate) skew: Mutex<Duration>,
@@ -131,7 +132,7 @@ impl LocalJwt {
             metadata_ttl: Duration::from_secs(config.metadata_cache_ttl),
             metadata: Mutex::new(None),
             keys: Mutex::new(None),
-            last_fetch: Mutex::new(HashMap::new()),
+            last_refetch: Mutex::new(HashMap::new()),
             #[cfg(test)]
             skew: Mutex::new(Duration::ZERO),
         }
@@ -266,7 +267,6 @@ impl LocalJwt {
             keys.as_ref().filter(|k| k.url == url && k.expires > now_mono).map(|k| Arc::clone(&k.set))
         };
         let Some(set) = set else {
-            self.last_fetch.lock().insert(url.clone(), now_mono);
             return Progress::Need(self.jwks_request(&url), JwtStep::FetchKeys { url });
         };
         if let Selected::UnknownKid = set.select(header.kid.as_deref(), header.alg) {
@@ -282,10 +282,10 @@ impl LocalJwt {
         discovery::get_request(url, self.timeout, Purpose::Jwks)
     }
 
-    /// True (and the fetch is recorded) if `url` was not requested in the last 60 s.
+    /// True (and the refetch is recorded) if `url` was not refetched in the last 60 s.
     fn may_refetch(&self, url: &str) -> bool {
         let now = self.now();
-        let mut last = self.last_fetch.lock();
+        let mut last = self.last_refetch.lock();
         match last.get(url) {
             Some(t) if now.saturating_duration_since(*t) < REFETCH_INTERVAL => false,
             _ => {
