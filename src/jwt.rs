@@ -419,3 +419,115 @@ fn is_canonical(alg: Algorithm, name: &str) -> bool {
     };
     canonical == name
 }
+
+#[cfg(test)]
+mod tests {
+    //! The clock-dependent rules, with the test clock hook instead of sleeping.
+    use std::sync::Mutex as StdMutex;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{Decision, Request, Validator};
+
+    fn keys() -> Value {
+        serde_json::from_str(include_str!("../tests/testdata/jwt-keys.json")).unwrap()
+    }
+
+    fn jwk(name: &str, kid: &str) -> Value {
+        let mut k = keys()[name]["public_jwk"].clone();
+        k["kid"] = json!(kid);
+        k
+    }
+
+    fn token(key: &str, kid: &str, jti: &str) -> String {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let claims = json!({"iss": "https://as.example", "aud": "https://mcp.example/mcp", "exp": now + 600,
+                            "iat": now, "jti": jti});
+        let pem = keys()[key]["private_pem"].as_str().unwrap().to_owned();
+        let header = Header { kid: Some(kid.into()), ..Header::new(Algorithm::RS256) };
+        encode(&header, &claims, &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap()).unwrap()
+    }
+
+    /// An authorization server whose JWKS can change; counts calls per purpose.
+    struct As {
+        jwks: StdMutex<Value>,
+        calls: StdMutex<Vec<Purpose>>,
+    }
+
+    impl As {
+        fn new(keys: Value) -> Self {
+            As { jwks: StdMutex::new(json!({ "keys": keys })), calls: StdMutex::new(Vec::new()) }
+        }
+        fn count(&self, p: Purpose) -> usize {
+            self.calls.lock().unwrap().iter().filter(|c| **c == p).count()
+        }
+    }
+
+    impl crate::Transport for As {
+        fn send(&self, r: &HttpRequest) -> Result<HttpResponse, TransportError> {
+            self.calls.lock().unwrap().push(r.purpose);
+            let body = match r.purpose {
+                Purpose::Jwks => self.jwks.lock().unwrap().clone(),
+                _ => json!({"issuer": "https://as.example", "jwks_uri": "https://as.example/jwks"}),
+            };
+            Ok(HttpResponse::new(200, "application/json", body.to_string()))
+        }
+    }
+
+    fn validator(extra: Value) -> Validator {
+        let mut c = json!({"resource": "https://mcp.example/mcp", "authorization_servers": ["https://as.example"],
+                           "cache_ttl_negative": 0});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        Validator::from_json(&c.to_string()).unwrap()
+    }
+
+    fn reason(v: &Validator, t: &As, token: &str) -> &'static str {
+        let auth = format!("Bearer {token}");
+        let d: Decision = v.authorize(&Request::new("GET", "/mcp").header("Authorization", &auth), t);
+        d.reason().as_str()
+    }
+
+    #[test]
+    fn unknown_kid_refetch_is_limited_per_60_seconds() {
+        let v = validator(json!({"jwks_endpoint": "https://as.example/jwks"}));
+        let t = As::new(json!([jwk("rsa-1", "k1")]));
+        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "a")), "allowed");
+        assert_eq!(t.count(Purpose::Jwks), 1);
+        // Unknown kid: one refetch, still unknown → 401.
+        assert_eq!(reason(&v, &t, &token("rsa-2", "k2", "b")), "token_key_unknown");
+        assert_eq!(t.count(Purpose::Jwks), 2);
+        // The AS publishes k2 now, but the last refetch was under 60 s ago: no call, 401.
+        *t.jwks.lock().unwrap() = json!({"keys": [jwk("rsa-1", "k1"), jwk("rsa-2", "k2")]});
+        v.advance_jwt_clock(Duration::from_secs(59));
+        assert_eq!(reason(&v, &t, &token("rsa-2", "k2", "c")), "token_key_unknown");
+        assert_eq!(t.count(Purpose::Jwks), 2);
+        // Past 60 s: one more refetch is allowed and finds the key.
+        v.advance_jwt_clock(Duration::from_secs(2));
+        assert_eq!(reason(&v, &t, &token("rsa-2", "k2", "d")), "allowed");
+        assert_eq!(t.count(Purpose::Jwks), 3);
+        assert_eq!(reason(&v, &t, &token("rsa-2", "k9", "e")), "token_key_unknown");
+        assert_eq!(t.count(Purpose::Jwks), 3, "the window restarted with that refetch");
+    }
+
+    #[test]
+    fn key_and_metadata_caches_expire_per_their_ttls() {
+        let v = validator(json!({"jwks_cache_ttl": 100, "metadata_cache_ttl": 50}));
+        let t = As::new(json!([jwk("rsa-1", "k1")]));
+        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "a")), "allowed");
+        assert_eq!((t.count(Purpose::Discovery), t.count(Purpose::Jwks)), (1, 1));
+        v.advance_jwt_clock(Duration::from_secs(40));
+        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "b")), "allowed");
+        assert_eq!((t.count(Purpose::Discovery), t.count(Purpose::Jwks)), (1, 1), "both cached");
+        v.advance_jwt_clock(Duration::from_secs(20));
+        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "c")), "allowed");
+        assert_eq!((t.count(Purpose::Discovery), t.count(Purpose::Jwks)), (2, 1), "metadata expired, keys not");
+        v.advance_jwt_clock(Duration::from_secs(50));
+        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "d")), "allowed");
+        assert_eq!((t.count(Purpose::Discovery), t.count(Purpose::Jwks)), (3, 2), "both expired");
+    }
+}
