@@ -56,6 +56,8 @@ pub(crate) enum Progress {
     /// Signature and JWT-only rules passed: apply the shared policy to these claims.
     Verified(Map<String, Value>),
     Invalid(Reason),
+    /// Invalid, with a detail for logs (e.g. why keys of the set were skipped).
+    Rejected(Reason, Cow<'static, str>),
     Unavailable(Cow<'static, str>),
     /// Perform this request, then call [`LocalJwt::resume`] with the step.
     Need(HttpRequest, JwtStep),
@@ -71,6 +73,12 @@ pub(crate) enum JwtStep {
     FetchKeys { url: String },
     /// The key set at `url` again, because the token's `kid` is not in the cached set.
     RefetchKeys { url: String },
+}
+
+/// The JWKS URL, or the step that finds it.
+enum JwksUrl {
+    Known(String),
+    Find(Progress),
 }
 
 /// Local JWT validation for one validator: policy plus the metadata and key caches.
@@ -235,22 +243,22 @@ impl LocalJwt {
     }
 
     /// The JWKS URL in use, or what to do to find it.
-    fn jwks_url(&self) -> Result<String, Progress> {
+    fn jwks_url(&self) -> JwksUrl {
         match &self.source {
-            Source::Jwks(url) => Ok(url.clone()),
+            Source::Jwks(url) => JwksUrl::Known(url.clone()),
             Source::Discovery(candidates) => {
                 if let Some((m, expires)) = &*self.metadata.lock() {
                     if *expires > self.now() {
-                        return Ok(m.jwks_uri.clone());
+                        return JwksUrl::Known(m.jwks_uri.clone());
                     }
                 }
-                match candidates.first() {
-                    Some(first) => Err(Progress::Need(
+                JwksUrl::Find(match candidates.first() {
+                    Some(first) => Progress::Need(
                         discovery::get_request(&first.url, self.timeout, Purpose::Discovery),
                         JwtStep::Discover { candidate: 0, attempt: 1, transient: None },
-                    )),
-                    None => Err(Progress::Unavailable("discovery: no metadata URL can be derived".into())),
-                }
+                    ),
+                    None => Progress::Unavailable("discovery: no metadata URL can be derived".into()),
+                })
             }
         }
     }
@@ -258,8 +266,8 @@ impl LocalJwt {
     /// Verifies with the cached keys, or asks for the metadata or keys first.
     fn with_keys(&self, token: &str, header: &JoseHeader, now: i64) -> Progress {
         let url = match self.jwks_url() {
-            Ok(url) => url,
-            Err(progress) => return progress,
+            JwksUrl::Known(url) => url,
+            JwksUrl::Find(progress) => return progress,
         };
         let now_mono = self.now();
         let set = {
@@ -273,7 +281,7 @@ impl LocalJwt {
             if self.may_refetch(&url) {
                 return Progress::Need(self.jwks_request(&url), JwtStep::RefetchKeys { url });
             }
-            return Progress::Invalid(Reason::TokenKeyUnknown);
+            return key_unknown(&set);
         }
         self.verify_with(token, header, &set, now)
     }
@@ -298,7 +306,7 @@ impl LocalJwt {
     fn verify_with(&self, token: &str, header: &JoseHeader, set: &KeySet, now: i64) -> Progress {
         let key = match set.select(header.kid.as_deref(), header.alg) {
             Selected::Key(k) => k,
-            Selected::UnknownKid | Selected::NoFit => return Progress::Invalid(Reason::TokenKeyUnknown),
+            Selected::UnknownKid | Selected::NoFit => return key_unknown(set),
         };
         let claims = match self.verify_signature(token, header.alg, key) {
             Ok(c) => c,
@@ -398,6 +406,16 @@ impl LocalJwt {
         self.authorization_servers.iter().any(|i| i == iss)
             || self.metadata.lock().as_ref().is_some_and(|(m, _)| m.issuer == iss)
     }
+}
+
+/// 401 for a token no key fits; names the skipped keys of the set, if any, for logs (a
+/// malformed key is skipped, not fatal, and this is where an operator learns about it).
+fn key_unknown(set: &KeySet) -> Progress {
+    if set.skipped.is_empty() {
+        return Progress::Invalid(Reason::TokenKeyUnknown);
+    }
+    let detail = format!("jwks: no usable key for the token; skipped {}", set.skipped.join("; "));
+    Progress::Rejected(Reason::TokenKeyUnknown, Cow::Owned(detail))
 }
 
 /// `Algorithm::from_str` is exact today; this guards the allow-list against any future

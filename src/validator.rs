@@ -28,6 +28,8 @@ use crate::{Config, Error};
 pub(crate) enum Outcome {
     Valid(Arc<Grant>),
     Invalid(Reason),
+    /// Invalid, with a detail for logs (never token or AS response text).
+    Rejected(Reason, Cow<'static, str>),
     Unavailable(Cow<'static, str>),
 }
 
@@ -85,11 +87,20 @@ pub struct Pending {
 /// What a [`Pending`] waits for.
 enum State {
     Introspect,
-    /// A metadata or JWKS fetch for local JWT validation; the token is kept to finish.
-    Jwt {
-        token: Secret,
-        step: JwtStep,
-    },
+    /// A metadata or JWKS fetch for local JWT validation (boxed: keeps `Step` small).
+    Jwt(Box<JwtPending>),
+}
+
+struct JwtPending {
+    /// Kept to finish the validation once the keys are in.
+    token: Secret,
+    step: JwtStep,
+}
+
+/// A local JWT step's result: decided, or the next request it needs.
+enum JwtNext {
+    Decided(Outcome),
+    Need(HttpRequest, JwtStep),
 }
 
 /// The result of one step of a pending validation.
@@ -257,11 +268,13 @@ impl Validator {
             (None, Some(jwt)) => {
                 let now = unix_now();
                 match inner.jwt_outcome(jwt.start(token.0, now), now) {
-                    Ok(outcome) => {
+                    JwtNext::Decided(outcome) => {
                         inner.store(key, &outcome, now);
                         return Step::Done(self.decide(&ctx, &outcome));
                     }
-                    Err((http, step)) => (http, State::Jwt { token: Secret::new(token.0), step }),
+                    JwtNext::Need(http, step) => {
+                        (http, State::Jwt(Box::new(JwtPending { token: Secret::new(token.0), step })))
+                    }
                 }
             }
             (None, None) => {
@@ -373,9 +386,9 @@ impl Pending {
     pub fn cache_key(&self) -> String {
         match &self.state {
             State::Introspect => hex(&self.key),
-            State::Jwt { step, .. } => {
+            State::Jwt(jwt) => {
                 let mut h = self.inner.key_seed.clone();
-                match step {
+                match &jwt.step {
                     JwtStep::Discover { candidate, .. } => {
                         h.update(b"discovery\0");
                         h.update(candidate.to_le_bytes());
@@ -406,15 +419,16 @@ impl Pending {
                 Introspected::Inactive => Outcome::Invalid(Reason::TokenInactive),
                 Introspected::Failed(detail) => Outcome::Unavailable(detail),
             },
-            State::Jwt { token, step } => {
+            State::Jwt(pending) => {
+                let JwtPending { token, step } = *pending;
                 let progress = match &inner.jwt {
                     Some(jwt) => jwt.resume(token.expose(), step, result, now),
                     None => Progress::Unavailable(Cow::Borrowed("jwt: not configured")),
                 };
                 match inner.jwt_outcome(progress, now) {
-                    Ok(outcome) => outcome,
-                    Err((http, step)) => {
-                        let state = State::Jwt { token, step };
+                    JwtNext::Decided(outcome) => outcome,
+                    JwtNext::Need(http, step) => {
+                        let state = State::Jwt(Box::new(JwtPending { token, step }));
                         return Advance::Need(http, Pending { inner, ctx, key, state });
                     }
                 }
@@ -429,8 +443,8 @@ impl fmt::Debug for Pending {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let waiting_for = match &self.state {
             State::Introspect => "introspection",
-            State::Jwt { step: JwtStep::Discover { .. }, .. } => "discovery",
-            State::Jwt { .. } => "jwks",
+            State::Jwt(jwt) if matches!(jwt.step, JwtStep::Discover { .. }) => "discovery",
+            State::Jwt(_) => "jwks",
         };
         f.debug_struct("Pending").field("ctx", &self.ctx).field("waiting_for", &waiting_for).finish_non_exhaustive()
     }
@@ -478,13 +492,14 @@ pub(crate) fn unix_now() -> i64 {
 
 impl Inner {
     /// A local JWT step's outcome, or the next request it needs.
-    fn jwt_outcome(&self, progress: Progress, now: i64) -> Result<Outcome, (HttpRequest, JwtStep)> {
-        match progress {
-            Progress::Verified(claims) => Ok(self.outcome_from_claims(&claims, now)),
-            Progress::Invalid(reason) => Ok(Outcome::Invalid(reason)),
-            Progress::Unavailable(detail) => Ok(Outcome::Unavailable(detail)),
-            Progress::Need(http, step) => Err((http, step)),
-        }
+    fn jwt_outcome(&self, progress: Progress, now: i64) -> JwtNext {
+        JwtNext::Decided(match progress {
+            Progress::Verified(claims) => self.outcome_from_claims(&claims, now),
+            Progress::Invalid(reason) => Outcome::Invalid(reason),
+            Progress::Rejected(reason, detail) => Outcome::Rejected(reason, detail),
+            Progress::Unavailable(detail) => Outcome::Unavailable(detail),
+            Progress::Need(http, step) => return JwtNext::Need(http, step),
+        })
     }
 
     fn cache_key(&self, token: AccessToken<'_>) -> Key {
@@ -619,7 +634,7 @@ impl Inner {
                 let secs = until_exp.min(i64::try_from(self.config.cache_ttl_max).unwrap_or(i64::MAX));
                 Duration::from_secs(u64::try_from(secs).unwrap_or(0))
             }
-            Outcome::Invalid(_) => Duration::from_secs(self.config.cache_ttl_negative),
+            Outcome::Invalid(_) | Outcome::Rejected(..) => Duration::from_secs(self.config.cache_ttl_negative),
             Outcome::Unavailable(_) => return,
         };
         cache.insert(key, outcome.clone(), ttl, Instant::now());
@@ -630,6 +645,11 @@ impl Inner {
         let grant = match outcome {
             Outcome::Unavailable(detail) => return Decision::Respond(answer.unavailable(detail.clone())),
             Outcome::Invalid(reason) => return Decision::Respond(answer.invalid_token(*reason)),
+            Outcome::Rejected(reason, detail) => {
+                let mut response = answer.invalid_token(*reason);
+                response.detail = Some(detail.clone());
+                return Decision::Respond(response);
+            }
             Outcome::Valid(g) => g,
         };
         // Time-dependent checks run on every use of a cached result.

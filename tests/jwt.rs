@@ -290,7 +290,11 @@ fn enc_keys_are_ignored_and_bad_keys_skipped() {
     let fake = FakeAs::new(json!({"keys": [
         enc, {"kty": "RSA", "kid": "broken", "n": "!!", "e": "AQAB"}, {"kty": "weird"}, jwk("ec-p256", "e1")
     ]}));
-    assert_eq!(verdict(&v, &fake, &token(&claims())), ("token_key_unknown", 401), "use:enc key never verifies");
+    let d = authorize(&v, &fake, &token(&claims()));
+    assert_eq!(d.reason().as_str(), "token_key_unknown", "use:enc key never verifies");
+    let detail = d.as_response().unwrap().detail().unwrap();
+    assert!(detail.contains("keys[1] (kid \"broken\"): key parameter is not base64url"), "{detail}");
+    assert!(detail.contains("keys[2]: unsupported kty"), "{detail}");
     let es = sign("ec-p256", Algorithm::ES256, Some("e1"), None, &claims());
     assert_eq!(verdict(&v, &fake, &es), ("allowed", 200), "one malformed key does not fail the set");
 }
