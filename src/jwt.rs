@@ -157,6 +157,13 @@ impl LocalJwt {
         }
     }
 
+    /// When something cached now for `ttl` expires. A configured TTL too large for the
+    /// clock is clamped to a year rather than overflowing (which would panic).
+    fn expiry(&self, ttl: Duration) -> Instant {
+        let now = self.now();
+        now.checked_add(ttl).unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
+    }
+
     /// Starts validating `token` at unix time `now`.
     pub(crate) fn start(&self, token: &str, now: i64) -> Progress {
         match self.parse_header(token) {
@@ -187,7 +194,7 @@ impl LocalJwt {
                 };
                 match discovery::read_metadata(result, current) {
                     Fetched::Found(metadata) => {
-                        *self.metadata.lock() = Some((metadata, self.now() + self.metadata_ttl));
+                        *self.metadata.lock() = Some((metadata, self.expiry(self.metadata_ttl)));
                         self.with_keys(token, &header, now)
                     }
                     Fetched::Failed(detail) if attempt < self.retry => Progress::Need(
@@ -204,7 +211,7 @@ impl LocalJwt {
                     Ok(set) => Arc::new(set),
                     Err(detail) => return Progress::Unavailable(detail),
                 };
-                let expires = self.now() + self.jwks_ttl;
+                let expires = self.expiry(self.jwks_ttl);
                 *self.keys.lock() = Some(CachedKeys { url, set: Arc::clone(&set), expires });
                 self.verify_with(token, &header, &set, now)
             }

@@ -397,6 +397,16 @@ fn validated_jwt_is_cached_until_exp() {
 }
 
 #[test]
+fn huge_cache_ttls_do_not_overflow() {
+    let v = validator(json!({"jwks_cache_ttl": u64::MAX, "metadata_cache_ttl": u64::MAX, "cache_ttl_max": u64::MAX,
+                             "jwt_claims_leeway": u64::MAX}));
+    let fake = FakeAs::standard();
+    assert_eq!(verdict(&v, &fake, &token(&claims())), ("allowed", 200));
+    assert_eq!(verdict(&v, &fake, &token(&with(claims(), json!({"jti": "2"})))), ("allowed", 200));
+    assert_eq!(fake.jwks_calls(), 1);
+}
+
+#[test]
 fn introspection_wins_over_jwks() {
     let v = validator(json!({"introspection_endpoint": "https://as.example/introspect"}));
     let purposes = Mutex::new(Vec::new());
