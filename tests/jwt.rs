@@ -407,6 +407,30 @@ fn huge_cache_ttls_do_not_overflow() {
 }
 
 #[test]
+fn concurrent_misses_for_one_token_share_one_discovery_and_fetch() {
+    let config = json!({"resource": RESOURCE, "authorization_servers": [ISSUER]});
+    let v = Validator::from_json(&config.to_string()).unwrap();
+    let fake = FakeAs::standard();
+    let slow = |req: &HttpRequest| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        fake.send(req)
+    };
+    let t = token(&claims());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8).map(|_| s.spawn(|| authorize(&v, &slow, &t).is_forward())).collect();
+        assert!(handles.into_iter().all(|h| h.join().unwrap()));
+    });
+    assert_eq!(
+        fake.calls(),
+        [
+            (Purpose::Discovery, "https://as.example/.well-known/oauth-authorization-server".to_owned()),
+            (Purpose::Jwks, JWKS_URL.to_owned())
+        ],
+        "the leader loops through discovery and keys; followers wait for its outcome"
+    );
+}
+
+#[test]
 fn introspection_wins_over_jwks() {
     let v = validator(json!({"introspection_endpoint": "https://as.example/introspect"}));
     let purposes = Mutex::new(Vec::new());
