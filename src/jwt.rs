@@ -67,17 +67,18 @@ pub(crate) enum Progress {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum JwtStep {
     /// Metadata candidate `candidate`, attempt `attempt` (from 1); `transient` is the last
-    /// transient failure seen for this authorization server.
-    Discover { candidate: usize, attempt: u32, transient: Option<Cow<'static, str>> },
-    /// The key set at `url` (cache miss or expiry).
-    FetchKeys { url: String },
+    /// transient failure seen for this authorization server; `only` limits discovery to
+    /// one server (the token's issuer).
+    Discover { candidate: usize, attempt: u32, transient: Option<Cow<'static, str>>, only: Option<usize> },
+    /// The key set at `url` (cache miss or expiry), for key slot `slot`.
+    FetchKeys { slot: usize, url: String },
     /// The key set at `url` again, because the token's `kid` is not in the cached set.
-    RefetchKeys { url: String },
+    RefetchKeys { slot: usize, url: String },
 }
 
-/// The JWKS URL, or the step that finds it.
+/// The JWKS URL with its key slot, or the step that finds it.
 enum JwksUrl {
-    Known(String),
+    Known(usize, String),
     Find(Progress),
 }
 
@@ -94,9 +95,12 @@ pub(crate) struct LocalJwt {
     retry: u32,
     jwks_ttl: Duration,
     metadata_ttl: Duration,
-    /// The metadata in use and when it must be refreshed.
-    metadata: Mutex<Option<(AsMetadata, Instant)>>,
-    keys: Mutex<Option<CachedKeys>>,
+    /// Per authorization server (index in `authorization_servers`; 0 for an explicit
+    /// `metadata_discovery_endpoint`): its metadata and when it must be refreshed.
+    metadata: Mutex<Vec<Option<(AsMetadata, Instant)>>>,
+    /// Key sets by slot: 0 for `jwks_endpoint`, else the authorization server's index, so
+    /// a token is verified only with the keys of the server it names as issuer.
+    keys: Mutex<Vec<Option<CachedKeys>>>,
     /// When each JWKS URL was last refetched for an unknown `kid` (ordinary fetches on a
     /// cache miss do not count: a key rotated just after a fetch must still be found).
     last_refetch: Mutex<HashMap<String, Instant>>,
@@ -123,6 +127,7 @@ impl LocalJwt {
                 (alg, v)
             })
             .collect();
+        let slots = config.authorization_servers.len().max(1);
         let source = match &config.jwks_endpoint {
             Some(url) => Source::Jwks(url.clone()),
             None => Source::Discovery(discovery::candidates(config)),
@@ -138,8 +143,8 @@ impl LocalJwt {
             retry: config.metadata_discovery_retry.max(1),
             jwks_ttl: Duration::from_secs(config.jwks_cache_ttl),
             metadata_ttl: Duration::from_secs(config.metadata_cache_ttl),
-            metadata: Mutex::new(None),
-            keys: Mutex::new(None),
+            metadata: Mutex::new(vec![None; slots]),
+            keys: Mutex::new((0..slots).map(|_| None).collect()),
             last_refetch: Mutex::new(HashMap::new()),
             #[cfg(test)]
             skew: Mutex::new(Duration::ZERO),
@@ -185,7 +190,7 @@ impl LocalJwt {
             Err(reason) => return Progress::Invalid(reason),
         };
         match step {
-            JwtStep::Discover { candidate, attempt, transient } => {
+            JwtStep::Discover { candidate, attempt, transient, only } => {
                 let Source::Discovery(candidates) = &self.source else {
                     return Progress::Unavailable("jwt: unexpected discovery step".into());
                 };
@@ -194,25 +199,32 @@ impl LocalJwt {
                 };
                 match discovery::read_metadata(result, current) {
                     Fetched::Found(metadata) => {
-                        *self.metadata.lock() = Some((metadata, self.expiry(self.metadata_ttl)));
+                        let entry = Some((metadata, self.expiry(self.metadata_ttl)));
+                        if let Some(slot) = self.metadata.lock().get_mut(current.server) {
+                            *slot = entry;
+                        }
                         self.with_keys(token, &header, now)
                     }
                     Fetched::Failed(detail) if attempt < self.retry => Progress::Need(
                         discovery::get_request(&current.url, self.timeout, Purpose::Discovery),
-                        JwtStep::Discover { candidate, attempt: attempt + 1, transient: Some(detail) },
+                        JwtStep::Discover { candidate, attempt: attempt + 1, transient: Some(detail), only },
                     ),
-                    Fetched::Failed(detail) => self.next_candidate(candidates, candidate, Some(detail.clone()), detail),
-                    Fetched::Absent(detail) => self.next_candidate(candidates, candidate, transient, detail),
+                    Fetched::Failed(detail) => {
+                        self.next_candidate(candidates, candidate, Some(detail.clone()), detail, only)
+                    }
+                    Fetched::Absent(detail) => self.next_candidate(candidates, candidate, transient, detail, only),
                 }
             }
-            JwtStep::FetchKeys { url } | JwtStep::RefetchKeys { url } => {
+            JwtStep::FetchKeys { slot, url } | JwtStep::RefetchKeys { slot, url } => {
                 // A fresh set is authoritative: an unknown kid now is a 401, not another fetch.
                 let set = match read_jwks(result) {
                     Ok(set) => Arc::new(set),
                     Err(detail) => return Progress::Unavailable(detail),
                 };
                 let expires = self.expiry(self.jwks_ttl);
-                *self.keys.lock() = Some(CachedKeys { url, set: Arc::clone(&set), expires });
+                if let Some(cached) = self.keys.lock().get_mut(slot) {
+                    *cached = Some(CachedKeys { url, set: Arc::clone(&set), expires });
+                }
                 self.verify_with(token, &header, &set, now)
             }
         }
@@ -221,19 +233,23 @@ impl LocalJwt {
     /// After candidate `after`: the next candidate of the same authorization server; at a
     /// server boundary, stop with 503 if that server failed transiently (its keys must not
     /// be silently replaced by another server's), else go on with the next server. `last`
-    /// is why candidate `after` did not do.
+    /// is why candidate `after` did not do. With `only`, discovery ends with that server.
     fn next_candidate(
         &self,
         candidates: &[Candidate],
         after: usize,
         transient: Option<Cow<'static, str>>,
         last: Cow<'static, str>,
+        only: Option<usize>,
     ) -> Progress {
         let next = after + 1;
         let same_server = candidates.get(next).is_some_and(|c| c.server == candidates[after].server);
         if !same_server {
             if let Some(detail) = transient {
                 return Progress::Unavailable(detail);
+            }
+            if only.is_some() {
+                return Progress::Unavailable(Cow::Owned(format!("{last}; no usable metadata for the token's issuer")));
             }
         }
         match candidates.get(next) {
@@ -243,50 +259,68 @@ impl LocalJwt {
                     candidate: next,
                     attempt: 1,
                     transient: if same_server { transient } else { None },
+                    only,
                 },
             ),
             None => Progress::Unavailable(Cow::Owned(format!("{last}; no usable authorization server metadata"))),
         }
     }
 
-    /// The JWKS URL in use, or what to do to find it.
-    fn jwks_url(&self) -> JwksUrl {
-        match &self.source {
-            Source::Jwks(url) => JwksUrl::Known(url.clone()),
-            Source::Discovery(candidates) => {
-                if let Some((m, expires)) = &*self.metadata.lock() {
-                    if *expires > self.now() {
-                        return JwksUrl::Known(m.jwks_uri.clone());
-                    }
-                }
-                JwksUrl::Find(match candidates.first() {
-                    Some(first) => Progress::Need(
-                        discovery::get_request(&first.url, self.timeout, Purpose::Discovery),
-                        JwtStep::Discover { candidate: 0, attempt: 1, transient: None },
-                    ),
-                    None => Progress::Unavailable("discovery: no metadata URL can be derived".into()),
-                })
+    /// The JWKS URL (and key slot) for `token`, or what to do to find it. With several
+    /// authorization servers and a token whose `iss` names one of them, only that server's
+    /// metadata and keys are used; otherwise the first server whose metadata is found.
+    fn jwks_url(&self, token: &str) -> JwksUrl {
+        let candidates = match &self.source {
+            Source::Jwks(url) => return JwksUrl::Known(0, url.clone()),
+            Source::Discovery(candidates) => candidates,
+        };
+        let only = match self.authorization_servers.len() {
+            0 | 1 => None,
+            _ => unverified_issuer(token).and_then(|iss| self.authorization_servers.iter().position(|s| *s == iss)),
+        };
+        let first = {
+            let now = self.now();
+            let metadata = self.metadata.lock();
+            let fresh = |i: usize| metadata.get(i).and_then(Option::as_ref).filter(|(_, expires)| *expires > now);
+            let found = match only {
+                Some(i) => fresh(i).map(|(m, _)| (i, m.jwks_uri.clone())),
+                None => (0..metadata.len()).find_map(|i| fresh(i).map(|(m, _)| (i, m.jwks_uri.clone()))),
+            };
+            if let Some((slot, url)) = found {
+                return JwksUrl::Known(slot, url);
             }
-        }
+            match only {
+                Some(i) => candidates.iter().position(|c| c.server == i),
+                None => (!candidates.is_empty()).then_some(0),
+            }
+        };
+        JwksUrl::Find(match first {
+            Some(candidate) => Progress::Need(
+                discovery::get_request(&candidates[candidate].url, self.timeout, Purpose::Discovery),
+                JwtStep::Discover { candidate, attempt: 1, transient: None, only },
+            ),
+            None => Progress::Unavailable("discovery: no metadata URL can be derived".into()),
+        })
     }
 
     /// Verifies with the cached keys, or asks for the metadata or keys first.
     fn with_keys(&self, token: &str, header: &JoseHeader, now: i64) -> Progress {
-        let url = match self.jwks_url() {
-            JwksUrl::Known(url) => url,
+        let (slot, url) = match self.jwks_url(token) {
+            JwksUrl::Known(slot, url) => (slot, url),
             JwksUrl::Find(progress) => return progress,
         };
         let now_mono = self.now();
         let set = {
             let keys = self.keys.lock();
-            keys.as_ref().filter(|k| k.url == url && k.expires > now_mono).map(|k| Arc::clone(&k.set))
+            let cached = keys.get(slot).and_then(Option::as_ref);
+            cached.filter(|k| k.url == url && k.expires > now_mono).map(|k| Arc::clone(&k.set))
         };
         let Some(set) = set else {
-            return Progress::Need(self.jwks_request(&url), JwtStep::FetchKeys { url });
+            return Progress::Need(self.jwks_request(&url), JwtStep::FetchKeys { slot, url });
         };
         if let Selected::UnknownKid = set.select(header.kid.as_deref(), header.alg) {
             if self.may_refetch(&url) {
-                return Progress::Need(self.jwks_request(&url), JwtStep::RefetchKeys { url });
+                return Progress::Need(self.jwks_request(&url), JwtStep::RefetchKeys { slot, url });
             }
             return key_unknown(&set);
         }
@@ -411,8 +445,20 @@ impl LocalJwt {
             return issuers.iter().any(|i| i == iss);
         }
         self.authorization_servers.iter().any(|i| i == iss)
-            || self.metadata.lock().as_ref().is_some_and(|(m, _)| m.issuer == iss)
+            || self.metadata.lock().iter().flatten().any(|(m, _)| m.issuer == iss)
     }
+}
+
+/// The `iss` of a JWT's payload, before verification: only to choose which server's keys
+/// to verify it with (a token naming another server simply finds no key of its signer).
+fn unverified_issuer(token: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice::<Iss>(&bytes).ok()?.iss
 }
 
 /// 401 for a token no key fits; names the skipped keys of the set, if any, for logs (a

@@ -393,11 +393,11 @@ impl Pending {
                         h.update(b"discovery\0");
                         h.update(candidate.to_le_bytes());
                     }
-                    JwtStep::FetchKeys { url } => {
+                    JwtStep::FetchKeys { url, .. } => {
                         h.update(b"jwks\0");
                         h.update(url.as_bytes());
                     }
-                    JwtStep::RefetchKeys { url } => {
+                    JwtStep::RefetchKeys { url, .. } => {
                         h.update(b"jwks-refetch\0");
                         h.update(url.as_bytes());
                         h.update(b"\0");

@@ -431,6 +431,43 @@ fn concurrent_misses_for_one_token_share_one_discovery_and_fetch() {
 }
 
 #[test]
+fn each_authorization_server_verifies_only_its_own_tokens() {
+    let (as1, as2) = ("https://as1.example", "https://as2.example/tenant");
+    let config = json!({"resource": RESOURCE, "authorization_servers": [as1, as2]});
+    let v = Validator::from_json(&config.to_string()).unwrap();
+    let calls = Mutex::new(Vec::new());
+    // Both servers publish a key with kid "k1", but different keys.
+    let transport = |req: &HttpRequest| -> Result<HttpResponse, TransportError> {
+        calls.lock().unwrap().push(req.url.clone());
+        let body = match req.url.as_str() {
+            "https://as1.example/.well-known/oauth-authorization-server" => {
+                json!({"issuer": as1, "jwks_uri": "https://as1.example/jwks"})
+            }
+            "https://as2.example/.well-known/oauth-authorization-server/tenant" => {
+                json!({"issuer": as2, "jwks_uri": "https://keys.as2.example/jwks"})
+            }
+            "https://as1.example/jwks" => json!({"keys": [jwk("rsa-1", "k1")]}),
+            "https://keys.as2.example/jwks" => json!({"keys": [jwk("rsa-2", "k1")]}),
+            _ => return Ok(HttpResponse::new(404, "text/plain", "not found")),
+        };
+        Ok(HttpResponse::new(200, "application/json", body.to_string()))
+    };
+    let from =
+        |key: &str, iss: &str| sign(key, Algorithm::RS256, Some("k1"), None, &with(claims(), json!({"iss": iss})));
+    assert_eq!(verdict(&v, &transport, &from("rsa-2", as2)), ("allowed", 200));
+    assert_eq!(
+        *calls.lock().unwrap(),
+        ["https://as2.example/.well-known/oauth-authorization-server/tenant", "https://keys.as2.example/jwks"],
+        "only the token's issuer is discovered"
+    );
+    assert_eq!(verdict(&v, &transport, &from("rsa-1", as1)), ("allowed", 200));
+    // A token naming one server but signed with the other's key never verifies.
+    assert_eq!(verdict(&v, &transport, &from("rsa-1", as2)), ("token_signature_invalid", 401));
+    assert_eq!(verdict(&v, &transport, &from("rsa-2", as1)), ("token_signature_invalid", 401));
+    assert_eq!(calls.lock().unwrap().len(), 4, "metadata and keys of both servers are cached");
+}
+
+#[test]
 fn introspection_wins_over_jwks() {
     let v = validator(json!({"introspection_endpoint": "https://as.example/introspect"}));
     let purposes = Mutex::new(Vec::new());
