@@ -18,7 +18,7 @@ use crate::introspect::{read_response, Introspected, Introspector};
 use crate::jwt::{JwtStep, LocalJwt, Progress};
 use crate::metadata::Metadata;
 use crate::policy::{check_time, AudiencePolicy, ScopeRules, TimeFailure};
-use crate::request::{HttpRequest, HttpResponse, Request, TransportError};
+use crate::request::{HttpRequest, HttpResponse, Purpose, Request, TransportError, TransportErrorKind};
 use crate::token::{extract_bearer, hex, AccessToken, Extracted, Secret};
 use crate::transport::Transport;
 use crate::{Config, Error};
@@ -55,6 +55,8 @@ pub(crate) struct Inner {
     pub(crate) remove_headers: Vec<String>,
     cache: Option<TtlCache<Outcome>>,
     flights: Flights<Outcome>,
+    /// Single flight for metadata and JWKS fetches by URL (shared by different tokens).
+    fetches: Flights<Result<HttpResponse, TransportError>>,
     /// SHA-256 state already fed with the validator's identity; cloned per token.
     key_seed: Sha256,
     leeway: i64,
@@ -176,6 +178,7 @@ impl Validator {
             remove_headers,
             cache,
             flights: Flights::new(),
+            fetches: Flights::new(),
             key_seed,
             leeway: i64::try_from(config.jwt_claims_leeway).unwrap_or(i64::MAX),
             allowed_origins: config.allowed_origins.clone(),
@@ -304,7 +307,7 @@ impl Validator {
                 }
                 // Discovery, then keys: a validation may need several calls.
                 loop {
-                    let result = transport.send(&http);
+                    let result = self.send_shared(transport, &http);
                     match pending.advance(result) {
                         Advance::Done(ctx, outcome) => {
                             leader.complete(outcome.clone());
@@ -328,6 +331,34 @@ impl Validator {
                 )));
                 self.decide(&pending.ctx, &outcome)
             }
+        }
+    }
+
+    /// Performs `http`. Concurrent metadata or JWKS fetches of one URL (for different
+    /// tokens, e.g. a burst at start-up) share one call; introspection is per token.
+    fn send_shared<T: Transport + ?Sized>(
+        &self,
+        transport: &T,
+        http: &HttpRequest,
+    ) -> Result<HttpResponse, TransportError> {
+        if http.purpose == Purpose::Introspection {
+            return transport.send(http);
+        }
+        let mut h = Sha256::new();
+        h.update(http.purpose.as_str().as_bytes());
+        h.update(b"\0");
+        h.update(http.url.as_bytes());
+        let key: Key = h.finalize().into();
+        let abandoned = Err(TransportError::new(TransportErrorKind::Other, "a concurrent fetch was abandoned"));
+        match self.inner.fetches.join(key, abandoned) {
+            Role::Leader(leader) => {
+                let result = transport.send(http);
+                leader.complete(result.clone());
+                result
+            }
+            Role::Follower(flight) => flight.wait(http.timeout + Duration::from_secs(1)).unwrap_or_else(|| {
+                Err(TransportError::new(TransportErrorKind::Timeout, "timed out waiting for a concurrent fetch"))
+            }),
         }
     }
 

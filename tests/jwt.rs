@@ -431,6 +431,27 @@ fn concurrent_misses_for_one_token_share_one_discovery_and_fetch() {
 }
 
 #[test]
+fn a_burst_of_different_tokens_shares_one_discovery_and_fetch() {
+    let config = json!({"resource": RESOURCE, "authorization_servers": [ISSUER]});
+    let v = Validator::from_json(&config.to_string()).unwrap();
+    let fake = FakeAs::standard();
+    let slow = |req: &HttpRequest| {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        fake.send(req)
+    };
+    let tokens: Vec<String> = (0..8).map(|i| token(&with(claims(), json!({"jti": i})))).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = tokens.iter().map(|t| s.spawn(|| authorize(&v, &slow, t).is_forward())).collect();
+        assert!(handles.into_iter().all(|h| h.join().unwrap()));
+    });
+    let calls = fake.calls();
+    let count = |p: Purpose| calls.iter().filter(|(q, _)| *q == p).count();
+    // A thread may start after the first fetch finished but before its keys were stored;
+    // with 200 ms calls and 8 threads started together, all of them share the first ones.
+    assert_eq!((count(Purpose::Discovery), count(Purpose::Jwks)), (1, 1), "{calls:?}");
+}
+
+#[test]
 fn each_authorization_server_verifies_only_its_own_tokens() {
     let (as1, as2) = ("https://as1.example", "https://as2.example/tenant");
     let config = json!({"resource": RESOURCE, "authorization_servers": [as1, as2]});
