@@ -40,6 +40,7 @@ enum Source {
 struct CachedKeys {
     url: String,
     set: Arc<KeySet>,
+    fetched: Instant,
     expires: Instant,
 }
 
@@ -221,9 +222,9 @@ impl LocalJwt {
                     Ok(set) => Arc::new(set),
                     Err(detail) => return Progress::Unavailable(detail),
                 };
-                let expires = self.expiry(self.jwks_ttl);
+                let (fetched, expires) = (self.now(), self.expiry(self.jwks_ttl));
                 if let Some(cached) = self.keys.lock().get_mut(slot) {
-                    *cached = Some(CachedKeys { url, set: Arc::clone(&set), expires });
+                    *cached = Some(CachedKeys { url, set: Arc::clone(&set), fetched, expires });
                 }
                 self.verify_with(token, &header, &set, now)
             }
@@ -310,16 +311,16 @@ impl LocalJwt {
             JwksUrl::Find(progress) => return progress,
         };
         let now_mono = self.now();
-        let set = {
+        let cached = {
             let keys = self.keys.lock();
             let cached = keys.get(slot).and_then(Option::as_ref);
-            cached.filter(|k| k.url == url && k.expires > now_mono).map(|k| Arc::clone(&k.set))
+            cached.filter(|k| k.url == url && k.expires > now_mono).map(|k| (Arc::clone(&k.set), k.fetched))
         };
-        let Some(set) = set else {
+        let Some((set, fetched)) = cached else {
             return Progress::Need(self.jwks_request(&url), JwtStep::FetchKeys { slot, url });
         };
         if let Selected::UnknownKid = set.select(header.kid.as_deref(), header.alg) {
-            if self.may_refetch(&url) {
+            if self.may_refetch(&url, fetched) {
                 return Progress::Need(self.jwks_request(&url), JwtStep::RefetchKeys { slot, url });
             }
             return key_unknown(&set);
@@ -332,11 +333,17 @@ impl LocalJwt {
     }
 
     /// True (and the refetch is recorded) if `url` was not refetched in the last 60 s.
-    fn may_refetch(&self, url: &str) -> bool {
+    /// Also true while that refetch is still in flight (its set, unlike the cached one
+    /// fetched at `fetched`, is not stored yet, and its timeout has not passed): a burst of
+    /// tokens with a newly rotated `kid` then waits for it instead of getting 401s. The
+    /// blocking driver joins the in-flight call; it is not a second fetch.
+    fn may_refetch(&self, url: &str, fetched: Instant) -> bool {
         let now = self.now();
         let mut last = self.last_refetch.lock();
         match last.get(url) {
-            Some(t) if now.saturating_duration_since(*t) < REFETCH_INTERVAL => false,
+            Some(t) if now.saturating_duration_since(*t) < REFETCH_INTERVAL => {
+                *t > fetched && now.saturating_duration_since(*t) < self.timeout
+            }
             _ => {
                 last.insert(url.to_owned(), now);
                 true

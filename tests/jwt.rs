@@ -452,6 +452,31 @@ fn a_burst_of_different_tokens_shares_one_discovery_and_fetch() {
 }
 
 #[test]
+fn a_burst_of_tokens_with_a_rotated_kid_shares_one_refetch() {
+    let v = validator(json!({}));
+    let fake = FakeAs::new(json!({"keys": [jwk("rsa-1", "k1")]}));
+    assert!(authorize(&v, &fake, &token(&claims())).is_forward());
+    *fake.jwks.lock().unwrap() = json!({"keys": [jwk("rsa-1", "k1"), jwk("rsa-2", "k2")]});
+    let slow = |req: &HttpRequest| {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        fake.send(req)
+    };
+    let tokens: Vec<String> =
+        (0..8).map(|i| sign("rsa-2", Algorithm::RS256, Some("k2"), None, &with(claims(), json!({"jti": i})))).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = tokens.iter().map(|t| s.spawn(|| verdict(&v, &slow, t))).collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), ("allowed", 200));
+        }
+    });
+    assert_eq!(fake.jwks_calls(), 2, "one initial fetch, one shared refetch");
+    // Once the refetched set is stored, another unknown kid is a 401 without a call.
+    let unknown = sign("rsa-2", Algorithm::RS256, Some("k3"), None, &claims());
+    assert_eq!(verdict(&v, &fake, &unknown), ("token_key_unknown", 401));
+    assert_eq!(fake.jwks_calls(), 2);
+}
+
+#[test]
 fn each_authorization_server_verifies_only_its_own_tokens() {
     let (as1, as2) = ("https://as1.example", "https://as2.example/tenant");
     let config = json!({"resource": RESOURCE, "authorization_servers": [as1, as2]});
