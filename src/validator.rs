@@ -318,14 +318,16 @@ impl Validator {
                 }
             }
             Role::Follower(flight) => {
-                // Local JWT validation may chain discovery (with retries) and JWKS calls.
+                // Local JWT validation may chain discovery (three URLs per server, with
+                // retries) and two JWKS calls.
+                let config = &self.inner.config;
                 let calls = if self.inner.jwt.is_some() {
-                    4 + 3 * u64::from(self.inner.config.metadata_discovery_retry)
+                    let servers = config.authorization_servers.len() as u64;
+                    3 * servers * u64::from(config.metadata_discovery_retry) + 2
                 } else {
                     2
                 };
-                let wait =
-                    Duration::from_millis(self.inner.config.timeout.saturating_mul(calls)) + Duration::from_secs(1);
+                let wait = Duration::from_millis(config.timeout.saturating_mul(calls)) + Duration::from_secs(1);
                 let outcome = flight.wait(wait).unwrap_or(Outcome::Unavailable(Cow::Borrowed(
                     "validation: timed out waiting for a concurrent call",
                 )));
