@@ -1,1 +1,113 @@
-fn main() {}
+//! Cost of one decision.
+//!
+//! - `cache_hit/authorize`: a cached 1 KB token with two claim headers, through the
+//!   blocking driver (target: median ≤ 1 µs). Baselines in the same run: `sha256_1kb`
+//!   (hashing the token, the irreducible part of a lookup) and `request_build` (what the
+//!   host does anyway).
+//! - `cold/authorize`: a decision that introspects against a local mock AS over HTTP
+//!   (cache off), against `cold/raw_post`, the same HTTP call made directly with ureq.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use mcp_oauth2::{HttpRequest, HttpResponse, Request, TransportError, UreqTransport, Validator};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+const RESOURCE: &str = "http://127.0.0.1:8080/mcp";
+
+fn introspection_body() -> String {
+    json!({"active": true, "sub": "3f2504e0-4f89-41d3-9a0c-0305e82c3301", "client_id": "mcp-inspector",
+           "aud": RESOURCE, "exp": 4_102_444_800u64, "scope": "mcp:read mcp:write"})
+    .to_string()
+}
+
+fn config(introspection: &str, cache: bool) -> serde_json::Value {
+    json!({
+        "resource": RESOURCE,
+        "authorization_servers": ["http://127.0.0.1:9400"],
+        "introspection_endpoint": introspection,
+        "client_id": "gateway", "client_secret": "gateway-secret",
+        "cache_introspection": cache,
+        "claim_to_header": [{"claim": "sub", "header": "X-User-Id"}, {"claim": "client_id", "header": "X-Client-Id"}]
+    })
+}
+
+fn cache_hit(c: &mut Criterion) {
+    let validator = Validator::from_json(&config("http://127.0.0.1:9/introspect", true).to_string()).unwrap();
+    let body = introspection_body();
+    let as_server = move |_: &HttpRequest| -> Result<HttpResponse, TransportError> {
+        Ok(HttpResponse::new(200, "application/json", body.clone()))
+    };
+    let token = "x".repeat(1024);
+    let auth = format!("Bearer {token}");
+    let warm = validator.authorize(&Request::new("POST", "/mcp").header("Authorization", &auth), &as_server);
+    assert!(warm.is_forward());
+    assert_eq!(warm.as_forward().unwrap().set_headers().count(), 2);
+
+    let mut g = c.benchmark_group("cache_hit");
+    g.bench_function("sha256_1kb", |b| b.iter(|| Sha256::digest(black_box(token.as_bytes()))));
+    g.bench_function("request_build", |b| {
+        b.iter(|| {
+            black_box(
+                Request::new("POST", "/mcp")
+                    .header("Host", "127.0.0.1:8080")
+                    .header("Content-Type", "application/json")
+                    .header("Authorization", black_box(&auth)),
+            )
+        })
+    });
+    g.bench_function("authorize", |b| {
+        b.iter(|| {
+            let req = Request::new("POST", "/mcp")
+                .header("Host", "127.0.0.1:8080")
+                .header("Content-Type", "application/json")
+                .header("Authorization", black_box(&auth));
+            let d = validator.authorize(&req, &as_server);
+            debug_assert!(d.is_forward());
+            black_box(d)
+        })
+    });
+    g.finish();
+}
+
+fn cold(c: &mut Criterion) {
+    let mut server = mockito::Server::new();
+    let _m = server
+        .mock("POST", "/introspect")
+        .with_status(200)
+        .with_header("content-type", "application/json")
+        .with_body(introspection_body())
+        .create();
+    let url = format!("{}/introspect", server.url());
+    let validator = Validator::from_json(&config(&url, false).to_string()).unwrap();
+    let transport = UreqTransport::new(validator.config());
+    let auth = format!("Bearer {}", "y".repeat(1024));
+    let agent = ureq::Agent::new_with_defaults();
+
+    let mut g = c.benchmark_group("cold");
+    g.measurement_time(Duration::from_secs(5));
+    g.bench_function("raw_post", |b| {
+        b.iter(|| {
+            let mut r = agent
+                .post(&url)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .send(black_box(format!("token={}&token_type_hint=access_token", "y".repeat(1024))))
+                .unwrap();
+            black_box(r.body_mut().read_to_vec().unwrap())
+        })
+    });
+    g.bench_function("authorize", |b| {
+        b.iter(|| {
+            let d = validator
+                .authorize(&Request::new("POST", "/mcp").header("Authorization", black_box(&auth)), &transport);
+            debug_assert!(d.is_forward());
+            black_box(d)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, cache_hit, cold);
+criterion_main!(benches);

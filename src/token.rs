@@ -137,13 +137,23 @@ fn trim_leading_spaces(mut v: &[u8]) -> &[u8] {
     v
 }
 
+/// Bytes allowed before the trailing `=` padding of a b64token.
+const B64TOKEN_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    t
+};
+
 /// RFC 6750 `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+/// A table lookup per byte: this runs over every token on the hot path.
 fn is_b64token(t: &[u8]) -> bool {
     let body_end = t.iter().rposition(|b| *b != b'=').map_or(0, |i| i + 1);
-    body_end > 0
-        && t[..body_end]
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+    body_end > 0 && t[..body_end].iter().fold(true, |ok, b| ok & B64TOKEN_CHAR[usize::from(*b)])
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

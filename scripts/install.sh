@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs (idempotent: fast when all is present).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+# Node harness: the oidc-provider authorization server and the MCP SDK (lockfile pinned).
+if [ ! -f tests/node/node_modules/.package-lock.json ] || ! cmp -s tests/node/package-lock.json tests/node/node_modules/.package-lock.json.src 2>/dev/null; then
+  npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+  cp tests/node/package-lock.json tests/node/node_modules/.package-lock.json.src
+fi
+
+for s in scripts/install-*.sh; do
+  [ -e "$s" ] || continue
+  bash "$s"
+done
