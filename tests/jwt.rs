@@ -232,6 +232,25 @@ fn alg_none_and_hmac_confusion_are_rejected() {
 }
 
 #[test]
+fn every_single_character_change_or_truncation_is_rejected() {
+    let v = validator(json!({"cache_ttl_negative": 0}));
+    let fake = FakeAs::standard();
+    let t = sign("ed25519", Algorithm::EdDSA, Some("d1"), None, &claims());
+    assert_eq!(verdict(&v, &fake, &t), ("allowed", 200));
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.";
+    for i in 0..t.len() {
+        let mut bytes = t.clone().into_bytes();
+        let original = bytes[i];
+        bytes[i] = alphabet[(alphabet.iter().position(|&c| c == original).unwrap() + 7) % alphabet.len()];
+        let changed = String::from_utf8(bytes).unwrap();
+        let (reason, status) = verdict(&v, &fake, &changed);
+        assert_eq!(status, 401, "char {i}: {reason}");
+        let (reason, status) = verdict(&v, &fake, &t[..i]);
+        assert!(status == 401 || status == 400, "prefix {i}: {reason} {status}");
+    }
+}
+
+#[test]
 fn crit_header_is_rejected() {
     let v = validator(json!({}));
     let fake = FakeAs::standard();
