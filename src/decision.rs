@@ -389,7 +389,7 @@ impl Answer<'_> {
             c.push_str(", scope=");
             c.push_str(&quote(s));
         }
-        self.json_error(401, Reason::NoCredentials, Some(c), "invalid_request", "A bearer token is required")
+        self.json_error(401, Reason::NoCredentials, Some(c), "unauthorized", "A bearer token is required")
     }
 
     /// 400 `invalid_request`.

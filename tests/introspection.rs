@@ -62,7 +62,7 @@ fn no_credentials_is_401_with_resource_metadata_and_no_error() {
         assert_eq!(r.reason(), Reason::NoCredentials);
         assert_eq!(r.header("WWW-Authenticate").unwrap(), format!("Bearer resource_metadata=\"{RM}\""));
         assert_eq!(r.header("Content-Type"), Some("application/json"));
-        assert_eq!(body_json(r)["error"], "invalid_request");
+        assert_eq!(body_json(r), json!({"error": "unauthorized", "error_description": "A bearer token is required"}));
     }
     m.assert();
 }

@@ -25,17 +25,35 @@ impl AuthServer {
             std::path::Path::new(&format!("{root}/tests/node/node_modules/oidc-provider")).exists(),
             "tests/node/node_modules is missing: run `npm ci --prefix tests/node` first"
         );
-        let mut child = Command::new("node")
-            .arg(format!("{root}/tests/node/as-server.mjs"))
-            .env("AS_PORT", "0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node runs");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().strip_prefix("LISTENING ").unwrap_or_else(|| panic!("unexpected AS output {line:?}"));
-        AuthServer { child, url: format!("http://127.0.0.1:{port}") }
+        // A node process has been seen (once, under heavy load) to hang before listening:
+        // bound the wait and start a fresh process instead of hanging the suite.
+        for _ in 0..3 {
+            let mut child = Command::new("node")
+                .arg(format!("{root}/tests/node/as-server.mjs"))
+                .env("AS_PORT", "0")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("node runs");
+            let stdout = child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ = BufReader::new(stdout).read_line(&mut line);
+                let _ = tx.send(line);
+            });
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.starts_with("LISTENING ") => {
+                    let port = line.trim().trim_start_matches("LISTENING ").to_owned();
+                    return AuthServer { child, url: format!("http://127.0.0.1:{port}") };
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        panic!("the oidc-provider test server did not start (3 attempts)");
     }
 
     /// A client_credentials token for `app`, bound to `resource` when given.

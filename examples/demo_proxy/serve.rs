@@ -1,0 +1,166 @@
+//! What the three servers share: bytes bodies, the accept loop with graceful shutdown, and
+//! the one-line-per-request log.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Error type of every body the servers send.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The response body of every server.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A complete body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A response with a status, a content type and a complete body.
+pub fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    respond(status, "application/json", serde_json::to_vec(value).expect("JSON value serializes"))
+}
+
+/// Binds a listener, with an error message that says what to do when the port is taken.
+pub async fn bind(addr: SocketAddr, what: &str, flag: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!("{what}: {addr} is already in use; choose another address with {flag} (port 0 = any free port)")
+        } else {
+            format!("{what}: cannot listen on {addr}: {e}")
+        }
+    })
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on `listener` until `shutdown` flips to true, then lets open
+/// connections finish for up to `grace` (long-lived SSE streams are then dropped).
+pub async fn serve<H, F>(listener: TcpListener, handler: Arc<H>, mut shutdown: watch::Receiver<bool>, grace: Duration)
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        log_line(&format!("{} accept failed: {e}", timestamp()));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let handler = Arc::clone(&handler);
+                let service = service_fn(move |req| {
+                    let fut = handler(req, peer);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    // Client resets and half-written requests end here; nothing to report.
+                    let _ = conn.await;
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+}
+
+/// One request's log line: `<time> <component> <peer> <METHOD> <path> <status> <reason>
+/// <ms>`. The path is printed without its query string (a client may put a token there)
+/// and nothing from headers or bodies is ever logged.
+pub struct RequestLog {
+    component: &'static str,
+    peer: SocketAddr,
+    method: hyper::Method,
+    path: String,
+    started: Instant,
+}
+
+impl RequestLog {
+    /// Starts timing a request.
+    pub fn start<B>(component: &'static str, peer: SocketAddr, req: &Request<B>) -> Self {
+        let path = req.uri().path().chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+        RequestLog { component, peer, method: req.method().clone(), path, started: Instant::now() }
+    }
+
+    /// Writes the line to stderr.
+    pub fn finish(self, status: u16, reason: &str, detail: Option<&str>) {
+        let RequestLog { component, peer, method, path, started } = self;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let detail = detail.map(|d| format!(" ({d})")).unwrap_or_default();
+        log_line(&format!("{} {component} {peer} {method} {path} {status} {reason} {ms:.2}ms{detail}", timestamp()));
+    }
+}
+
+/// Writes one line to stderr in a single `write` (stderr is unbuffered: `eprintln!` would
+/// issue one system call per formatted piece).
+pub fn log_line(line: &str) {
+    use std::io::Write as _;
+    let mut buf = String::with_capacity(line.len() + 1);
+    buf.push_str(line);
+    buf.push('\n');
+    let _ = std::io::stderr().lock().write_all(buf.as_bytes());
+}
+
+/// UTC time as `2026-11-26T06:30:00.123Z` (no date crate for one log prefix).
+pub fn timestamp() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, now.subsec_millis())
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's method).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(20_513), (2026, 3, 1));
+        assert_eq!(super::civil_from_days(11_016), (2000, 2, 29));
+    }
+}

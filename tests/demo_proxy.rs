@@ -1,0 +1,687 @@
+//! Runs the `demo_proxy` example binary and checks what a user would see: the embedded
+//! demo's printed commands work when pasted into a shell, the flow 401 → token → 200,
+//! what the upstream receives, SSE streaming and its end at `valid_until`, the config
+//! file formats, and config errors.
+//!
+//! The binary is `$DEMO_PROXY_BIN`, else `target/<profile>/examples/demo_proxy` next to
+//! this test (built by `cargo build --example demo_proxy`; scripts/test-demo.sh does it).
+//! A missing binary fails the tests: they never skip.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+// The example's config-file loader, with its unit tests, compiled into this test binary:
+// plain `cargo test` builds examples as binaries (which these tests run) but does not run
+// their unit tests.
+#[allow(dead_code)]
+#[path = "../examples/demo_proxy/config_file.rs"]
+mod config_file;
+
+fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("DEMO_PROXY_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/demo_proxy-<hash> → target/<profile>/examples/demo_proxy
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let bin = profile_dir.join("examples").join("demo_proxy");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --example demo_proxy` (same profile) or set DEMO_PROXY_BIN",
+        bin.display()
+    );
+    bin
+}
+
+fn testdata(name: &str) -> String {
+    format!("{}/tests/testdata/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running demo_proxy; killed on drop. Its stderr (the request log) is collected.
+struct Running {
+    child: Child,
+    banner: Vec<String>,
+    stderr: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Running {
+    /// Starts the binary and waits for the line `until_line_starts` on stdout.
+    fn start(args: &[&str], until_line_starts: &str) -> Running {
+        let mut child = Command::new(binary())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn demo_proxy");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if err_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut banner = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.starts_with(until_line_starts);
+                    banner.push(line);
+                    if done {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let errors: Vec<String> = err_rx.try_iter().collect();
+                    panic!("demo_proxy did not print {until_line_starts:?}; stdout {banner:?}; stderr {errors:?}");
+                }
+            }
+        }
+        Running { child, banner, stderr: err_rx, log: Vec::new() }
+    }
+
+    fn demo(extra: &[&str]) -> Running {
+        let mut args =
+            vec!["--listen", "127.0.0.1:0", "--as-listen", "127.0.0.1:0", "--upstream-listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Running::start(&args, "Requests are logged on stderr")
+    }
+
+    /// The URL printed after `label` in the banner (first `http://…` word).
+    fn url_after(&self, label: &str) -> String {
+        let line = self.banner.iter().find(|l| l.trim_start().starts_with(label)).expect(label);
+        line.split_whitespace().find(|w| w.starts_with("http://")).expect("a URL").to_owned()
+    }
+
+    fn log(&mut self) -> &[String] {
+        self.log.extend(self.stderr.try_iter());
+        &self.log
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into()
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+fn reply(res: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+    let mut res = res.expect("HTTP exchange");
+    let status = res.status().as_u16();
+    let headers =
+        res.headers().iter().map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned())).collect();
+    let body = res.body_mut().read_to_string().expect("body");
+    Reply { status, headers, body }
+}
+
+fn mcp_post(resource: &str, token: Option<&str>, body: &str, extra: &[(&str, &str)]) -> Reply {
+    let mut req = agent()
+        .post(resource)
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream");
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    for (n, v) in extra {
+        req = req.header(*n, *v);
+    }
+    reply(req.send(body))
+}
+
+fn get_token(issuer: &str, resource: Option<&str>) -> String {
+    let basic = base64::engine::general_purpose::STANDARD.encode("demo-client:demo-secret");
+    let mut form = vec![("grant_type", "client_credentials"), ("scope", "mcp:read mcp:write")];
+    if let Some(r) = resource {
+        form.push(("resource", r));
+    }
+    let r = reply(
+        agent().post(&format!("{issuer}/token")).header("Authorization", &format!("Basic {basic}")).send_form(form),
+    );
+    assert_eq!(r.status, 200, "token: {}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    v["access_token"].as_str().unwrap().to_owned()
+}
+
+/// The JSON-RPC result of a response that is JSON or a one-event SSE stream.
+fn rpc_result(body: &str) -> serde_json::Value {
+    let json = body.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or(body);
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["result"].clone()
+}
+
+fn whoami(resource: &str, token: &str, extra: &[(&str, &str)]) -> serde_json::Value {
+    let r = mcp_post(
+        resource,
+        Some(token),
+        r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"whoami","arguments":{}}}"#,
+        extra,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text = rpc_result(&r.body)["content"][0]["text"].as_str().unwrap().to_owned();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn printed_commands_work_when_pasted_into_a_shell() {
+    let mut demo = Running::demo(&["--tick-ms", "100"]);
+    let commands: Vec<&String> =
+        demo.banner.iter().filter(|l| l.starts_with("curl ") || l.starts_with("TOKEN=")).collect();
+    assert_eq!(commands.len(), 6, "banner commands: {:?}", demo.banner);
+    // Run them as printed, in one shell; the last one streams forever, so bound it.
+    let mut script = String::from("set -u\n");
+    for (i, c) in commands.iter().enumerate() {
+        let c = if c.starts_with("curl -sN ") { format!("timeout 2 {c}") } else { (*c).clone() };
+        script.push_str(&format!("{c}\necho; echo '@@{i}@@'\n"));
+    }
+    script.push_str("echo \"@@TOKEN $TOKEN\"\n");
+    let out = Command::new("bash").arg("-c").arg(&script).output().expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut parts: Vec<&str> = Vec::new();
+    let mut rest = stdout.as_str();
+    for i in 0..commands.len() {
+        let marker = format!("@@{i}@@");
+        let (part, after) = rest.split_once(&marker).unwrap_or_else(|| panic!("no {marker} in {stdout}"));
+        parts.push(part);
+        rest = after;
+    }
+    let token = rest.split("@@TOKEN ").nth(1).unwrap().trim().to_owned();
+    assert!(token.len() >= 40, "a token was obtained: {stdout}");
+
+    let resource = demo.url_after("proxy listening on").replace("http://", "");
+    let resource = format!("http://{resource}/mcp");
+    // 1: 401 with the challenge.
+    assert!(parts[0].contains("HTTP/1.1 401"), "{}", parts[0]);
+    let challenge =
+        format!("www-authenticate: Bearer resource_metadata=\"{resource}/.well-known/oauth-protected-resource\"");
+    assert!(parts[0].to_ascii_lowercase().contains(&challenge.to_ascii_lowercase()), "{}", parts[0]);
+    // 2: the PRM document.
+    let prm: serde_json::Value = serde_json::from_str(parts[1].trim()).expect("PRM JSON");
+    assert_eq!(prm["resource"], resource.as_str());
+    assert_eq!(prm["authorization_servers"][0], demo.url_after("auth server").as_str());
+    // 4: 200 with the echoed text.
+    assert!(parts[3].contains("HTTP/1.1 200"), "{}", parts[3]);
+    assert!(parts[3].contains("hello through the proxy"), "{}", parts[3]);
+    // 5: the upstream saw the claim headers and no Authorization.
+    let seen: serde_json::Value =
+        serde_json::from_str(rpc_result(parts[4])["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["x-client-id"], "demo-client");
+    assert_eq!(seen["x-scope"], "mcp:read mcp:write");
+    assert!(seen.get("authorization").is_none(), "{seen}");
+    // 6: events arrived through the proxy while the stream was open.
+    assert!(parts[5].matches("event: message").count() >= 2, "{}", parts[5]);
+
+    // One log line per request, and never the token.
+    std::thread::sleep(Duration::from_millis(200));
+    let log = demo.log().to_vec();
+    assert!(log.iter().any(|l| l.contains(" proxy ") && l.contains("POST /mcp 401 no_credentials")), "{log:?}");
+    assert!(log.iter().any(|l| l.contains(" proxy ") && l.contains("POST /mcp 200 allowed")), "{log:?}");
+    assert!(log.iter().all(|l| !l.contains(&token)), "the token leaked into the log");
+    assert!(log.iter().all(|l| !l.contains("demo-secret") && !l.contains("gateway-secret")), "a secret leaked");
+}
+
+#[test]
+fn flow_401_token_200_and_what_upstream_receives() {
+    let demo = Running::demo(&[]);
+    let resource = format!("{}/mcp", demo.url_after("proxy listening on"));
+    let issuer = demo.url_after("auth server");
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+
+    let r = mcp_post(&resource, None, list, &[]);
+    assert_eq!(r.status, 401);
+    assert!(r.header("www-authenticate").unwrap().starts_with("Bearer resource_metadata="));
+
+    let token = get_token(&issuer, Some(&resource));
+    let r = mcp_post(&resource, Some(&token), list, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let tools: Vec<String> = rpc_result(&r.body)["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(tools, ["echo", "whoami"]);
+
+    // Spoofed identity headers and hop-by-hop headers never reach the upstream.
+    let seen = whoami(
+        &resource,
+        &token,
+        &[("X-Client-Id", "mallory"), ("Connection", "X-Hop"), ("X-Hop", "secret-hop"), ("X-Other", "kept")],
+    );
+    assert_eq!(seen["x-client-id"], "demo-client", "{seen}");
+    assert!(seen.get("authorization").is_none(), "{seen}");
+    assert!(seen.get("x-hop").is_none(), "a header named in Connection was forwarded: {seen}");
+    assert_eq!(seen["x-other"], "kept");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(
+        seen["x-forwarded-host"].as_str(),
+        resource.strip_prefix("http://").and_then(|r| r.strip_suffix("/mcp"))
+    );
+    let seen = whoami(&resource, &token, &[("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-Host", "evil.example")]);
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.7, 127.0.0.1", "{seen}");
+    assert_ne!(seen["x-forwarded-host"], "evil.example");
+
+    // A token for another resource, or without one: 401 invalid_token.
+    for other in [get_token(&issuer, Some("http://127.0.0.1:1/other")), get_token(&issuer, None)] {
+        let r = mcp_post(&resource, Some(&other), list, &[]);
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert!(r.header("www-authenticate").unwrap().contains(r#"error="invalid_token""#));
+    }
+    // An unknown token: 401.
+    let r = mcp_post(&resource, Some("not-a-real-token"), list, &[]);
+    assert_eq!(r.status, 401);
+    // JSON when SSE is not accepted.
+    let r = reply(
+        agent()
+            .post(&resource)
+            .header("Authorization", &format!("Bearer {token}"))
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .send(r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#),
+    );
+    assert_eq!((r.status, r.header("content-type")), (200, Some("application/json")), "{}", r.body);
+}
+
+#[test]
+fn sse_arrives_event_by_event_and_ends_at_valid_until() {
+    let demo = Running::demo(&["--token-ttl", "3", "--tick-ms", "200"]);
+    let resource = format!("{}/mcp", demo.url_after("proxy listening on"));
+    let token = get_token(&demo.url_after("auth server"), Some(&resource));
+    let res = agent()
+        .get(&resource)
+        .header("Authorization", &format!("Bearer {token}"))
+        .header("Accept", "text/event-stream")
+        .call()
+        .expect("GET stream");
+    assert_eq!(res.status().as_u16(), 200);
+    let mut reader = BufReader::new(res.into_body().into_reader());
+    // The upstream stream never ends by itself, so reading the first events proves the
+    // proxy passes them on as they come instead of buffering the body.
+    let mut events = 0;
+    let mut line = String::new();
+    let ended = loop {
+        match reader.read_line(&mut line) {
+            Ok(0) => break true,
+            Ok(_) => {}
+            Err(e) => panic!("the stream failed instead of ending: {e}"),
+        }
+        if line.starts_with("data: ") {
+            events += 1;
+        }
+        line.clear();
+        if events > 200 {
+            break false;
+        }
+    };
+    assert!(events >= 2, "events arrived one by one before the stream ended ({events})");
+    assert!(ended, "the stream ended when the token expired");
+    // The token is expired now: the next request is refused.
+    let r = mcp_post(&resource, Some(&token), r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#, &[]);
+    assert_eq!(r.status, 401, "{}", r.body);
+}
+
+#[test]
+fn slow_introspection_single_flight_and_no_blocked_runtime() {
+    // Every introspection takes 1.5 s at the AS.
+    let mut demo = Running::demo(&["--as-delay-ms", "1500"]);
+    let resource = format!("{}/mcp", demo.url_after("proxy listening on"));
+    let issuer = demo.url_after("auth server");
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let cached = get_token(&issuer, Some(&resource));
+    assert_eq!(mcp_post(&resource, Some(&cached), ping, &[]).status, 200); // now cached
+    let shared = get_token(&issuer, Some(&resource));
+    let distinct: Vec<String> = (0..6).map(|_| get_token(&issuer, Some(&resource))).collect();
+
+    // 10 concurrent requests with one new token, and 6 with distinct new tokens: 7 slow
+    // introspections in flight at once, more than the proxy has async worker threads.
+    let mut slow = Vec::new();
+    for token in std::iter::repeat_n(shared.clone(), 10).chain(distinct) {
+        let resource = resource.clone();
+        slow.push(std::thread::spawn(move || {
+            let status = mcp_post(&resource, Some(&token), ping, &[]).status;
+            (status, Instant::now())
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // Meanwhile a request with the cached token and a metadata request are answered at
+    // once: no AS call holds a runtime thread.
+    assert_eq!(mcp_post(&resource, Some(&cached), ping, &[]).status, 200);
+    let r = reply(agent().get(&format!("{resource}/.well-known/oauth-protected-resource")).call());
+    assert_eq!(r.status, 200);
+    let fast_done = Instant::now();
+    for handle in slow {
+        let (status, done) = handle.join().unwrap();
+        assert_eq!(status, 200);
+        assert!(done > fast_done, "a slow introspection finished before the cached request");
+    }
+    // Introspections: 1 for the cached token, 1 for the 10 requests sharing a token
+    // (single flight), 6 for the distinct tokens.
+    std::thread::sleep(Duration::from_millis(200));
+    let introspections = demo.log().iter().filter(|l| l.contains(" as ") && l.contains("POST /introspect")).count();
+    assert_eq!(introspections, 8, "{:?}", demo.log());
+}
+
+#[test]
+fn authorization_server_down_is_503_not_401() {
+    let dir = tempdir();
+    let config = dir.join("down.json");
+    // Port 1 on 127.0.0.1: nothing listens there.
+    std::fs::write(
+        &config,
+        r#"{"resource": "http://127.0.0.1:8080/mcp", "authorization_servers": ["http://127.0.0.1:1"],
+            "introspection_endpoint": "http://127.0.0.1:1/introspect", "client_id": "gw", "client_secret": "s", "timeout": 2000}"#,
+    )
+    .unwrap();
+    let running = Running::start(
+        &["--config", config.to_str().unwrap(), "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0"],
+        "Ctrl-C stops it",
+    );
+    let base = running.url_after("proxy listening on");
+    let r = mcp_post(&format!("{base}/mcp"), Some("some-token"), "{}", &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.header("www-authenticate").is_none());
+    // The metadata is served without any AS.
+    let r = reply(agent().get(&format!("{base}/.well-known/oauth-protected-resource/mcp")).call());
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn real_mode_forwards_with_a_prefix_and_fails_closed_on_a_bad_upstream() {
+    // The embedded demo provides the AS and the echo server; a second proxy in real mode
+    // protects the same echo server with a config file.
+    let demo = Running::demo(&[]);
+    let issuer = demo.url_after("auth server");
+    let echo = demo.url_after("echo MCP server").trim_end_matches("/mcp").to_owned();
+    let dir = tempdir();
+    let config = dir.join("real.json");
+    let resource = "http://127.0.0.1:9/real/mcp";
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "name": "mcp-oauth2",
+            "config": {
+                "resource": resource,
+                "authorization_servers": [issuer],
+                "introspection_endpoint": format!("{issuer}/introspect"),
+                "client_id": "gateway",
+                "client_secret": "gateway-secret",
+                "claim_to_header": [{"claim": "sub", "header": "X-User-Id"}],
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let token = get_token(&issuer, Some(resource));
+    let start = |upstream: &str| {
+        Running::start(
+            &["--config", config.to_str().unwrap(), "--upstream", upstream, "--listen", "127.0.0.1:0"],
+            "Ctrl-C stops it",
+        )
+    };
+    // The upstream URL's path is a prefix: /mcp is sent to /mcp when the prefix is "/".
+    let real = start(&format!("{echo}/"));
+    let base = real.url_after("proxy listening on");
+    let seen = whoami(&format!("{base}/mcp"), &token, &[("X-User-Id", "spoofed")]);
+    assert_eq!(seen["x-user-id"], "demo-client", "{seen}");
+    assert!(seen.get("authorization").is_none());
+    // A prefix that the echo server does not know: its 404 comes back through the proxy.
+    let real = start(&format!("{echo}/base"));
+    let r = mcp_post(&format!("{}/mcp", real.url_after("proxy listening on")), Some(&token), "{}", &[]);
+    assert_eq!(r.status, 404, "{}", r.body);
+    // https:// to a server that does not speak TLS: 502, and the proxy keeps running.
+    let mut real = start(&echo.replace("http://", "https://"));
+    let url = format!("{}/mcp", real.url_after("proxy listening on"));
+    for _ in 0..2 {
+        let r = mcp_post(&url, Some(&token), "{}", &[]);
+        assert_eq!(r.status, 502, "{}", r.body);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(real.log().iter().any(|l| l.contains("502 upstream_unavailable")), "{:?}", real.log());
+    assert!(real.child.try_wait().unwrap().is_none(), "the proxy is still running");
+}
+
+#[test]
+fn method_scopes_read_the_buffered_body_and_forward_it_intact() {
+    let demo = Running::demo(&[]);
+    let issuer = demo.url_after("auth server");
+    let echo = demo.url_after("echo MCP server").trim_end_matches("/mcp").to_owned();
+    let dir = tempdir();
+    let config = dir.join("scoped.yaml");
+    let resource = "http://127.0.0.1:9/scoped/mcp";
+    std::fs::write(
+        &config,
+        format!(
+            "resource: {resource}\nauthorization_servers: [{issuer}]\nintrospection_endpoint: {issuer}/introspect\n\
+             client_id: gateway\nclient_secret: gateway-secret\nmax_request_body_size: 4096\n\
+             method_scopes:\n  tools/call: [mcp:write]\n"
+        ),
+    )
+    .unwrap();
+    let real = Running::start(
+        &["--config", config.to_str().unwrap(), "--upstream", &echo, "--listen", "127.0.0.1:0"],
+        "Ctrl-C stops it",
+    );
+    let url = format!("{}/mcp", real.url_after("proxy listening on"));
+    let basic = base64::engine::general_purpose::STANDARD.encode("demo-client:demo-secret");
+    let token_with = |scope: &str| {
+        let r = reply(
+            agent().post(&format!("{issuer}/token")).header("Authorization", &format!("Basic {basic}")).send_form([
+                ("grant_type", "client_credentials"),
+                ("resource", resource),
+                ("scope", scope),
+            ]),
+        );
+        serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["access_token"].as_str().unwrap().to_owned()
+    };
+    let (reader, writer) = (token_with("mcp:read"), token_with("mcp:read mcp:write"));
+    let text = "x".repeat(2000);
+    let call = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{text}"}}}}}}"#
+    );
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+
+    assert_eq!(mcp_post(&url, Some(&reader), list, &[]).status, 200);
+    let r = mcp_post(&url, Some(&reader), &call, &[]);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.header("www-authenticate").unwrap().contains(r#"error="insufficient_scope""#));
+    // The body the proxy read to find the method reaches the upstream intact.
+    let r = mcp_post(&url, Some(&writer), &call, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(rpc_result(&r.body)["content"][0]["text"], text.as_str());
+    // Larger than max_request_body_size: 413 from the library, nothing forwarded.
+    let big = call.replace(&text, &"y".repeat(5000));
+    let r = mcp_post(&url, Some(&writer), &big, &[]);
+    assert_eq!(r.status, 413, "{}", r.body);
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("demo-proxy-test-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+fn check(config: &str, env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(binary()).args(["--config", config, "--check"]).envs(env.iter().copied()).output().expect("run")
+}
+
+#[test]
+fn every_kong_fixture_loads() {
+    let deck_env = [
+        ("DECK_MCP_AUTH_URL", "http://127.0.0.1:8080/mcp"),
+        ("DECK_KEYCLOAK_AUTHZ_URL", "http://127.0.0.1:9400/realms/mcp"),
+        (
+            "DECK_KEYCLOAK_INTROSPECTION_URL",
+            "http://127.0.0.1:9400/realms/mcp/protocol/openid-connect/token/introspect",
+        ),
+        ("DECK_CLIENT_ID", "kong"),
+        ("DECK_CLIENT_SECRET", "kong-secret-from-env"),
+    ];
+    for (file, expect) in [
+        ("kong-deck.yaml", "decK file, at plugins[0].config"),
+        ("kong-deck-route-scoped.yaml", "decK file, at plugins[0].config"),
+        ("kongplugin.yaml", "KongPlugin manifest"),
+        ("kong-config.json", "plugin config object"),
+        ("kong-admin-api-plugin.json", "Kong Admin API plugin object"),
+    ] {
+        let out = check(&testdata(file), &deck_env);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{file}: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(expect), "{file}: {stdout}");
+        assert!(!stdout.contains("kong-secret"), "a secret was printed: {stdout}");
+    }
+    // The decK values really came from the environment.
+    let out = check(&testdata("kong-deck.yaml"), &deck_env);
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("http://127.0.0.1:9400/realms/mcp/protocol/openid-connect/token/introspect"));
+    // The sample configs shipped with the example load too.
+    let samples = format!("{}/examples/configs", env!("CARGO_MANIFEST_DIR"));
+    let mut count = 0;
+    for entry in std::fs::read_dir(&samples).unwrap() {
+        let path = entry.unwrap().path();
+        if matches!(path.extension().and_then(|e| e.to_str()), Some("json" | "yaml")) {
+            let out = check(
+                path.to_str().unwrap(),
+                &[
+                    ("DECK_CLIENT_SECRET", "x"),
+                    ("DECK_MCP_RESOURCE", "http://127.0.0.1:8080/mcp"),
+                    ("DECK_AS_URL", "http://127.0.0.1:8081"),
+                ],
+            );
+            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            count += 1;
+        }
+    }
+    assert!(count >= 3, "sample configs found: {count}");
+}
+
+#[test]
+fn config_errors_name_the_field_and_exit_nonzero() {
+    let dir = tempdir();
+    let cases: [(&str, &str, &str); 7] = [
+        (
+            "typo.yaml",
+            "plugins:\n- name: ai-mcp-oauth2\n  config:\n    resource: http://127.0.0.1:8080/mcp\n    authorization_servers: [http://as]\n    introspection_endpoint: http://as/i\n    introspection_endpiont: http://as/x\n",
+            "plugins[0].config",
+        ),
+        (
+            "badurl.json",
+            r#"{"name": "ai-mcp-oauth2", "config": {"resource": "not a url", "authorization_servers": ["http://as"], "introspection_endpoint": "http://as/i"}}"#,
+            "config.resource:",
+        ),
+        (
+            "unset.yaml",
+            "plugins:\n- name: mcp-oauth2\n  config:\n    resource: ${{ env \"DECK_NOT_SET_ANYWHERE\" }}\n",
+            "DECK_NOT_SET_ANYWHERE is not set",
+        ),
+        ("noprefix.yaml", "resource: ${{ env \"HOME\" }}\n", "HOME must be prefixed with DECK_"),
+        ("wrongplugin.json", r#"{"name": "key-auth", "config": {}}"#, "name: expected ai-mcp-oauth2"),
+        ("broken.yaml", "resource: [unclosed\n", "not valid YAML or JSON"),
+        (
+            "missing.json",
+            r#"{"authorization_servers": ["http://as"], "introspection_endpoint": "http://as/i"}"#,
+            "resource",
+        ),
+    ];
+    for (name, text, expect) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = check(path.to_str().unwrap(), &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(expect), "{name}: expected {expect:?} in {stderr:?}");
+        assert!(stderr.contains(name), "{name}: the error names the file: {stderr}");
+    }
+    // The typo'd field is named.
+    let out = check(dir.join("typo.yaml").to_str().unwrap(), &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("introspection_endpiont"));
+    // A missing file, a missing --upstream, an unknown flag.
+    for args in
+        [vec!["--config", "/nonexistent/kong.yaml", "--check"], vec!["--config", "x.json"], vec!["--frobnicate"]]
+    {
+        let out = Command::new(binary()).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // A port that is taken: a clear error naming the flag.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(binary()).args(["--listen", &addr]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("already in use") && stderr.contains("--listen"), "{stderr}");
+}
+
+#[test]
+fn ctrl_c_stops_cleanly() {
+    let mut demo = Running::demo(&["--tick-ms", "100"]);
+    // An open SSE stream through the proxy must not keep the process alive.
+    let resource = format!("{}/mcp", demo.url_after("proxy listening on"));
+    let token = get_token(&demo.url_after("auth server"), Some(&resource));
+    let stream = agent()
+        .get(&resource)
+        .header("Authorization", &format!("Bearer {token}"))
+        .header("Accept", "text/event-stream")
+        .call()
+        .expect("GET stream");
+    let mut reader = BufReader::new(stream.into_body().into_reader());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert!(first.starts_with("event: message"), "{first}");
+    let pid = demo.child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = demo.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status after Ctrl-C: {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running 10 s after SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(demo.log().iter().any(|l| l.contains("demo_proxy stopped")));
+}
