@@ -782,12 +782,6 @@ impl Config {
     /// Names the first configured feature this build cannot perform yet, so that it is
     /// never silently ignored.
     pub(crate) fn check_supported(&self) -> Result<(), Error> {
-        if self.introspection_endpoint.is_none() {
-            return Err(Error::unsupported(
-                "introspection_endpoint",
-                "is required: local JWT validation (jwks_endpoint / metadata discovery) is not implemented yet",
-            ));
-        }
         let auth = self.effective_client_auth();
         if matches!(auth, ClientAuth::ClientSecretJwt | ClientAuth::PrivateKeyJwt) || auth.is_tls() {
             return Err(Error::unsupported(

@@ -41,8 +41,18 @@ pub enum Reason {
     TokenMalformed,
     /// `aud` does not name this resource (401).
     AudienceMismatch,
-    /// The token is a refresh or ID token, not an access token (401).
-    NotAccessToken,
+    /// A JWT's `alg` is not in `algorithms` (`none` and HS* never are) (401).
+    TokenAlgorithmNotAllowed,
+    /// No key of the JWKS matches the JWT's `kid` (after one refetch), or a kid-less JWT
+    /// fits no single key (401).
+    TokenKeyUnknown,
+    /// A JWT's signature does not verify (401).
+    TokenSignatureInvalid,
+    /// A JWT's `iss` is not an accepted issuer (401).
+    IssuerMismatch,
+    /// A JWT that is not an access token: an ID token (`nonce`), or a JOSE `typ` other
+    /// than `at+jwt` when `access_token_type` is `at+jwt` (401).
+    TokenTypeInvalid,
     /// The token lacks a scope this operation needs (403 `insufficient_scope`).
     InsufficientScope,
     /// `consumer_claim` is configured, not optional, and absent from the token (403).
@@ -74,7 +84,11 @@ impl Reason {
             Reason::TokenNotYetValid => "token_not_yet_valid",
             Reason::TokenMalformed => "token_malformed",
             Reason::AudienceMismatch => "audience_mismatch",
-            Reason::NotAccessToken => "not_access_token",
+            Reason::TokenAlgorithmNotAllowed => "token_algorithm_not_allowed",
+            Reason::TokenKeyUnknown => "token_key_unknown",
+            Reason::TokenSignatureInvalid => "token_signature_invalid",
+            Reason::IssuerMismatch => "issuer_mismatch",
+            Reason::TokenTypeInvalid => "token_type_invalid",
             Reason::InsufficientScope => "insufficient_scope",
             Reason::ConsumerMissing => "consumer_missing",
             Reason::ConsumerGroupsMissing => "consumer_groups_missing",
@@ -91,7 +105,11 @@ impl Reason {
             Reason::TokenNotYetValid => "The access token is not yet valid",
             Reason::AudienceMismatch => "The access token was not issued for this resource",
             Reason::TokenMalformed => "The access token is malformed",
-            Reason::NotAccessToken => "The token is not an access token",
+            Reason::TokenAlgorithmNotAllowed | Reason::TokenKeyUnknown | Reason::TokenSignatureInvalid => {
+                "The access token signature cannot be verified"
+            }
+            Reason::IssuerMismatch => "The access token was not issued by a trusted authorization server",
+            Reason::TokenTypeInvalid => "The token is not an access token",
             _ => "The access token is not active",
         }
     }

@@ -3,7 +3,9 @@
 //! An embeddable OAuth 2 resource server for gateways in front of MCP (Model Context
 //! Protocol) servers, configured like Kong's `ai-mcp-oauth2` plugin. For one request it
 //! serves the Protected Resource Metadata document (RFC 9728), takes the bearer token
-//! (RFC 6750), validates it by introspection (RFC 7662), enforces the audience (RFC 8707)
+//! (RFC 6750), validates it by introspection (RFC 7662) or locally as a JWT access token
+//! (RFC 9068) with the authorization server's keys (JWKS, found through RFC 8414 / OpenID
+//! discovery when not configured), enforces the audience (RFC 8707)
 //! and scopes, maps claims to upstream headers, and answers everything else with the status
 //! and `WWW-Authenticate` challenge MCP clients need.
 //!
@@ -57,8 +59,11 @@ mod cache;
 mod claims;
 pub mod config;
 mod decision;
+mod discovery;
 mod error;
 mod introspect;
+mod jwks;
+mod jwt;
 mod metadata;
 mod policy;
 mod request;

@@ -75,6 +75,10 @@ impl fmt::Debug for Request<'_> {
 pub enum Purpose {
     /// RFC 7662 token introspection.
     Introspection,
+    /// RFC 8414 / OpenID Connect authorization-server metadata (to find `jwks_uri`).
+    Discovery,
+    /// The authorization server's JSON Web Key Set (RFC 7517), for local JWT validation.
+    Jwks,
 }
 
 impl Purpose {
@@ -82,6 +86,8 @@ impl Purpose {
     pub fn as_str(self) -> &'static str {
         match self {
             Purpose::Introspection => "introspection",
+            Purpose::Discovery => "discovery",
+            Purpose::Jwks => "jwks",
         }
     }
 }

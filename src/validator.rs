@@ -15,10 +15,11 @@ use crate::claims;
 use crate::config::ClaimPath;
 use crate::decision::{Answer, Decision, Forward, Grant, Identity, Reason};
 use crate::introspect::{read_response, Introspected, Introspector};
+use crate::jwt::{JwtStep, LocalJwt, Progress};
 use crate::metadata::Metadata;
 use crate::policy::{check_time, AudiencePolicy, ScopeRules, TimeFailure};
-use crate::request::{HttpRequest, HttpResponse, Request, TransportError};
-use crate::token::{extract_bearer, hex, AccessToken, Extracted};
+use crate::request::{HttpRequest, HttpResponse, Purpose, Request, TransportError, TransportErrorKind};
+use crate::token::{extract_bearer, hex, AccessToken, Extracted, Secret};
 use crate::transport::Transport;
 use crate::{Config, Error};
 
@@ -27,6 +28,8 @@ use crate::{Config, Error};
 pub(crate) enum Outcome {
     Valid(Arc<Grant>),
     Invalid(Reason),
+    /// Invalid, with a detail for logs (never token or AS response text).
+    Rejected(Reason, Cow<'static, str>),
     Unavailable(Cow<'static, str>),
 }
 
@@ -40,7 +43,10 @@ pub struct Validator {
 pub(crate) struct Inner {
     config: Config,
     metadata: Metadata,
-    introspector: Introspector,
+    /// Set when `introspection_endpoint` is (introspection always wins, as in Kong).
+    introspector: Option<Introspector>,
+    /// Local JWT validation, when there is no introspector.
+    jwt: Option<LocalJwt>,
     audience: AudiencePolicy,
     scopes: ScopeRules,
     /// Claim path per mapped header, parallel to `header_names`.
@@ -49,6 +55,8 @@ pub(crate) struct Inner {
     pub(crate) remove_headers: Vec<String>,
     cache: Option<TtlCache<Outcome>>,
     flights: Flights<Outcome>,
+    /// Single flight for metadata and JWKS fetches by URL (shared by different tokens).
+    fetches: Flights<Result<HttpResponse, TransportError>>,
     /// SHA-256 state already fed with the validator's identity; cloned per token.
     key_seed: Sha256,
     leeway: i64,
@@ -75,6 +83,32 @@ pub struct Pending {
     inner: Arc<Inner>,
     ctx: Ctx<'static>,
     key: Key,
+    state: State,
+}
+
+/// What a [`Pending`] waits for.
+enum State {
+    Introspect,
+    /// A metadata or JWKS fetch for local JWT validation (boxed: keeps `Step` small).
+    Jwt(Box<JwtPending>),
+}
+
+struct JwtPending {
+    /// Kept to finish the validation once the keys are in.
+    token: Secret,
+    step: JwtStep,
+}
+
+/// A local JWT step's result: decided, or the next request it needs.
+enum JwtNext {
+    Decided(Outcome),
+    Need(HttpRequest, JwtStep),
+}
+
+/// The result of one step of a pending validation.
+enum Advance {
+    Done(Ctx<'static>, Outcome),
+    Need(HttpRequest, Pending),
 }
 
 /// Request-scoped facts a decision needs.
@@ -108,7 +142,6 @@ impl Validator {
     pub fn new(config: Config) -> Result<Self, Error> {
         config.validate()?;
         config.check_supported()?;
-        let endpoint = config.introspection_endpoint.clone().expect("checked by check_supported");
 
         let (header_names, header_paths): (Vec<String>, Vec<ClaimPath>) = if config.upstream_headers.is_empty() {
             config.claim_to_header.iter().map(|m| (m.header.clone(), ClaimPath::claim(&m.claim))).unzip()
@@ -136,7 +169,8 @@ impl Validator {
         let cache = (config.cache_introspection).then(|| TtlCache::new(config.cache_max_entries));
         let inner = Inner {
             metadata: Metadata::new(&config),
-            introspector: Introspector::new(&config, &endpoint),
+            introspector: config.introspection_endpoint.as_deref().map(|url| Introspector::new(&config, url)),
+            jwt: config.introspection_endpoint.is_none().then(|| LocalJwt::new(&config)),
             audience: AudiencePolicy::new(&config),
             scopes: ScopeRules::new(&config),
             header_paths,
@@ -144,6 +178,7 @@ impl Validator {
             remove_headers,
             cache,
             flights: Flights::new(),
+            fetches: Flights::new(),
             key_seed,
             leeway: i64::try_from(config.jwt_claims_leeway).unwrap_or(i64::MAX),
             allowed_origins: config.allowed_origins.clone(),
@@ -231,8 +266,26 @@ impl Validator {
         if let Some(outcome) = inner.cache.as_ref().and_then(|c| c.get(&key, Instant::now())) {
             return Step::Done(self.decide(&ctx, &outcome));
         }
-        let http = inner.introspector.request(token.0);
-        Step::Need(http, Pending { inner: Arc::clone(inner), ctx: ctx.into_owned(), key })
+        let (http, state) = match (&inner.introspector, &inner.jwt) {
+            (Some(introspector), _) => (introspector.request(token.0), State::Introspect),
+            (None, Some(jwt)) => {
+                let now = unix_now();
+                match inner.jwt_outcome(jwt.start(token.0, now), now) {
+                    JwtNext::Decided(outcome) => {
+                        inner.store(key, &outcome, now);
+                        return Step::Done(self.decide(&ctx, &outcome));
+                    }
+                    JwtNext::Need(http, step) => {
+                        (http, State::Jwt(Box::new(JwtPending { token: Secret::new(token.0), step })))
+                    }
+                }
+            }
+            (None, None) => {
+                let outcome = Outcome::Unavailable(Cow::Borrowed("no validation method configured"));
+                return Step::Done(self.decide(&ctx, &outcome));
+            }
+        };
+        Step::Need(http, Pending { inner: Arc::clone(inner), ctx: ctx.into_owned(), key, state })
     }
 
     /// Decides one request, performing the authorization-server calls with `transport`.
@@ -240,11 +293,11 @@ impl Validator {
     /// Concurrent misses for one token in this process share one call (single flight):
     /// the others wait for its result.
     pub fn authorize<T: Transport + ?Sized>(&self, req: &Request<'_>, transport: &T) -> Decision {
-        let (http, pending) = match self.begin(req) {
+        let (mut http, mut pending) = match self.begin(req) {
             Step::Done(d) => return d,
             Step::Need(http, pending) => (http, pending),
         };
-        let waiting = Cow::Borrowed("introspection: gave up waiting for a concurrent call");
+        let waiting = Cow::Borrowed("validation: gave up waiting for a concurrent call");
         match self.inner.flights.join(pending.key, Outcome::Unavailable(waiting)) {
             Role::Leader(leader) => {
                 // A flight for this key may have finished between our miss and our join.
@@ -252,18 +305,70 @@ impl Validator {
                     leader.complete(outcome.clone());
                     return self.decide(&pending.ctx, &outcome);
                 }
-                let result = transport.send(&http);
-                let (ctx, outcome) = pending.finish(result);
-                leader.complete(outcome.clone());
-                self.decide(&ctx, &outcome)
+                // Discovery, then keys: a validation may need several calls.
+                loop {
+                    let result = self.send_shared(transport, &http);
+                    match pending.advance(result) {
+                        Advance::Done(ctx, outcome) => {
+                            leader.complete(outcome.clone());
+                            return self.decide(&ctx, &outcome);
+                        }
+                        Advance::Need(next_http, next) => (http, pending) = (next_http, next),
+                    }
+                }
             }
             Role::Follower(flight) => {
-                let wait = Duration::from_millis(self.inner.config.timeout.saturating_mul(2)) + Duration::from_secs(1);
+                // Local JWT validation may chain discovery (three URLs per server, with
+                // retries) and two JWKS calls.
+                let config = &self.inner.config;
+                let calls = if self.inner.jwt.is_some() {
+                    let servers = config.authorization_servers.len() as u64;
+                    3 * servers * u64::from(config.metadata_discovery_retry) + 2
+                } else {
+                    2
+                };
+                let wait = Duration::from_millis(config.timeout.saturating_mul(calls)) + Duration::from_secs(1);
                 let outcome = flight.wait(wait).unwrap_or(Outcome::Unavailable(Cow::Borrowed(
-                    "introspection: timed out waiting for a concurrent call",
+                    "validation: timed out waiting for a concurrent call",
                 )));
                 self.decide(&pending.ctx, &outcome)
             }
+        }
+    }
+
+    /// Performs `http`. Concurrent metadata or JWKS fetches of one URL (for different
+    /// tokens, e.g. a burst at start-up) share one call; introspection is per token.
+    fn send_shared<T: Transport + ?Sized>(
+        &self,
+        transport: &T,
+        http: &HttpRequest,
+    ) -> Result<HttpResponse, TransportError> {
+        if http.purpose == Purpose::Introspection {
+            return transport.send(http);
+        }
+        let mut h = Sha256::new();
+        h.update(http.purpose.as_str().as_bytes());
+        h.update(b"\0");
+        h.update(http.url.as_bytes());
+        let key: Key = h.finalize().into();
+        let abandoned = Err(TransportError::new(TransportErrorKind::Other, "a concurrent fetch was abandoned"));
+        match self.inner.fetches.join(key, abandoned) {
+            Role::Leader(leader) => {
+                let result = transport.send(http);
+                leader.complete(result.clone());
+                result
+            }
+            Role::Follower(flight) => flight.wait(http.timeout + Duration::from_secs(1)).unwrap_or_else(|| {
+                Err(TransportError::new(TransportErrorKind::Timeout, "timed out waiting for a concurrent fetch"))
+            }),
+        }
+    }
+
+    /// Shifts the local JWT clock (metadata/JWKS expiry, refetch limit) forward.
+    #[cfg(test)]
+    pub(crate) fn advance_jwt_clock(&self, by: Duration) {
+        if let Some(jwt) = &self.inner.jwt {
+            *jwt.skew.lock() += by;
         }
     }
 
@@ -296,34 +401,86 @@ impl Pending {
     /// Continues with the result of the HTTP request from [`Step::Need`].
     pub fn resume(self, result: Result<HttpResponse, TransportError>) -> Step {
         let inner = Arc::clone(&self.inner);
-        let (ctx, outcome) = self.finish(result);
-        Step::Done(inner.decide(&ctx, &outcome))
+        match self.advance(result) {
+            Advance::Done(ctx, outcome) => Step::Done(inner.decide(&ctx, &outcome)),
+            Advance::Need(http, pending) => Step::Need(http, pending),
+        }
     }
 
-    /// The cache key of the token being validated, as 64 hex digits: a SHA-256 digest over
-    /// the validator's identity and the token, never the token. Hosts with a shared cache
-    /// across processes (nginx workers) use it to store and replay AS responses.
+    /// A key for the response this step waits for, as 64 hex digits (a SHA-256 digest
+    /// over the validator's identity and what identifies the response; never the token).
+    /// Hosts with a shared cache across processes (nginx workers) use it to store and
+    /// replay AS responses:
+    /// - introspection: the token (one response per token);
+    /// - discovery and JWKS ([`Purpose::Discovery`](crate::Purpose), [`Purpose::Jwks`](crate::Purpose)):
+    ///   the URL, so every token shares one cached document;
+    /// - a JWKS refetch after an unknown `kid`: the URL and the current minute, so a
+    ///   replayed stale key set is never mistaken for the refetch.
     pub fn cache_key(&self) -> String {
-        hex(&self.key)
+        match &self.state {
+            State::Introspect => hex(&self.key),
+            State::Jwt(jwt) => {
+                let mut h = self.inner.key_seed.clone();
+                match &jwt.step {
+                    JwtStep::Discover { candidate, .. } => {
+                        h.update(b"discovery\0");
+                        h.update(candidate.to_le_bytes());
+                    }
+                    JwtStep::FetchKeys { url, .. } => {
+                        h.update(b"jwks\0");
+                        h.update(url.as_bytes());
+                    }
+                    JwtStep::RefetchKeys { url, .. } => {
+                        h.update(b"jwks-refetch\0");
+                        h.update(url.as_bytes());
+                        h.update(b"\0");
+                        h.update((unix_now() / 60).to_le_bytes());
+                    }
+                }
+                let digest: Key = h.finalize().into();
+                hex(&digest)
+            }
+        }
     }
 
-    fn finish(self, result: Result<HttpResponse, TransportError>) -> (Ctx<'static>, Outcome) {
-        let inner = &self.inner;
+    fn advance(self, result: Result<HttpResponse, TransportError>) -> Advance {
+        let Pending { inner, ctx, key, state } = self;
         let now = unix_now();
-        let outcome = match read_response(result) {
-            Introspected::Active(claims) => inner.outcome_from_claims(&claims, now),
-            Introspected::Inactive => Outcome::Invalid(Reason::TokenInactive),
-            Introspected::NotAccessToken => Outcome::Invalid(Reason::NotAccessToken),
-            Introspected::Failed(detail) => Outcome::Unavailable(detail),
+        let outcome = match state {
+            State::Introspect => match read_response(result) {
+                Introspected::Active(claims) => inner.outcome_from_claims(&claims, now),
+                Introspected::Inactive => Outcome::Invalid(Reason::TokenInactive),
+                Introspected::NotAccessToken => Outcome::Invalid(Reason::TokenTypeInvalid),
+                Introspected::Failed(detail) => Outcome::Unavailable(detail),
+            },
+            State::Jwt(pending) => {
+                let JwtPending { token, step } = *pending;
+                let progress = match &inner.jwt {
+                    Some(jwt) => jwt.resume(token.expose(), step, result, now),
+                    None => Progress::Unavailable(Cow::Borrowed("jwt: not configured")),
+                };
+                match inner.jwt_outcome(progress, now) {
+                    JwtNext::Decided(outcome) => outcome,
+                    JwtNext::Need(http, step) => {
+                        let state = State::Jwt(Box::new(JwtPending { token, step }));
+                        return Advance::Need(http, Pending { inner, ctx, key, state });
+                    }
+                }
+            }
         };
-        inner.store(self.key, &outcome, now);
-        (self.ctx, outcome)
+        inner.store(key, &outcome, now);
+        Advance::Done(ctx, outcome)
     }
 }
 
 impl fmt::Debug for Pending {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pending").field("ctx", &self.ctx).finish_non_exhaustive()
+        let waiting_for = match &self.state {
+            State::Introspect => "introspection",
+            State::Jwt(jwt) if matches!(jwt.step, JwtStep::Discover { .. }) => "discovery",
+            State::Jwt(_) => "jwks",
+        };
+        f.debug_struct("Pending").field("ctx", &self.ctx).field("waiting_for", &waiting_for).finish_non_exhaustive()
     }
 }
 
@@ -368,6 +525,17 @@ pub(crate) fn unix_now() -> i64 {
 }
 
 impl Inner {
+    /// A local JWT step's outcome, or the next request it needs.
+    fn jwt_outcome(&self, progress: Progress, now: i64) -> JwtNext {
+        JwtNext::Decided(match progress {
+            Progress::Verified(claims) => self.outcome_from_claims(&claims, now),
+            Progress::Invalid(reason) => Outcome::Invalid(reason),
+            Progress::Rejected(reason, detail) => Outcome::Rejected(reason, detail),
+            Progress::Unavailable(detail) => Outcome::Unavailable(detail),
+            Progress::Need(http, step) => return JwtNext::Need(http, step),
+        })
+    }
+
     fn cache_key(&self, token: AccessToken<'_>) -> Key {
         let mut h = self.key_seed.clone();
         h.update(token.0.as_bytes());
@@ -500,7 +668,7 @@ impl Inner {
                 let secs = until_exp.min(i64::try_from(self.config.cache_ttl_max).unwrap_or(i64::MAX));
                 Duration::from_secs(u64::try_from(secs).unwrap_or(0))
             }
-            Outcome::Invalid(_) => Duration::from_secs(self.config.cache_ttl_negative),
+            Outcome::Invalid(_) | Outcome::Rejected(..) => Duration::from_secs(self.config.cache_ttl_negative),
             Outcome::Unavailable(_) => return,
         };
         cache.insert(key, outcome.clone(), ttl, Instant::now());
@@ -511,6 +679,11 @@ impl Inner {
         let grant = match outcome {
             Outcome::Unavailable(detail) => return Decision::Respond(answer.unavailable(detail.clone())),
             Outcome::Invalid(reason) => return Decision::Respond(answer.invalid_token(*reason)),
+            Outcome::Rejected(reason, detail) => {
+                let mut response = answer.invalid_token(*reason);
+                response.detail = Some(detail.clone());
+                return Decision::Respond(response);
+            }
             Outcome::Valid(g) => g,
         };
         // Time-dependent checks run on every use of a cached result.

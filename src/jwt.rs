@@ -1,0 +1,611 @@
+//! Local validation of JWT access tokens (behaviour.md §4 "Local JWT"; RFC 9068, RFC 8725):
+//! the JOSE header rules, key lookup through the validator-level metadata and JWKS caches,
+//! signature verification (by `jsonwebtoken`, never by hand) and the JWT-only claim rules.
+//! Audience, `exp`/`nbf` and header mapping are shared with introspection (validator.rs).
+//!
+//! Fetching metadata and keys is sans-I/O like introspection: [`LocalJwt::start`] and
+//! [`LocalJwt::resume`] either finish or return the next HTTP request with a [`JwtStep`].
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+
+use crate::claims;
+use crate::config::AccessTokenType;
+use crate::decision::Reason;
+use crate::discovery::{self, AsMetadata, Candidate, Fetched};
+use crate::jwks::{read_jwks, KeySet, Selected};
+use crate::request::{HttpRequest, HttpResponse, Purpose, TransportError};
+use crate::Config;
+
+/// An unknown `kid` refetches a JWKS at most this often per JWKS URL.
+pub(crate) const REFETCH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Where the verification keys come from.
+#[derive(Debug)]
+enum Source {
+    /// `jwks_endpoint`.
+    Jwks(String),
+    /// The `jwks_uri` of the first authorization-server metadata found.
+    Discovery(Vec<Candidate>),
+}
+
+struct CachedKeys {
+    url: String,
+    set: Arc<KeySet>,
+    fetched: Instant,
+    expires: Instant,
+}
+
+/// The JOSE header facts validation needs.
+#[derive(Debug)]
+pub(crate) struct JoseHeader {
+    pub(crate) alg: Algorithm,
+    pub(crate) kid: Option<String>,
+}
+
+/// Where a validation stands after a step.
+#[derive(Debug)]
+pub(crate) enum Progress {
+    /// Signature and JWT-only rules passed: apply the shared policy to these claims.
+    Verified(Map<String, Value>),
+    Invalid(Reason),
+    /// Invalid, with a detail for logs (e.g. why keys of the set were skipped).
+    Rejected(Reason, Cow<'static, str>),
+    Unavailable(Cow<'static, str>),
+    /// Perform this request, then call [`LocalJwt::resume`] with the step.
+    Need(HttpRequest, JwtStep),
+}
+
+/// What a pending fetch is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum JwtStep {
+    /// Metadata candidate `candidate`, attempt `attempt` (from 1); `transient` is the last
+    /// transient failure seen for this authorization server; `only` limits discovery to
+    /// one server (the token's issuer).
+    Discover { candidate: usize, attempt: u32, transient: Option<Cow<'static, str>>, only: Option<usize> },
+    /// The key set at `url` (cache miss or expiry), for key slot `slot`.
+    FetchKeys { slot: usize, url: String },
+    /// The key set at `url` again, because the token's `kid` is not in the cached set.
+    RefetchKeys { slot: usize, url: String },
+}
+
+/// The JWKS URL with its key slot, or the step that finds it.
+enum JwksUrl {
+    Known(usize, String),
+    Find(Progress),
+}
+
+/// Local JWT validation for one validator: policy plus the metadata and key caches.
+pub(crate) struct LocalJwt {
+    /// One `jsonwebtoken` validation per allowed algorithm, built once.
+    validations: Vec<(Algorithm, Validation)>,
+    issuers: Option<Vec<String>>,
+    authorization_servers: Vec<String>,
+    require_at_jwt: bool,
+    leeway: i64,
+    timeout: Duration,
+    source: Source,
+    retry: u32,
+    jwks_ttl: Duration,
+    metadata_ttl: Duration,
+    /// Per authorization server (index in `authorization_servers`; 0 for an explicit
+    /// `metadata_discovery_endpoint`): its metadata and when it must be refreshed.
+    metadata: Mutex<Vec<Option<(AsMetadata, Instant)>>>,
+    /// Key sets by slot: 0 for `jwks_endpoint`, else the authorization server's index, so
+    /// a token is verified only with the keys of the server it names as issuer.
+    keys: Mutex<Vec<Option<CachedKeys>>>,
+    /// When each JWKS URL was last refetched for an unknown `kid` (ordinary fetches on a
+    /// cache miss do not count: a key rotated just after a fetch must still be found).
+    last_refetch: Mutex<HashMap<String, Instant>>,
+    /// Test hook: added to the monotonic clock so the 60 s rule is testable without sleeping.
+    #[cfg(test)]
+    pub(crate) skew: Mutex<Duration>,
+}
+
+impl LocalJwt {
+    pub(crate) fn new(config: &Config) -> Self {
+        let validations = config
+            .effective_algorithms()
+            .iter()
+            .filter_map(|name| name.parse::<Algorithm>().ok())
+            .map(|alg| {
+                // Only the signature is checked here: every claim rule is ours, so that
+                // missing and malformed claims are told apart and leeway is applied once.
+                let mut v = Validation::new(alg);
+                v.required_spec_claims.clear();
+                v.validate_exp = false;
+                v.validate_nbf = false;
+                v.validate_aud = false;
+                v.leeway = 0;
+                (alg, v)
+            })
+            .collect();
+        let slots = config.authorization_servers.len().max(1);
+        let source = match &config.jwks_endpoint {
+            Some(url) => Source::Jwks(url.clone()),
+            None => Source::Discovery(discovery::candidates(config)),
+        };
+        LocalJwt {
+            validations,
+            issuers: config.issuers.clone(),
+            authorization_servers: config.authorization_servers.clone(),
+            require_at_jwt: config.access_token_type == AccessTokenType::AtJwt,
+            leeway: i64::try_from(config.jwt_claims_leeway).unwrap_or(i64::MAX),
+            timeout: Duration::from_millis(config.timeout),
+            source,
+            retry: config.metadata_discovery_retry.max(1),
+            jwks_ttl: Duration::from_secs(config.jwks_cache_ttl),
+            metadata_ttl: Duration::from_secs(config.metadata_cache_ttl),
+            metadata: Mutex::new(vec![None; slots]),
+            keys: Mutex::new((0..slots).map(|_| None).collect()),
+            last_refetch: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            skew: Mutex::new(Duration::ZERO),
+        }
+    }
+
+    fn now(&self) -> Instant {
+        #[cfg(test)]
+        {
+            Instant::now() + *self.skew.lock()
+        }
+        #[cfg(not(test))]
+        {
+            Instant::now()
+        }
+    }
+
+    /// When something cached now for `ttl` expires. A configured TTL too large for the
+    /// clock is clamped to a year rather than overflowing (which would panic).
+    fn expiry(&self, ttl: Duration) -> Instant {
+        let now = self.now();
+        now.checked_add(ttl).unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
+    }
+
+    /// Starts validating `token` at unix time `now`.
+    pub(crate) fn start(&self, token: &str, now: i64) -> Progress {
+        match self.parse_header(token) {
+            Ok(header) => self.with_keys(token, &header, now),
+            Err(reason) => Progress::Invalid(reason),
+        }
+    }
+
+    /// Continues after the HTTP request of `step`.
+    pub(crate) fn resume(
+        &self,
+        token: &str,
+        step: JwtStep,
+        result: Result<HttpResponse, TransportError>,
+        now: i64,
+    ) -> Progress {
+        let header = match self.parse_header(token) {
+            Ok(h) => h,
+            Err(reason) => return Progress::Invalid(reason),
+        };
+        match step {
+            JwtStep::Discover { candidate, attempt, transient, only } => {
+                let Source::Discovery(candidates) = &self.source else {
+                    return Progress::Unavailable("jwt: unexpected discovery step".into());
+                };
+                let Some(current) = candidates.get(candidate) else {
+                    return Progress::Unavailable("jwt: unexpected discovery step".into());
+                };
+                match discovery::read_metadata(result, current) {
+                    Fetched::Found(metadata) => {
+                        let entry = Some((metadata, self.expiry(self.metadata_ttl)));
+                        if let Some(slot) = self.metadata.lock().get_mut(current.server) {
+                            *slot = entry;
+                        }
+                        self.with_keys(token, &header, now)
+                    }
+                    Fetched::Failed(detail) if attempt < self.retry => Progress::Need(
+                        discovery::get_request(&current.url, self.timeout, Purpose::Discovery),
+                        JwtStep::Discover { candidate, attempt: attempt + 1, transient: Some(detail), only },
+                    ),
+                    Fetched::Failed(detail) => {
+                        self.next_candidate(candidates, candidate, Some(detail.clone()), detail, only)
+                    }
+                    Fetched::Absent(detail) => self.next_candidate(candidates, candidate, transient, detail, only),
+                }
+            }
+            JwtStep::FetchKeys { slot, url } | JwtStep::RefetchKeys { slot, url } => {
+                // A fresh set is authoritative: an unknown kid now is a 401, not another fetch.
+                let set = match read_jwks(result) {
+                    Ok(set) => Arc::new(set),
+                    Err(detail) => return Progress::Unavailable(detail),
+                };
+                let (fetched, expires) = (self.now(), self.expiry(self.jwks_ttl));
+                if let Some(cached) = self.keys.lock().get_mut(slot) {
+                    *cached = Some(CachedKeys { url, set: Arc::clone(&set), fetched, expires });
+                }
+                self.verify_with(token, &header, &set, now)
+            }
+        }
+    }
+
+    /// After candidate `after`: the next candidate of the same authorization server; at a
+    /// server boundary, stop with 503 if that server failed transiently (its keys must not
+    /// be silently replaced by another server's), else go on with the next server. `last`
+    /// is why candidate `after` did not do. With `only`, discovery ends with that server.
+    fn next_candidate(
+        &self,
+        candidates: &[Candidate],
+        after: usize,
+        transient: Option<Cow<'static, str>>,
+        last: Cow<'static, str>,
+        only: Option<usize>,
+    ) -> Progress {
+        let next = after + 1;
+        let same_server = candidates.get(next).is_some_and(|c| c.server == candidates[after].server);
+        if !same_server {
+            if let Some(detail) = transient {
+                return Progress::Unavailable(detail);
+            }
+            if only.is_some() {
+                return Progress::Unavailable(Cow::Owned(format!("{last}; no usable metadata for the token's issuer")));
+            }
+        }
+        match candidates.get(next) {
+            Some(c) => Progress::Need(
+                discovery::get_request(&c.url, self.timeout, Purpose::Discovery),
+                JwtStep::Discover {
+                    candidate: next,
+                    attempt: 1,
+                    transient: if same_server { transient } else { None },
+                    only,
+                },
+            ),
+            None => Progress::Unavailable(Cow::Owned(format!("{last}; no usable authorization server metadata"))),
+        }
+    }
+
+    /// The JWKS URL (and key slot) for `token`, or what to do to find it. With several
+    /// authorization servers and a token whose `iss` names one of them, only that server's
+    /// metadata and keys are used; otherwise the first server whose metadata is found.
+    fn jwks_url(&self, token: &str) -> JwksUrl {
+        let candidates = match &self.source {
+            Source::Jwks(url) => return JwksUrl::Known(0, url.clone()),
+            Source::Discovery(candidates) => candidates,
+        };
+        let only = match self.authorization_servers.len() {
+            0 | 1 => None,
+            _ => unverified_issuer(token).and_then(|iss| self.authorization_servers.iter().position(|s| *s == iss)),
+        };
+        let first = {
+            let now = self.now();
+            let metadata = self.metadata.lock();
+            let fresh = |i: usize| metadata.get(i).and_then(Option::as_ref).filter(|(_, expires)| *expires > now);
+            let found = match only {
+                Some(i) => fresh(i).map(|(m, _)| (i, m.jwks_uri.clone())),
+                None => (0..metadata.len()).find_map(|i| fresh(i).map(|(m, _)| (i, m.jwks_uri.clone()))),
+            };
+            if let Some((slot, url)) = found {
+                return JwksUrl::Known(slot, url);
+            }
+            match only {
+                Some(i) => candidates.iter().position(|c| c.server == i),
+                None => (!candidates.is_empty()).then_some(0),
+            }
+        };
+        JwksUrl::Find(match first {
+            Some(candidate) => Progress::Need(
+                discovery::get_request(&candidates[candidate].url, self.timeout, Purpose::Discovery),
+                JwtStep::Discover { candidate, attempt: 1, transient: None, only },
+            ),
+            None => Progress::Unavailable("discovery: no metadata URL can be derived".into()),
+        })
+    }
+
+    /// Verifies with the cached keys, or asks for the metadata or keys first.
+    fn with_keys(&self, token: &str, header: &JoseHeader, now: i64) -> Progress {
+        let (slot, url) = match self.jwks_url(token) {
+            JwksUrl::Known(slot, url) => (slot, url),
+            JwksUrl::Find(progress) => return progress,
+        };
+        let now_mono = self.now();
+        let cached = {
+            let keys = self.keys.lock();
+            let cached = keys.get(slot).and_then(Option::as_ref);
+            cached.filter(|k| k.url == url && k.expires > now_mono).map(|k| (Arc::clone(&k.set), k.fetched))
+        };
+        let Some((set, fetched)) = cached else {
+            return Progress::Need(self.jwks_request(&url), JwtStep::FetchKeys { slot, url });
+        };
+        if let Selected::UnknownKid = set.select(header.kid.as_deref(), header.alg) {
+            if self.may_refetch(&url, fetched) {
+                return Progress::Need(self.jwks_request(&url), JwtStep::RefetchKeys { slot, url });
+            }
+            return key_unknown(&set);
+        }
+        self.verify_with(token, header, &set, now)
+    }
+
+    fn jwks_request(&self, url: &str) -> HttpRequest {
+        discovery::get_request(url, self.timeout, Purpose::Jwks)
+    }
+
+    /// True (and the refetch is recorded) if `url` was not refetched in the last 60 s.
+    /// Also true while that refetch is still in flight (its set, unlike the cached one
+    /// fetched at `fetched`, is not stored yet, and its timeout has not passed): a burst of
+    /// tokens with a newly rotated `kid` then waits for it instead of getting 401s. The
+    /// blocking driver joins the in-flight call; it is not a second fetch.
+    fn may_refetch(&self, url: &str, fetched: Instant) -> bool {
+        let now = self.now();
+        let mut last = self.last_refetch.lock();
+        match last.get(url) {
+            Some(t) if now.saturating_duration_since(*t) < REFETCH_INTERVAL => {
+                *t > fetched && now.saturating_duration_since(*t) < self.timeout
+            }
+            _ => {
+                last.insert(url.to_owned(), now);
+                true
+            }
+        }
+    }
+
+    fn verify_with(&self, token: &str, header: &JoseHeader, set: &KeySet, now: i64) -> Progress {
+        let key = match set.select(header.kid.as_deref(), header.alg) {
+            Selected::Key(k) => k,
+            Selected::UnknownKid | Selected::NoFit => return key_unknown(set),
+        };
+        let claims = match self.verify_signature(token, header.alg, key) {
+            Ok(c) => c,
+            Err(reason) => return Progress::Invalid(reason),
+        };
+        match self.check_claims(&claims, now) {
+            Ok(()) => Progress::Verified(claims),
+            Err(reason) => Progress::Invalid(reason),
+        }
+    }
+
+    /// Compact JWS only; `alg` in the allow-list (so never `none` or HS*); no `crit`
+    /// (no extension is understood); `typ` per `access_token_type`.
+    pub(crate) fn parse_header(&self, token: &str) -> Result<JoseHeader, Reason> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(Reason::TokenMalformed);
+        };
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).map_err(|_| Reason::TokenMalformed)?;
+        let Ok(Value::Object(header)) = serde_json::from_slice::<Value>(&bytes) else {
+            return Err(Reason::TokenMalformed);
+        };
+        let Some(alg_name) = header.get("alg").and_then(Value::as_str) else {
+            return Err(Reason::TokenMalformed);
+        };
+        let allowed = |a: &Algorithm| is_canonical(*a, alg_name) && self.validations.iter().any(|(v, _)| v == a);
+        let Some(alg) = alg_name.parse::<Algorithm>().ok().filter(allowed) else {
+            return Err(Reason::TokenAlgorithmNotAllowed);
+        };
+        if header.contains_key("crit") {
+            return Err(Reason::TokenMalformed);
+        }
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Value::String(k)) => Some(k.clone()),
+            Some(_) => return Err(Reason::TokenMalformed),
+        };
+        if self.require_at_jwt {
+            let ok = header
+                .get("typ")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt"));
+            if !ok {
+                return Err(Reason::TokenTypeInvalid);
+            }
+        }
+        Ok(JoseHeader { alg, kid })
+    }
+
+    fn verify_signature(&self, token: &str, alg: Algorithm, key: &DecodingKey) -> Result<Map<String, Value>, Reason> {
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == alg) else {
+            return Err(Reason::TokenAlgorithmNotAllowed);
+        };
+        match jsonwebtoken::decode::<Map<String, Value>>(token, key, validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) => Err(match e.kind() {
+                JwtErrorKind::InvalidToken
+                | JwtErrorKind::Base64(_)
+                | JwtErrorKind::Json(_)
+                | JwtErrorKind::Utf8(_)
+                | JwtErrorKind::InvalidClaimFormat(_)
+                | JwtErrorKind::MissingRequiredClaim(_) => Reason::TokenMalformed,
+                _ => Reason::TokenSignatureInvalid,
+            }),
+        }
+    }
+
+    /// The JWT-only claim rules: not an ID token, `exp` present, `iat` not in the future,
+    /// `iss` accepted. (`exp`/`nbf` times and `aud` are checked by the shared policy.)
+    fn check_claims(&self, claims: &Map<String, Value>, now: i64) -> Result<(), Reason> {
+        if claims.contains_key("nonce") {
+            return Err(Reason::TokenTypeInvalid);
+        }
+        match claims::numeric_date(claims, "exp") {
+            Ok(Some(_)) => {}
+            _ => return Err(Reason::TokenMalformed),
+        }
+        match claims::numeric_date(claims, "iat") {
+            Ok(Some(iat)) if iat > now.saturating_add(self.leeway) => return Err(Reason::TokenNotYetValid),
+            Ok(_) => {}
+            Err(()) => return Err(Reason::TokenMalformed),
+        }
+        let Some(iss) = claims::string_claim(claims, "iss") else {
+            return Err(Reason::IssuerMismatch);
+        };
+        if !self.issuer_accepted(iss) {
+            return Err(Reason::IssuerMismatch);
+        }
+        Ok(())
+    }
+
+    /// `issuers` if configured; else `authorization_servers` plus the discovered issuer.
+    fn issuer_accepted(&self, iss: &str) -> bool {
+        if let Some(issuers) = &self.issuers {
+            return issuers.iter().any(|i| i == iss);
+        }
+        self.authorization_servers.iter().any(|i| i == iss)
+            || self.metadata.lock().iter().flatten().any(|(m, _)| m.issuer == iss)
+    }
+}
+
+/// The `iss` of a JWT's payload, before verification: only to choose which server's keys
+/// to verify it with (a token naming another server simply finds no key of its signer).
+fn unverified_issuer(token: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice::<Iss>(&bytes).ok()?.iss
+}
+
+/// 401 for a token no key fits; names the skipped keys of the set, if any, for logs (a
+/// malformed key is skipped, not fatal, and this is where an operator learns about it).
+fn key_unknown(set: &KeySet) -> Progress {
+    if set.skipped.is_empty() {
+        return Progress::Invalid(Reason::TokenKeyUnknown);
+    }
+    let detail = format!("jwks: no usable key for the token; skipped {}", set.skipped.join("; "));
+    Progress::Rejected(Reason::TokenKeyUnknown, Cow::Owned(detail))
+}
+
+/// `Algorithm::from_str` is exact today; this guards the allow-list against any future
+/// lenient parsing (e.g. case folding) turning `rs256` into an accepted name.
+fn is_canonical(alg: Algorithm, name: &str) -> bool {
+    let canonical = match alg {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::EdDSA => "EdDSA",
+    };
+    canonical == name
+}
+
+#[cfg(test)]
+mod tests {
+    //! The clock-dependent rules, with the test clock hook instead of sleeping.
+    use std::sync::Mutex as StdMutex;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{Decision, Request, Validator};
+
+    fn keys() -> Value {
+        serde_json::from_str(include_str!("../tests/testdata/jwt-keys.json")).unwrap()
+    }
+
+    fn jwk(name: &str, kid: &str) -> Value {
+        let mut k = keys()[name]["public_jwk"].clone();
+        k["kid"] = json!(kid);
+        k
+    }
+
+    fn token(key: &str, kid: &str, jti: &str) -> String {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let claims = json!({"iss": "https://as.example", "aud": "https://mcp.example/mcp", "exp": now + 600,
+                            "iat": now, "jti": jti});
+        let pem = keys()[key]["private_pem"].as_str().unwrap().to_owned();
+        let header = Header { kid: Some(kid.into()), ..Header::new(Algorithm::RS256) };
+        encode(&header, &claims, &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap()).unwrap()
+    }
+
+    /// An authorization server whose JWKS can change; counts calls per purpose.
+    struct As {
+        jwks: StdMutex<Value>,
+        calls: StdMutex<Vec<Purpose>>,
+    }
+
+    impl As {
+        fn new(keys: Value) -> Self {
+            As { jwks: StdMutex::new(json!({ "keys": keys })), calls: StdMutex::new(Vec::new()) }
+        }
+        fn count(&self, p: Purpose) -> usize {
+            self.calls.lock().unwrap().iter().filter(|c| **c == p).count()
+        }
+    }
+
+    impl crate::Transport for As {
+        fn send(&self, r: &HttpRequest) -> Result<HttpResponse, TransportError> {
+            self.calls.lock().unwrap().push(r.purpose);
+            let body = match r.purpose {
+                Purpose::Jwks => self.jwks.lock().unwrap().clone(),
+                _ => json!({"issuer": "https://as.example", "jwks_uri": "https://as.example/jwks"}),
+            };
+            Ok(HttpResponse::new(200, "application/json", body.to_string()))
+        }
+    }
+
+    fn validator(extra: Value) -> Validator {
+        let mut c = json!({"resource": "https://mcp.example/mcp", "authorization_servers": ["https://as.example"],
+                           "cache_ttl_negative": 0});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        Validator::from_json(&c.to_string()).unwrap()
+    }
+
+    fn reason(v: &Validator, t: &As, token: &str) -> &'static str {
+        let auth = format!("Bearer {token}");
+        let d: Decision = v.authorize(&Request::new("GET", "/mcp").header("Authorization", &auth), t);
+        d.reason().as_str()
+    }
+
+    #[test]
+    fn unknown_kid_refetch_is_limited_per_60_seconds() {
+        let v = validator(json!({"jwks_endpoint": "https://as.example/jwks"}));
+        let t = As::new(json!([jwk("rsa-1", "k1")]));
+        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "a")), "allowed");
+        assert_eq!(t.count(Purpose::Jwks), 1);
+        // Unknown kid: one refetch, still unknown → 401.
+        assert_eq!(reason(&v, &t, &token("rsa-2", "k2", "b")), "token_key_unknown");
+        assert_eq!(t.count(Purpose::Jwks), 2);
+        // The AS publishes k2 now, but the last refetch was under 60 s ago: no call, 401.
+        *t.jwks.lock().unwrap() = json!({"keys": [jwk("rsa-1", "k1"), jwk("rsa-2", "k2")]});
+        v.advance_jwt_clock(Duration::from_secs(59));
+        assert_eq!(reason(&v, &t, &token("rsa-2", "k2", "c")), "token_key_unknown");
+        assert_eq!(t.count(Purpose::Jwks), 2);
+        // Past 60 s: one more refetch is allowed and finds the key.
+        v.advance_jwt_clock(Duration::from_secs(2));
+        assert_eq!(reason(&v, &t, &token("rsa-2", "k2", "d")), "allowed");
+        assert_eq!(t.count(Purpose::Jwks), 3);
+        assert_eq!(reason(&v, &t, &token("rsa-2", "k9", "e")), "token_key_unknown");
+        assert_eq!(t.count(Purpose::Jwks), 3, "the window restarted with that refetch");
+    }
+
+    #[test]
+    fn key_and_metadata_caches_expire_per_their_ttls() {
+        let v = validator(json!({"jwks_cache_ttl": 100, "metadata_cache_ttl": 50}));
+        let t = As::new(json!([jwk("rsa-1", "k1")]));
+        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "a")), "allowed");
+        assert_eq!((t.count(Purpose::Discovery), t.count(Purpose::Jwks)), (1, 1));
+        v.advance_jwt_clock(Duration::from_secs(40));
+        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "b")), "allowed");
+        assert_eq!((t.count(Purpose::Discovery), t.count(Purpose::Jwks)), (1, 1), "both cached");
+        v.advance_jwt_clock(Duration::from_secs(20));
+        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "c")), "allowed");
+        assert_eq!((t.count(Purpose::Discovery), t.count(Purpose::Jwks)), (2, 1), "metadata expired, keys not");
+        v.advance_jwt_clock(Duration::from_secs(50));
+        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "d")), "allowed");
+        assert_eq!((t.count(Purpose::Discovery), t.count(Purpose::Jwks)), (3, 2), "both expired");
+    }
+}
