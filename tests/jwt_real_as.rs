@@ -6,70 +6,12 @@
 //! Needs `npm ci --prefix tests/node` first. Without `tests/node/node_modules` these tests
 //! FAIL (they never skip).
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
 
 use base64::Engine as _;
+use common::AuthServer;
 use mcp_oauth2::{Decision, Request, UreqTransport, Validator};
 use serde_json::{json, Value};
-
-/// The running AS; killed when dropped (also when a test panics).
-struct AuthServer {
-    child: Child,
-    issuer: String,
-}
-
-impl Drop for AuthServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_as() -> AuthServer {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    assert!(
-        root.join("tests/node/node_modules/oidc-provider").is_dir(),
-        "tests/node/node_modules is missing: run `npm ci --prefix tests/node` before these tests"
-    );
-    let mut child = Command::new("node")
-        .arg(root.join("tests/node/as-server.mjs"))
-        .env("AS_PORT", "0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("`node` must be installed to run the real-AS tests");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    // Wrap at once so the child is killed even if reading the port fails.
-    let mut server = AuthServer { child, issuer: String::new() };
-    BufReader::new(stdout).read_line(&mut line).expect("reading the AS's stdout");
-    let port: u16 = line
-        .strip_prefix("LISTENING ")
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("as-server.mjs did not print `LISTENING <port>` (got {line:?})"));
-    server.issuer = format!("http://127.0.0.1:{port}");
-    server
-}
-
-impl AuthServer {
-    fn token(&self, resource: &str, scope: &str) -> String {
-        let basic = base64::engine::general_purpose::STANDARD.encode("app:app-secret");
-        let mut response = ureq::post(format!("{}/token", self.issuer))
-            .header("Authorization", format!("Basic {basic}"))
-            .send_form([("grant_type", "client_credentials"), ("resource", resource), ("scope", scope)])
-            .expect("token request");
-        let body: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
-        body["access_token"].as_str().expect("an access_token").to_owned()
-    }
-
-    fn stats(&self) -> Value {
-        let mut response = ureq::get(format!("{}/__test/stats", self.issuer)).call().unwrap();
-        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
-    }
-}
 
 fn jose_header(token: &str) -> Value {
     let h = token.split('.').next().unwrap();
@@ -96,14 +38,14 @@ fn authorize(v: &Validator, token: &str) -> Decision {
 
 #[test]
 fn rs256_and_es256_access_tokens_validate_through_discovery() {
-    let server = start_as();
+    let server = AuthServer::start();
     for (resource, alg, kid) in [
         ("http://127.0.0.1:8080/jwt/mcp", "RS256", "test-rsa-1"),
         ("http://127.0.0.1:8080/jwt-es256/mcp", "ES256", "test-ec-1"),
     ] {
-        let v = validator(&server.issuer, resource);
+        let v = validator(&server.url, resource);
         let before = server.stats();
-        let token = server.token(resource, "mcp:read mcp:write");
+        let token = server.token(Some(resource), "mcp:read mcp:write");
         let header = jose_header(&token);
         assert_eq!((header["alg"].as_str(), header["kid"].as_str()), (Some(alg), Some(kid)));
         assert_eq!(header["typ"], "at+jwt");
@@ -124,7 +66,7 @@ fn rs256_and_es256_access_tokens_validate_through_discovery() {
         assert_eq!(delta("introspections"), 0, "{alg}: validated locally");
 
         // A second token: keys and metadata are cached, no AS call at all.
-        let second = server.token(resource, "mcp:read");
+        let second = server.token(Some(resource), "mcp:read");
         assert!(authorize(&v, &second).is_forward());
         let later = server.stats();
         assert_eq!(later["discovery"], after["discovery"]);
@@ -134,25 +76,25 @@ fn rs256_and_es256_access_tokens_validate_through_discovery() {
 
 #[test]
 fn real_tokens_are_rejected_for_another_audience_or_scope() {
-    let server = start_as();
-    let v = validator(&server.issuer, "http://127.0.0.1:8080/jwt/mcp");
-    let other = server.token("http://127.0.0.1:8080/jwt/other", "mcp:read");
+    let server = AuthServer::start();
+    let v = validator(&server.url, "http://127.0.0.1:8080/jwt/mcp");
+    let other = server.token(Some("http://127.0.0.1:8080/jwt/other"), "mcp:read");
     let d = authorize(&v, &other);
     assert_eq!((d.reason().as_str(), d.as_response().unwrap().status()), ("audience_mismatch", 401));
-    let no_scope = server.token("http://127.0.0.1:8080/jwt/mcp", "mcp:write");
+    let no_scope = server.token(Some("http://127.0.0.1:8080/jwt/mcp"), "mcp:write");
     let d = authorize(&v, &no_scope);
     assert_eq!(d.as_response().unwrap().status(), 403, "{:?}", d.reason());
     // An opaque token cannot be validated locally.
-    let opaque = server.token("http://127.0.0.1:8080/mcp", "mcp:read");
+    let opaque = server.token(Some("http://127.0.0.1:8080/mcp"), "mcp:read");
     let d = authorize(&v, &opaque);
     assert_eq!((d.reason().as_str(), d.as_response().unwrap().status()), ("token_malformed", 401));
 
     // A validator for another issuer does not trust this AS's tokens.
     let mut config = v.config().clone();
     config.authorization_servers = vec!["http://127.0.0.1:1".into()];
-    config.metadata_discovery_endpoint = Some(format!("{}/.well-known/openid-configuration", server.issuer));
+    config.metadata_discovery_endpoint = Some(format!("{}/.well-known/openid-configuration", server.url));
     config.issuers = Some(vec!["https://someone-else.example".into()]);
     let strict = Validator::new(config).unwrap();
-    let good = server.token("http://127.0.0.1:8080/jwt/mcp", "mcp:read");
+    let good = server.token(Some("http://127.0.0.1:8080/jwt/mcp"), "mcp:read");
     assert_eq!(authorize(&strict, &good).reason().as_str(), "issuer_mismatch");
 }

@@ -3,96 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::*;
 use mcp_oauth2::{Config, Reason, Request, UreqTransport, Validator};
 use serde_json::{json, Value};
-
-/// The oidc-provider process; killed when dropped.
-struct AuthServer {
-    child: Child,
-    url: String,
-}
-
-impl AuthServer {
-    fn start() -> AuthServer {
-        let root = env!("CARGO_MANIFEST_DIR");
-        assert!(
-            std::path::Path::new(&format!("{root}/tests/node/node_modules/oidc-provider")).exists(),
-            "tests/node/node_modules is missing: run `npm ci --prefix tests/node` first"
-        );
-        // A node process has been seen (once, under heavy load) to hang before listening:
-        // bound the wait and start a fresh process instead of hanging the suite.
-        for _ in 0..3 {
-            let mut child = Command::new("node")
-                .arg(format!("{root}/tests/node/as-server.mjs"))
-                .env("AS_PORT", "0")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("node runs");
-            let stdout = child.stdout.take().unwrap();
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let mut line = String::new();
-                let _ = BufReader::new(stdout).read_line(&mut line);
-                let _ = tx.send(line);
-            });
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) if line.starts_with("LISTENING ") => {
-                    let port = line.trim().trim_start_matches("LISTENING ").to_owned();
-                    return AuthServer { child, url: format!("http://127.0.0.1:{port}") };
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-            }
-        }
-        panic!("the oidc-provider test server did not start (3 attempts)");
-    }
-
-    /// A client_credentials token for `app`, bound to `resource` when given.
-    fn token(&self, resource: Option<&str>, scope: &str) -> String {
-        let mut form = vec![("grant_type", "client_credentials"), ("scope", scope)];
-        if let Some(r) = resource {
-            form.push(("resource", r));
-        }
-        let basic = base64::engine::general_purpose::STANDARD.encode("app:app-secret");
-        let mut resp = ureq::post(format!("{}/token", self.url))
-            .header("Authorization", format!("Basic {basic}"))
-            .send_form(form)
-            .expect("token request");
-        let body: Value = serde_json::from_slice(&resp.body_mut().read_to_vec().unwrap()).unwrap();
-        body["access_token"].as_str().expect("access_token").to_owned()
-    }
-
-    fn revoke(&self, token: &str) {
-        let basic = base64::engine::general_purpose::STANDARD.encode("app:app-secret");
-        let resp = ureq::post(format!("{}/token/revocation", self.url))
-            .header("Authorization", format!("Basic {basic}"))
-            .send_form([("token", token), ("token_type_hint", "access_token")])
-            .expect("revocation");
-        assert_eq!(resp.status(), 200);
-    }
-
-    fn introspections(&self) -> u64 {
-        let mut resp = ureq::get(format!("{}/__test/stats", self.url)).call().unwrap();
-        let stats: Value = serde_json::from_slice(&resp.body_mut().read_to_vec().unwrap()).unwrap();
-        stats["introspections"].as_u64().unwrap()
-    }
-}
-
-impl Drop for AuthServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn validator(server: &AuthServer, extra: Value) -> (Validator, UreqTransport) {
     let mut v = config_json(&format!("{}/token/introspection", server.url), extra);
