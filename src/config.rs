@@ -919,6 +919,15 @@ fn is_origin(o: &str) -> bool {
     }
 }
 
+/// A validated configuration for unit tests: `base` with the members of `extra` set on top.
+#[cfg(test)]
+pub(crate) fn test_config(mut base: Value, extra: Value) -> Config {
+    for (k, x) in extra.as_object().expect("extra is an object") {
+        base[k] = x.clone();
+    }
+    Config::from_value(base).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

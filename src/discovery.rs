@@ -152,11 +152,10 @@ mod tests {
     use serde_json::json;
 
     fn config(extra: Value) -> Config {
-        let mut v = json!({"resource": "https://mcp.example/mcp", "authorization_servers": ["https://as.example"]});
-        for (k, x) in extra.as_object().unwrap() {
-            v[k] = x.clone();
-        }
-        Config::from_value(v).unwrap()
+        crate::config::test_config(
+            json!({"resource": "https://mcp.example/mcp", "authorization_servers": ["https://as.example"]}),
+            extra,
+        )
     }
 
     fn urls(c: &Config) -> Vec<String> {

@@ -164,15 +164,12 @@ mod tests {
     use serde_json::json;
 
     fn config(extra: Value) -> Config {
-        let mut v = json!({
+        let base = json!({
             "resource": "https://mcp.example/mcp", "authorization_servers": ["https://as.example"],
             "introspection_endpoint": "https://as.example/introspect",
             "client_id": "gate way", "client_secret": "s3cr:t&="
         });
-        for (k, x) in extra.as_object().unwrap() {
-            v[k] = x.clone();
-        }
-        Config::from_value(v).unwrap()
+        crate::config::test_config(base, extra)
     }
 
     fn form(req: &HttpRequest) -> Vec<(String, String)> {

@@ -122,11 +122,8 @@ mod tests {
     use serde_json::Value;
 
     fn meta(extra: Value) -> Metadata {
-        let mut v = serde_json::json!({"resource": "https://mcp.example.com/mcp", "authorization_servers": ["https://as.example.com/realms/x"]});
-        for (k, x) in extra.as_object().unwrap() {
-            v[k] = x.clone();
-        }
-        Metadata::new(&Config::from_value(v).unwrap())
+        let base = serde_json::json!({"resource": "https://mcp.example.com/mcp", "authorization_servers": ["https://as.example.com/realms/x"]});
+        Metadata::new(&crate::config::test_config(base, extra))
     }
 
     #[test]
