@@ -34,7 +34,7 @@ static atomic_int failures;
         }                                                                             \
     } while (0)
 
-static const char *result_name(mcp_oauth2_result r) {
+static inline const char *result_name(mcp_oauth2_result r) {
     static const char *const names[] = {"OK", "NULL_PARAMETER", "PANIC", "INVALID_CONFIG",
                                         "UNSUPPORTED", "INVALID_ARGUMENT", "ABSENT",
                                         "OUT_OF_RANGE", "ALREADY_RESUMED"};
@@ -44,11 +44,11 @@ static const char *result_name(mcp_oauth2_result r) {
 /* A C string as the (ptr, len) pair of the API. */
 #define S(s) (const uint8_t *)(s), strlen(s)
 
-static int str_eq(mcp_oauth2_str s, const char *c) {
+static inline int str_eq(mcp_oauth2_str s, const char *c) {
     return s.ptr != NULL && s.len == strlen(c) && memcmp(s.ptr, c, s.len) == 0;
 }
 
-static int bytes_contains(const uint8_t *hay, size_t hay_len, const char *needle) {
+static inline int bytes_contains(const uint8_t *hay, size_t hay_len, const char *needle) {
     size_t n = strlen(needle);
     if (hay == NULL) return 0;
     for (size_t i = 0; n <= hay_len && i <= hay_len - n; i++) {
@@ -57,16 +57,16 @@ static int bytes_contains(const uint8_t *hay, size_t hay_len, const char *needle
     return 0;
 }
 
-static int str_contains(mcp_oauth2_str s, const char *needle) {
+static inline int str_contains(mcp_oauth2_str s, const char *needle) {
     return bytes_contains((const uint8_t *)s.ptr, s.len, needle);
 }
 
-static mcp_oauth2_header hdr(const char *name, const char *value) {
+static inline mcp_oauth2_header hdr(const char *name, const char *value) {
     mcp_oauth2_header h = {(const uint8_t *)name, strlen(name), (const uint8_t *)value, strlen(value)};
     return h;
 }
 
-static mcp_oauth2_request req(const char *method, const char *path, const mcp_oauth2_header *headers,
+static inline mcp_oauth2_request req(const char *method, const char *path, const mcp_oauth2_header *headers,
                               size_t headers_len) {
     mcp_oauth2_request r;
     memset(&r, 0, sizeof r);
@@ -79,7 +79,7 @@ static mcp_oauth2_request req(const char *method, const char *path, const mcp_oa
     return r;
 }
 
-static mcp_oauth2_validator *new_validator(const char *json) {
+static inline mcp_oauth2_validator *new_validator(const char *json) {
     mcp_oauth2_validator *v = NULL;
     mcp_oauth2_error *err = NULL;
     mcp_oauth2_result r = mcp_oauth2_validator_new(S(json), &v, &err);
@@ -94,7 +94,7 @@ static mcp_oauth2_validator *new_validator(const char *json) {
 }
 
 /* The value of a response header of a decision, or "" when absent. */
-static mcp_oauth2_str response_header(const mcp_oauth2_decision *d, const char *name) {
+static inline mcp_oauth2_str response_header(const mcp_oauth2_decision *d, const char *name) {
     mcp_oauth2_str v = {"", 0};
     if (mcp_oauth2_decision_response_header_value(d, S(name), &v) != MCP_OAUTH2_RESULT_OK) {
         v.ptr = "";
@@ -103,13 +103,13 @@ static mcp_oauth2_str response_header(const mcp_oauth2_decision *d, const char *
     return v;
 }
 
-static unsigned status_of(const mcp_oauth2_decision *d) {
+static inline unsigned status_of(const mcp_oauth2_decision *d) {
     uint16_t s = 0;
     if (mcp_oauth2_decision_status(d, &s) != MCP_OAUTH2_RESULT_OK) return 0;
     return s;
 }
 
-static int reason_is(const mcp_oauth2_decision *d, const char *want) {
+static inline int reason_is(const mcp_oauth2_decision *d, const char *want) {
     mcp_oauth2_str r = {NULL, 0};
     if (mcp_oauth2_decision_reason(d, &r) != MCP_OAUTH2_RESULT_OK) return 0;
     if (!str_eq(r, want)) {
@@ -119,7 +119,7 @@ static int reason_is(const mcp_oauth2_decision *d, const char *want) {
     return 1;
 }
 
-static int finish(const char *name) {
+static inline int finish(const char *name) {
     int c = atomic_load(&checks), f = atomic_load(&failures);
     printf("%s: %d checks, %d failed\n", name, c, f);
     return f == 0 && c > 0 ? 0 : 1;
