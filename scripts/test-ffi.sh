@@ -30,7 +30,8 @@ pass() { PASSED=$((PASSED + 1)); echo "ok: $*"; }
 CFLAGS=(-std=c11 -Wall -Wextra -Werror -pedantic -g -Iinclude -Iffi-tests/c)
 SAN=(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
 LIBS=(-lpthread -ldl -lm)
-VALGRIND=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
+# Every run is bounded in time; valgrind is ~50x slower than native.
+VALGRIND=(timeout 600 valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
           --show-leak-kinds=definite,indirect)
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
@@ -84,23 +85,28 @@ gcc "${CFLAGS[@]}" "${SAN[@]}" "$WORK/example.c" "$LIB_A" "${LIBS[@]}" -o "$OUT/
 pass "C programs compile without warnings"
 
 step "C API test (no network)"
-"$OUT/test_api_asan" && pass "test_api under ASan+UBSan"
-"${VALGRIND[@]}" "$OUT/test_api" && pass "test_api under valgrind"
-"$OUT/test_api_shared" && pass "test_api against libmcp_oauth2.so"
+timeout 300 "$OUT/test_api_asan" || fail "test_api under ASan+UBSan"
+pass "test_api under ASan+UBSan"
+"${VALGRIND[@]}" "$OUT/test_api" || fail "test_api under valgrind"
+pass "test_api under valgrind"
+timeout 300 "$OUT/test_api_shared" || fail "test_api against libmcp_oauth2.so"
+pass "test_api against libmcp_oauth2.so"
 
 step "panic boundary"
-"$OUT/test_panic_trigger_asan" expect-panic 2> "$WORK/panic.err" || { cat "$WORK/panic.err" >&2; fail "panic test"; }
+timeout 300 "$OUT/test_panic_trigger_asan" expect-panic 2> "$WORK/panic.err" || { cat "$WORK/panic.err" >&2; fail "panic test"; }
 grep -q 'mcp-oauth2 test panic' "$WORK/panic.err" || fail "the test panic did not happen"
 pass "a Rust panic becomes MCP_OAUTH2_RESULT_PANIC under ASan+UBSan"
 "${VALGRIND[@]}" "$OUT/test_panic_trigger" expect-panic 2> "$WORK/panic.err" || { cat "$WORK/panic.err" >&2; fail "panic test (valgrind)"; }
 pass "a Rust panic becomes MCP_OAUTH2_RESULT_PANIC under valgrind"
-"$OUT/test_panic_asan" expect-no-panic && pass "the shipped build has no panic trigger"
+timeout 300 "$OUT/test_panic_asan" expect-no-panic || fail "the shipped build has no panic trigger"
+pass "the shipped build has no panic trigger"
 
 step "C example of docs/c-and-go.md"
-"$OUT/example_asan" > "$WORK/example.out"
+timeout 300 "$OUT/example_asan" > "$WORK/example.out"
 cat "$WORK/example.out"
 grep -q '^allowed: forward upstream' "$WORK/example.out" || fail "the documented example did not allow"
-"${VALGRIND[@]}" "$OUT/example" > /dev/null && pass "the documented example runs clean (ASan+UBSan, valgrind)"
+"${VALGRIND[@]}" "$OUT/example" > /dev/null || fail "the documented example runs clean (ASan+UBSan, valgrind)"
+pass "the documented example runs clean (ASan+UBSan, valgrind)"
 
 step "authorization server (oidc-provider, tests/node)"
 [ -d tests/node/node_modules/oidc-provider ] || fail "run scripts/install-ffi.sh (npm ci --prefix tests/node)"
@@ -123,19 +129,20 @@ run_blocking() {
     TOKEN=$(token "$RESOURCE") TOKEN_THREADS=$(token "$RESOURCE") TOKEN_SLOW=$(token "$RESOURCE") \
         TOKEN_NO_AUD=$(token) "$@"
 }
-run_blocking "$OUT/test_blocking_asan" && pass "test_blocking under ASan+UBSan"
-run_blocking "${VALGRIND[@]}" "$OUT/test_blocking" && pass "test_blocking under valgrind"
+run_blocking timeout 300 "$OUT/test_blocking_asan" || fail "test_blocking under ASan+UBSan"
+pass "test_blocking under ASan+UBSan"
+run_blocking "${VALGRIND[@]}" "$OUT/test_blocking" || fail "test_blocking under valgrind"
+pass "test_blocking under valgrind"
 
 step "Go (cgo, static library, -race)"
 export TOKEN=$(token "$RESOURCE") TOKEN_THREADS=$(token "$RESOURCE") TOKEN_NO_AUD=$(token)
-(
-    cd ffi-tests/go
-    # The package's #cgo directives point at include/ and target/debug/libmcp_oauth2.a.
-    export CGO_ENABLED=1 GOPROXY=off GOFLAGS=-mod=mod GOTOOLCHAIN=local
-    go vet ./...
-    timeout 300 go test -race -count=1 -v ./... 2>&1 | tee "$WORK/go.out" | grep -E '^(=== RUN|--- |PASS|FAIL|ok )' || true
-    grep -q '^ok ' "$WORK/go.out" && ! grep -q '^--- FAIL' "$WORK/go.out" || { cat "$WORK/go.out" >&2; exit 1; }
-) || fail "Go tests"
+# The package's #cgo directives point at include/ and target/debug/libmcp_oauth2.a.
+export CGO_ENABLED=1 GOPROXY=off GOFLAGS=-mod=mod GOTOOLCHAIN=local
+(cd ffi-tests/go && go vet ./...) || fail "go vet"
+go_status=0
+(cd ffi-tests/go && timeout 300 go test -race -count=1 -v ./...) > "$WORK/go.out" 2>&1 || go_status=$?
+grep -E '^(=== RUN|--- |PASS|FAIL|ok )' "$WORK/go.out" || true
+if [ "$go_status" -ne 0 ] || ! grep -q '^ok ' "$WORK/go.out"; then cat "$WORK/go.out" >&2; fail "Go tests"; fi
 pass "Go tests under -race"
 
 echo

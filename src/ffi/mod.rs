@@ -2,9 +2,9 @@
 //!
 //! A thin, mechanical shell over the safe core. This module is the only place in the crate
 //! where `unsafe` code is allowed, and almost all of it lives in the helpers below:
-//! [`boundary`] (the panic boundary every exported function runs inside), the pointer
-//! readers ([`borrow`], [`bytes`], [`text`], [`slice`]), [`write_out`], and the
-//! `Box` conversions of the handle types ([`into_handle`], [`free_handle`]).
+//! `boundary` (the panic boundary every exported function runs inside), the pointer
+//! readers (`borrow`, `bytes`, `text`, `slice`), `write_out`, and the
+//! `Box` conversions of the handle types (`into_handle`, `free_handle`).
 //!
 //! Conventions (the header repeats them where they matter):
 //! - every function returns [`mcp_oauth2_result`] (except the `void` `_free` functions);
@@ -282,3 +282,13 @@ fn test_panic_hook(input: &[u8]) {
 #[cfg(not(feature = "ffi-test-panic"))]
 #[inline(always)]
 fn test_panic_hook(_: &[u8]) {}
+
+// The header promises hosts that validators, decisions and errors may be shared between
+// threads and that a pending may move to another thread; the compiler holds us to it.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<mcp_oauth2_validator>();
+    send_sync::<mcp_oauth2_decision>();
+    send_sync::<mcp_oauth2_error>();
+    send_sync::<mcp_oauth2_pending>();
+};
