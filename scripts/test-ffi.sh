@@ -37,7 +37,7 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
 step "header drift (cbindgen $(cbindgen --version | awk '{print $2}'))"
-cbindgen --version | grep -qx 'cbindgen 0.29.4' || fail "cbindgen 0.29.4 required (scripts/install-ffi.sh)"
+[ "$(cbindgen --version)" = 'cbindgen 0.29.4' ] || fail "cbindgen 0.29.4 required (scripts/install-ffi.sh)"
 cbindgen -q --config cbindgen.toml --output "$WORK/mcp_oauth2.h"
 if ! diff -u include/mcp_oauth2.h "$WORK/mcp_oauth2.h"; then
     fail "include/mcp_oauth2.h is stale: run cbindgen --config cbindgen.toml --output include/mcp_oauth2.h"
@@ -76,7 +76,7 @@ gcc "${CFLAGS[@]}" "${SAN[@]}" ffi-tests/c/test_panic.c "$OUT/libmcp_oauth2_test
 # Dynamic linking against the .so (the -L/-l form a packager uses).
 gcc "${CFLAGS[@]}" ffi-tests/c/test_api.c -L"$ROOT/target/debug" -lmcp_oauth2 -Wl,-rpath,"$ROOT/target/debug" \
     "${LIBS[@]}" -o "$OUT/test_api_shared"
-ldd "$OUT/test_api_shared" | grep -q 'libmcp_oauth2.so' || fail "test_api_shared is not linked to the .so"
+grep -q 'libmcp_oauth2.so' <<<"$(ldd "$OUT/test_api_shared")" || fail "test_api_shared is not linked to the .so"
 # The example of docs/c-and-go.md, exactly as printed (the first ```c block).
 awk '/^```c$/ {on = 1; next} /^```$/ && on {exit} on' docs/c-and-go.md > "$WORK/example.c"
 [ -s "$WORK/example.c" ] || fail "no C example found in docs/c-and-go.md"
