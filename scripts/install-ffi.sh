@@ -8,6 +8,9 @@ CBINDGEN_VERSION=0.29.4
 
 need_apt=()
 command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
+command -v g++ >/dev/null || need_apt+=(g++)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v nm >/dev/null || need_apt+=(binutils)
 command -v valgrind >/dev/null || need_apt+=(valgrind)
 command -v go >/dev/null || need_apt+=(golang-go)
 command -v python3 >/dev/null || need_apt+=(python3)

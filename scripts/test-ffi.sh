@@ -82,7 +82,10 @@ awk '/^```c$/ {on = 1; next} /^```$/ && on {exit} on' docs/c-and-go.md > "$WORK/
 [ -s "$WORK/example.c" ] || fail "no C example found in docs/c-and-go.md"
 gcc "${CFLAGS[@]}" "$WORK/example.c" "$LIB_A" "${LIBS[@]}" -o "$OUT/example"
 gcc "${CFLAGS[@]}" "${SAN[@]}" "$WORK/example.c" "$LIB_A" "${LIBS[@]}" -o "$OUT/example_asan"
-pass "C programs compile without warnings"
+g++ -std=c++17 -Wall -Wextra -Werror -pedantic -Iinclude ffi-tests/c/header_cpp.cpp "$LIB_A" "${LIBS[@]}" \
+    -o "$OUT/header_cpp"
+"$OUT/header_cpp" || fail "the header from C++"
+pass "C programs compile without warnings; the header works from C++17"
 
 step "C API test (no network)"
 timeout 300 "$OUT/test_api_asan" || fail "test_api under ASan+UBSan"
