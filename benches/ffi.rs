@@ -10,6 +10,7 @@
 //! `cargo bench --bench ffi`
 
 use std::hint::black_box;
+use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use mcp_oauth2::ffi::*;
@@ -155,8 +156,45 @@ fn bench(c: &mut Criterion) {
     group.bench_function("c_abi", |b| b.iter(|| c_abi(black_box(handle))));
     group.finish();
 
+    paired_ratio(&validator, handle);
+
     // SAFETY: `handle` came from mcp_oauth2_validator_new and is freed once.
     unsafe { mcp_oauth2_validator_free(&mut handle) };
+}
+
+/// The ratio measured in alternating short batches, so that load from other processes
+/// (the machine is shared) falls on both sides alike: the median of per-round ratios.
+fn paired_ratio(validator: &Validator, handle: *const mcp_oauth2_validator) {
+    const ROUNDS: usize = 201;
+    const BATCH: u32 = 5_000;
+    let mut ratios = Vec::with_capacity(ROUNDS);
+    let (mut rust_total, mut c_total) = (0.0, 0.0);
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        for _ in 0..BATCH {
+            black_box(rust_api(black_box(validator)));
+        }
+        let rust = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        for _ in 0..BATCH {
+            black_box(c_abi(black_box(handle)));
+        }
+        let c = start.elapsed().as_secs_f64();
+        ratios.push(c / rust);
+        rust_total += rust;
+        c_total += c;
+    }
+    ratios.sort_by(f64::total_cmp);
+    let per_call = |total: f64| total / f64::from(BATCH) / ROUNDS as f64 * 1e9;
+    println!(
+        "paired: rust_api {:.0} ns, c_abi {:.0} ns per decision; C ABI / Rust API = {:.2}x (median of {ROUNDS} \
+         alternating rounds; quartiles {:.2}x..{:.2}x)",
+        per_call(rust_total),
+        per_call(c_total),
+        ratios[ROUNDS / 2],
+        ratios[ROUNDS / 4],
+        ratios[3 * ROUNDS / 4],
+    );
 }
 
 criterion_group!(benches, bench);
