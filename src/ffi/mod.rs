@@ -21,6 +21,10 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+// The panic boundary relies on unwinding: with `panic = "abort"` a bug would kill the host.
+#[cfg(panic = "abort")]
+compile_error!("the C ABI needs panic = \"unwind\" (a panic must become MCP_OAUTH2_RESULT_PANIC)");
+
 mod decision;
 mod error;
 mod pending;
