@@ -811,8 +811,32 @@ static void *work(void *arg) {
     return NULL;
 }
 
+/* One decision read by every thread at once (decisions are immutable). */
+static void *read_shared(void *arg) {
+    const mcp_oauth2_decision *d = arg;
+    for (int i = 0; i < ROUNDS; i++) {
+        mcp_oauth2_str name, value;
+        size_t n = 0;
+        CHECK_RES(mcp_oauth2_decision_set_header_count(d, &n), MCP_OAUTH2_RESULT_OK);
+        CHECK(n == 1);
+        CHECK_RES(mcp_oauth2_decision_set_header(d, 0, &name, &value), MCP_OAUTH2_RESULT_OK);
+        CHECK(str_eq(value, "shared"));
+        CHECK_RES(mcp_oauth2_decision_subject(d, &value), MCP_OAUTH2_RESULT_OK);
+    }
+    return NULL;
+}
+
 static void test_threads(void) {
     mcp_oauth2_validator *v = new_validator(CONFIG);
+    mcp_oauth2_decision *shared =
+        introspected(v, "tok-shared", 200, "application/json",
+                     "{\"active\": true, \"sub\": \"shared\", \"aud\": \"https://mcp.example.com/mcp\","
+                     " \"scope\": \"mcp:read\"}");
+    pthread_t readers[THREADS];
+    for (int i = 0; i < THREADS; i++) CHECK(pthread_create(&readers[i], NULL, read_shared, shared) == 0);
+    for (int i = 0; i < THREADS; i++) CHECK(pthread_join(readers[i], NULL) == 0);
+    mcp_oauth2_decision_free(&shared);
+
     pthread_t threads[THREADS];
     struct worker workers[THREADS];
     for (int i = 0; i < THREADS; i++) {

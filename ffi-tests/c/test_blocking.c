@@ -170,8 +170,9 @@ int main(void) {
     CHECK(after == before + 1);
 
     /* A slow AS: past the configured timeout the answer is 503, never 401. */
-    mcp_oauth2_validator *fast = validator_for(endpoint, 300);
-    as_post("/__test/delay?ms=1500");
+    /* (1 s: ample for a local call even under valgrind, so the retry below cannot time out.) */
+    mcp_oauth2_validator *fast = validator_for(endpoint, 1000);
+    as_post("/__test/delay?ms=2500");
     d = authorize(fast, env("TOKEN_SLOW"));
     as_post("/__test/delay?ms=0");
     CHECK(status_of(d) == 503);
