@@ -854,7 +854,27 @@ static void test_threads(void) {
     mcp_oauth2_validator_free(&v);
 }
 
+/* A Kong user's plugin config, pasted as is (the fixture in tests/testdata; run from the
+ * repository root). */
+static void test_kong_fixture(void) {
+    FILE *f = fopen("tests/testdata/kong-config.json", "rb");
+    CHECK(f != NULL);
+    if (f == NULL) return;
+    static char json[64 * 1024];
+    size_t n = fread(json, 1, sizeof json, f);
+    fclose(f);
+    mcp_oauth2_validator *v = NULL;
+    CHECK_RES(mcp_oauth2_validator_new((const uint8_t *)json, n, &v, NULL), MCP_OAUTH2_RESULT_OK);
+    mcp_oauth2_request r = req("GET", "/mcp", NULL, 0);
+    mcp_oauth2_decision *d = decided_at_begin(v, &r);
+    CHECK(status_of(d) == 401);
+    CHECK(challenge_is(d, "Bearer resource_metadata=\"http://127.0.0.1:8080/mcp/.well-known/oauth-protected-resource\""));
+    mcp_oauth2_decision_free(&d);
+    mcp_oauth2_validator_free(&v);
+}
+
 int main(void) {
+    test_kong_fixture();
     test_result_names();
     test_invalid_config();
     mcp_oauth2_validator *v = new_validator(CONFIG);
