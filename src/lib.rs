@@ -52,7 +52,8 @@
 //! # Ok::<(), mcp_oauth2::Error>(())
 //! ```
 
-#![forbid(unsafe_code)]
+// Unsafe code is allowed only in the C ABI (`ffi`), the one module that needs it.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod cache;
@@ -61,6 +62,10 @@ pub mod config;
 mod decision;
 mod discovery;
 mod error;
+#[cfg(feature = "ffi")]
+#[allow(unsafe_code)]
+#[doc(hidden)]
+pub mod ffi;
 mod introspect;
 mod jwks;
 mod jwt;

@@ -1,0 +1,3 @@
+module mcp-oauth2/ffi-tests/go
+
+go 1.19

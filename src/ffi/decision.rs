@@ -1,0 +1,535 @@
+//! The decision handle and its accessors.
+
+use super::{
+    borrow, boundary, boundary_void, free_handle, mcp_oauth2_bytes, mcp_oauth2_result, mcp_oauth2_str, out, text,
+    write_out, Result,
+};
+use crate::{Decision, Forward, Identity, Response};
+
+/// The verdict on one request: either answer the client (`allowed` false: status, headers,
+/// body) or forward upstream (`allowed` true: headers to remove and set, identity,
+/// `valid_until`). Created by `begin`, `resume`, `fail` or `authorize`, owned by the host,
+/// freed with `mcp_oauth2_decision_free`.
+///
+/// Immutable: every accessor is safe to call concurrently on the same decision, from any
+/// thread. It does not depend on the validator, the pending or the request that made it:
+/// it stays valid after they are freed.
+pub struct mcp_oauth2_decision {
+    decision: Decision,
+}
+
+impl mcp_oauth2_decision {
+    pub(crate) fn new(decision: Decision) -> Self {
+        mcp_oauth2_decision { decision }
+    }
+}
+
+/// Reads a decision through a pointer, NULL-checked.
+///
+/// # Safety
+/// `decision` is NULL or live.
+unsafe fn decision_of<'a>(decision: *const mcp_oauth2_decision) -> Result<&'a Decision> {
+    // SAFETY: forwarded caller contract.
+    Ok(&unsafe { borrow(decision) }?.decision)
+}
+
+fn response(d: &Decision) -> Result<&Response> {
+    d.as_response().ok_or(mcp_oauth2_result::Absent)
+}
+
+fn forward(d: &Decision) -> Result<&Forward> {
+    d.as_forward().ok_or(mcp_oauth2_result::Absent)
+}
+
+/// The shared body of the accessors that return one value: NULL checks, the value, the
+/// write.
+///
+/// # Safety
+/// `decision` is NULL or live; `value_out` is NULL or writable.
+unsafe fn get<T>(
+    decision: *const mcp_oauth2_decision,
+    value_out: *mut T,
+    value: impl FnOnce(&Decision) -> Result<T>,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: forwarded caller contract.
+        let decision = unsafe { decision_of(decision) }?;
+        let value_out = out(value_out)?;
+        let value = value(decision)?;
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(value_out, value) };
+        Ok(())
+    })
+}
+
+/// The shared body of the identity accessors.
+///
+/// # Safety
+/// As [`get`].
+unsafe fn identity_str(
+    decision: *const mcp_oauth2_decision,
+    value_out: *mut mcp_oauth2_str,
+    field: impl FnOnce(&Identity) -> Option<&str>,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        get(decision, value_out, |d| {
+            field(forward(d)?.identity()).map(mcp_oauth2_str::of).ok_or(mcp_oauth2_result::Absent)
+        })
+    }
+}
+
+/// Whether the request goes upstream (`true`: forward it after applying the header changes)
+/// or is answered by the host with this decision's status, headers and body (`false`).
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER` if `decision` or `allowed_out` is NULL.
+///
+/// # Safety
+/// `decision` is NULL or live; `allowed_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_allowed(
+    decision: *const mcp_oauth2_decision,
+    allowed_out: *mut bool,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { get(decision, allowed_out, |d| Ok(d.is_forward())) }
+}
+
+/// Why: a stable snake_case name for logs and metrics (`allowed`, `metadata`,
+/// `no_credentials`, `invalid_request`, `token_inactive`, `token_expired`,
+/// `audience_mismatch`, `insufficient_scope`, `consumer_missing`,
+/// `authorization_server_unavailable`, ...). Never contains the token.
+///
+/// `reason_out` receives a view of a static string.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `reason_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_reason(
+    decision: *const mcp_oauth2_decision,
+    reason_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { get(decision, reason_out, |d| Ok(mcp_oauth2_str::of(d.reason().as_str()))) }
+}
+
+/// A short, secret-free explanation for logs (e.g. which authorization-server failure led
+/// to a 503).
+///
+/// `detail_out` receives a view into `decision`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` when there is none (always for an allowed decision);
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `detail_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_detail(
+    decision: *const mcp_oauth2_decision,
+    detail_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        get(decision, detail_out, |d| response(d)?.detail().map(mcp_oauth2_str::of).ok_or(mcp_oauth2_result::Absent))
+    }
+}
+
+/// The HTTP status to answer the client with (200 for the metadata document, 401, 403,
+/// 503, ...).
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` for an allowed decision; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `status_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_status(
+    decision: *const mcp_oauth2_decision,
+    status_out: *mut u16,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { get(decision, status_out, |d| Ok(response(d)?.status())) }
+}
+
+/// The number of response headers to send to the client (`WWW-Authenticate`,
+/// `Content-Type`, `Cache-Control`, CORS headers, ...).
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` for an allowed decision; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `count_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_response_header_count(
+    decision: *const mcp_oauth2_decision,
+    count_out: *mut usize,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { get(decision, count_out, |d| Ok(response(d)?.headers().len())) }
+}
+
+/// Response header number `index` (from 0), in the order to send them.
+///
+/// `name_out` and `value_out` receive views into `decision`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` for an allowed decision; `MCP_OAUTH2_RESULT_OUT_OF_RANGE`;
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `name_out` and `value_out` are NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_response_header(
+    decision: *const mcp_oauth2_decision,
+    index: usize,
+    name_out: *mut mcp_oauth2_str,
+    value_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: forwarded caller contract.
+        let decision = unsafe { decision_of(decision) }?;
+        let (name_out, value_out) = (out(name_out)?, out(value_out)?);
+        let (name, value) = response(decision)?.headers().nth(index).ok_or(mcp_oauth2_result::OutOfRange)?;
+        // SAFETY: both checked by `out`; writable per the caller contract.
+        unsafe {
+            write_out(name_out, mcp_oauth2_str::of(name));
+            write_out(value_out, mcp_oauth2_str::of(value));
+        }
+        Ok(())
+    })
+}
+
+/// The value of the first response header called `name` (ASCII case-insensitive), e.g.
+/// `WWW-Authenticate`.
+///
+/// `name`, `name_len`: UTF-8, borrowed for the call. `value_out` receives a view into
+/// `decision`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` when there is no such header or the decision is allowed;
+/// `MCP_OAUTH2_RESULT_INVALID_ARGUMENT` (name not UTF-8); `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `name` points to `name_len` readable bytes (or is NULL with
+/// length 0); `value_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_response_header_value(
+    decision: *const mcp_oauth2_decision,
+    name: *const u8,
+    name_len: usize,
+    value_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    // Runs inside the panic boundary of `get`, after the NULL checks of the other pointers.
+    let value = |d: &Decision| {
+        // SAFETY: caller contract for the name bytes.
+        let name = unsafe { text(name, name_len) }?;
+        response(d)?.header(name).map(mcp_oauth2_str::of).ok_or(mcp_oauth2_result::Absent)
+    };
+    // SAFETY: forwarded caller contract.
+    unsafe { get(decision, value_out, value) }
+}
+
+/// The response body (JSON; empty for HEAD and preflight answers).
+///
+/// `body_out` receives a view into `decision`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` for an allowed decision; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `body_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_body(
+    decision: *const mcp_oauth2_decision,
+    body_out: *mut mcp_oauth2_bytes,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { get(decision, body_out, |d| Ok(mcp_oauth2_bytes::of(response(d)?.body()))) }
+}
+
+/// The number of request headers to remove before forwarding (`Authorization` unless
+/// `passthrough_credentials`, and every configured claim header, so that a client cannot
+/// spoof them). Remove them all, then set the `_set_header`s.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `count_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_remove_header_count(
+    decision: *const mcp_oauth2_decision,
+    count_out: *mut usize,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { get(decision, count_out, |d| Ok(forward(d)?.remove_headers().len())) }
+}
+
+/// Header name number `index` (from 0) to remove before forwarding.
+///
+/// `name_out` receives a view into `decision`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision; `MCP_OAUTH2_RESULT_OUT_OF_RANGE`;
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `name_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_remove_header(
+    decision: *const mcp_oauth2_decision,
+    index: usize,
+    name_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        get(decision, name_out, |d| {
+            forward(d)?.remove_headers().nth(index).map(mcp_oauth2_str::of).ok_or(mcp_oauth2_result::OutOfRange)
+        })
+    }
+}
+
+/// The number of headers to set upstream after the removals (the mapped claims the token
+/// carries).
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `count_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_set_header_count(
+    decision: *const mcp_oauth2_decision,
+    count_out: *mut usize,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { get(decision, count_out, |d| Ok(forward(d)?.set_headers().count())) }
+}
+
+/// Header number `index` (from 0) to set upstream. Values never contain CR, LF or NUL.
+///
+/// `name_out` and `value_out` receive views into `decision`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision; `MCP_OAUTH2_RESULT_OUT_OF_RANGE`;
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `name_out` and `value_out` are NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_set_header(
+    decision: *const mcp_oauth2_decision,
+    index: usize,
+    name_out: *mut mcp_oauth2_str,
+    value_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: forwarded caller contract.
+        let decision = unsafe { decision_of(decision) }?;
+        let (name_out, value_out) = (out(name_out)?, out(value_out)?);
+        let (name, value) = forward(decision)?.set_headers().nth(index).ok_or(mcp_oauth2_result::OutOfRange)?;
+        // SAFETY: both checked by `out`; writable per the caller contract.
+        unsafe {
+            write_out(name_out, mcp_oauth2_str::of(name));
+            write_out(value_out, mcp_oauth2_str::of(value));
+        }
+        Ok(())
+    })
+}
+
+/// When the token stops being usable, as Unix seconds: the earlier of its `exp` and the end
+/// of its cache lifetime. Hosts end long-lived streams (SSE) at this time.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `unix_seconds_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_valid_until(
+    decision: *const mcp_oauth2_decision,
+    unix_seconds_out: *mut i64,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { get(decision, unix_seconds_out, |d| Ok(forward(d)?.valid_until_unix())) }
+}
+
+/// The token's `sub` claim.
+///
+/// `subject_out` receives a view into `decision`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` when the token has none or the decision is denied;
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `subject_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_subject(
+    decision: *const mcp_oauth2_decision,
+    subject_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { identity_str(decision, subject_out, Identity::subject) }
+}
+
+/// The token's `client_id` claim (or `azp`).
+///
+/// `client_id_out` receives a view into `decision`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` when the token has none or the decision is denied;
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `client_id_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_client_id(
+    decision: *const mcp_oauth2_decision,
+    client_id_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { identity_str(decision, client_id_out, Identity::client_id) }
+}
+
+/// The granted scopes, space-separated.
+///
+/// `scope_out` receives a view into `decision`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` when the token has none or the decision is denied;
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `scope_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_scope(
+    decision: *const mcp_oauth2_decision,
+    scope_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { identity_str(decision, scope_out, Identity::scope) }
+}
+
+/// The value of the configured `consumer_claim`.
+///
+/// `consumer_out` receives a view into `decision`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` when not configured, not in the token, or the decision is
+/// denied; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `consumer_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_consumer(
+    decision: *const mcp_oauth2_decision,
+    consumer_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { identity_str(decision, consumer_out, Identity::consumer) }
+}
+
+/// The value of the configured `credential_claim` (default `sub`).
+///
+/// `credential_out` receives a view into `decision`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` when not in the token or the decision is denied;
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `credential_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_credential(
+    decision: *const mcp_oauth2_decision,
+    credential_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { identity_str(decision, credential_out, Identity::credential) }
+}
+
+/// The number of values of the configured `consumer_groups_claim`.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` when not configured, not in the token, or the decision is
+/// denied; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `count_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_consumer_group_count(
+    decision: *const mcp_oauth2_decision,
+    count_out: *mut usize,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        get(decision, count_out, |d| {
+            forward(d)?.identity().consumer_groups().map(<[_]>::len).ok_or(mcp_oauth2_result::Absent)
+        })
+    }
+}
+
+/// Consumer group number `index` (from 0).
+///
+/// `group_out` receives a view into `decision`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` as for the count; `MCP_OAUTH2_RESULT_OUT_OF_RANGE`;
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `group_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_consumer_group(
+    decision: *const mcp_oauth2_decision,
+    index: usize,
+    group_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        get(decision, group_out, |d| {
+            let groups = forward(d)?.identity().consumer_groups().ok_or(mcp_oauth2_result::Absent)?;
+            groups.get(index).map(|g| mcp_oauth2_str::of(g)).ok_or(mcp_oauth2_result::OutOfRange)
+        })
+    }
+}
+
+/// Frees a decision and sets `*decision` to NULL. `decision` NULL or `*decision` NULL:
+/// no-op, so calling it twice on the same variable is safe. Views obtained from it become
+/// invalid.
+///
+/// # Safety
+/// `decision` is NULL or points to a variable holding NULL or a decision from this library
+/// that has not been freed through another variable.
+/// Thread safety: no other thread may use the decision during or after this call.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_free(decision: *mut *mut mcp_oauth2_decision) {
+    // SAFETY: forwarded caller contract.
+    boundary_void(|| unsafe { free_handle(decision) });
+}

@@ -1,0 +1,306 @@
+//! The validator handle, the request the host describes, `begin`, `authorize` and `evict`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
+
+use super::{
+    borrow, boundary, boundary_void, bytes, free_handle, into_handle, mcp_oauth2_bytes, mcp_oauth2_decision,
+    mcp_oauth2_error, mcp_oauth2_header, mcp_oauth2_pending, mcp_oauth2_result, out, slice, test_panic_hook, text,
+    write_out, Result,
+};
+use crate::{Config, Request, Step, UreqTransport, Validator};
+
+/// A validator for one configuration, with its caches. Created by
+/// `mcp_oauth2_validator_new`, owned by the host, freed with `mcp_oauth2_validator_free`.
+///
+/// Thread safety: every function taking a `const mcp_oauth2_validator *` is safe to call
+/// concurrently from any number of threads on the same validator (it is shared state behind
+/// an `Arc` with internal locking). Decisions and pending validations keep what they need
+/// alive: they stay valid after the validator is freed.
+pub struct mcp_oauth2_validator {
+    validator: Validator,
+    /// Built at the first blocking call, so sans-I/O hosts never pay for a TLS setup.
+    transport: OnceLock<UreqTransport>,
+}
+
+/// One client request, described by the host. Every `(ptr, len)` pair is borrowed only for
+/// the duration of the call it is passed to; the library copies what it keeps.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct mcp_oauth2_request {
+    /// The HTTP method, e.g. `POST` (UTF-8).
+    pub method: *const u8,
+    /// The length of `method` in bytes.
+    pub method_len: usize,
+    /// The request target, e.g. `/mcp` (UTF-8); a query string is ignored.
+    pub path: *const u8,
+    /// The length of `path` in bytes.
+    pub path_len: usize,
+    /// The request headers in the order received (a name may repeat); names must be UTF-8,
+    /// values are raw bytes. NULL only when `headers_len` is 0.
+    pub headers: *const mcp_oauth2_header,
+    /// The number of entries in `headers`.
+    pub headers_len: usize,
+    /// Optional: the TCP peer address as text, `192.0.2.1`, `2001:db8::1`, or with a port
+    /// (`192.0.2.1:5000`, `[2001:db8::1]:5000`). NULL means unknown (then `X-Forwarded-*`
+    /// headers are never believed).
+    pub peer_addr: *const u8,
+    /// The length of `peer_addr` in bytes.
+    pub peer_addr_len: usize,
+    /// Optional: the buffered request body, needed only for `method_scopes`. NULL means
+    /// the host did not buffer it (then a POST must carry every method scope); a non-NULL
+    /// `body` with `body_len` 0 is an empty body.
+    pub body: *const u8,
+    /// The length of `body` in bytes.
+    pub body_len: usize,
+}
+
+impl mcp_oauth2_request {
+    /// The core's view of this request, borrowing the host's memory.
+    ///
+    /// # Safety
+    /// Every pointer in `self` follows the field docs and stays valid for `'a`.
+    unsafe fn as_core<'a>(&self) -> Result<Request<'a>> {
+        // SAFETY: forwarded caller contract for each field.
+        let (method, path, headers) = unsafe {
+            (
+                text(self.method, self.method_len)?,
+                text(self.path, self.path_len)?,
+                slice(self.headers, self.headers_len)?,
+            )
+        };
+        test_panic_hook(method.as_bytes());
+        let mut request = Request::new(method, path);
+        request.headers.reserve_exact(headers.len());
+        for h in headers {
+            // SAFETY: forwarded caller contract for the header array's entries.
+            let (name, value) = unsafe { (text(h.name, h.name_len)?, bytes(h.value, h.value_len)?) };
+            request.headers.push((name, value));
+        }
+        if !self.peer_addr.is_null() {
+            // SAFETY: forwarded caller contract.
+            let addr = unsafe { text(self.peer_addr, self.peer_addr_len) }?;
+            request.peer_addr = Some(parse_peer(addr)?);
+        }
+        if !self.body.is_null() {
+            // SAFETY: forwarded caller contract.
+            request.body = Some(unsafe { bytes(self.body, self.body_len) }?);
+        }
+        Ok(request)
+    }
+}
+
+fn parse_peer(addr: &str) -> Result<IpAddr> {
+    addr.parse::<IpAddr>()
+        .or_else(|_| addr.parse::<SocketAddr>().map(|s| s.ip()))
+        .map_err(|_| mcp_oauth2_result::InvalidArgument)
+}
+
+/// Builds a validator from a JSON configuration (the Kong `config` object; behaviour.md
+/// §1).
+///
+/// - `config_json`, `config_len`: UTF-8 JSON, borrowed for the call only.
+/// - `validator_out`: on success, receives a new validator that the host owns and frees with
+///   `mcp_oauth2_validator_free`.
+/// - `error_out`: optional (may be NULL). When the result is
+///   `MCP_OAUTH2_RESULT_INVALID_CONFIG` or `MCP_OAUTH2_RESULT_UNSUPPORTED`, receives a new
+///   error object naming the field (free it with `mcp_oauth2_error_free`); untouched on every
+///   other result.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_INVALID_CONFIG` (malformed JSON, unknown field, bad value: the error
+/// names the field), `MCP_OAUTH2_RESULT_UNSUPPORTED` (a feature this build lacks),
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER` (`validator_out` NULL, or `config_json` NULL with a
+/// non-zero length).
+///
+/// # Safety
+/// `config_json` points to `config_len` readable bytes (or is NULL with length 0);
+/// `validator_out` and a non-NULL `error_out` point to writable pointer variables.
+/// Thread safety: safe to call from any thread.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_new(
+    config_json: *const u8,
+    config_len: usize,
+    validator_out: *mut *mut mcp_oauth2_validator,
+    error_out: *mut *mut mcp_oauth2_error,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        let validator_out = out(validator_out)?;
+        // SAFETY: caller contract for the configuration bytes.
+        let json = unsafe { bytes(config_json, config_len) }?;
+        match Config::from_slice(json).and_then(Validator::new) {
+            Ok(validator) => {
+                let handle = into_handle(mcp_oauth2_validator { validator, transport: OnceLock::new() });
+                // SAFETY: checked by `out`; writable per the caller contract.
+                unsafe { write_out(validator_out, handle) };
+                Ok(())
+            }
+            Err(e) => {
+                let error = mcp_oauth2_error::new(&e);
+                let result = error.result();
+                if !error_out.is_null() {
+                    // SAFETY: non-NULL and writable per the caller contract.
+                    unsafe { write_out(error_out, into_handle(error)) };
+                }
+                Err(result)
+            }
+        }
+    })
+}
+
+/// Frees a validator and sets `*validator` to NULL. `validator` NULL or `*validator` NULL:
+/// no-op, so calling it twice on the same variable is safe. Decisions and pending
+/// validations made by it stay valid; the caches are released with the last of them.
+///
+/// # Safety
+/// `validator` is NULL or points to a variable holding NULL or a validator from
+/// `mcp_oauth2_validator_new` that has not been freed through another variable.
+/// Thread safety: no other thread may use the validator during or after this call.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_free(validator: *mut *mut mcp_oauth2_validator) {
+    // SAFETY: forwarded caller contract.
+    boundary_void(|| unsafe { free_handle(validator) });
+}
+
+/// Starts deciding one request, without I/O (the sans-I/O flow). On success exactly one of
+/// the two outputs is non-NULL:
+///
+/// - `*decision_out`: the decision is made (metadata document, no token, malformed
+///   request, cache hit, ...). The host owns it; free it with `mcp_oauth2_decision_free`.
+/// - `*pending_out`: the host must perform the HTTP request it describes
+///   (`mcp_oauth2_pending_method`, `_url`, `_header`, `_body`, `_timeout_ms`) and then call
+///   `mcp_oauth2_pending_resume` or `mcp_oauth2_pending_fail`. The host owns it; free it with
+///   `mcp_oauth2_pending_free` (also after resuming).
+///
+/// `request` and everything it points to are borrowed for this call only.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER` (a NULL `validator`, `request`, output, or a NULL
+/// `(ptr, len)` with a non-zero length), `MCP_OAUTH2_RESULT_INVALID_ARGUMENT` (method, path
+/// or a header name not UTF-8, unparsable `peer_addr`). Outcomes about the token are
+/// decisions, never errors.
+///
+/// # Safety
+/// `validator` is NULL or live; `request` is NULL or points to a request whose pointers
+/// follow its field docs; the outputs are NULL or writable pointer variables.
+/// Thread safety: safe to call concurrently on the same validator.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_begin(
+    validator: *const mcp_oauth2_validator,
+    request: *const mcp_oauth2_request,
+    decision_out: *mut *mut mcp_oauth2_decision,
+    pending_out: *mut *mut mcp_oauth2_pending,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract: NULL or live objects.
+        let (validator, request) = unsafe { (borrow(validator)?, borrow(request)?) };
+        let (decision_out, pending_out) = (out(decision_out)?, out(pending_out)?);
+        // SAFETY: caller contract for the request's pointers.
+        let request = unsafe { request.as_core() }?;
+        let (decision, pending) = match validator.validator.begin(&request) {
+            Step::Done(d) => (into_handle(mcp_oauth2_decision::new(d)), std::ptr::null_mut()),
+            Step::Need(http, p) => (std::ptr::null_mut(), into_handle(mcp_oauth2_pending::new(http, p))),
+        };
+        // SAFETY: both checked by `out`; writable per the caller contract.
+        unsafe {
+            write_out(decision_out, decision);
+            write_out(pending_out, pending);
+        }
+        Ok(())
+    })
+}
+
+/// Decides one request, performing the authorization-server calls itself with the built-in
+/// blocking HTTP client (ureq + rustls; `timeout`, `ssl_verify` and `keepalive` from the
+/// configuration). Blocks the calling thread for at most about twice the configured
+/// `timeout`. Concurrent misses for one token share one call (single flight).
+///
+/// On success `*decision_out` receives a new decision that the host owns and frees with
+/// `mcp_oauth2_decision_free`. An unreachable or failing authorization server is a decision
+/// (503), not an error.
+///
+/// # Errors
+/// As `mcp_oauth2_validator_begin`.
+///
+/// # Safety
+/// As `mcp_oauth2_validator_begin`.
+/// Thread safety: safe to call concurrently on the same validator (that is what it is for).
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_authorize(
+    validator: *const mcp_oauth2_validator,
+    request: *const mcp_oauth2_request,
+    decision_out: *mut *mut mcp_oauth2_decision,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract: NULL or live objects.
+        let (validator, request) = unsafe { (borrow(validator)?, borrow(request)?) };
+        let decision_out = out(decision_out)?;
+        // SAFETY: caller contract for the request's pointers.
+        let request = unsafe { request.as_core() }?;
+        let transport = validator.transport.get_or_init(|| UreqTransport::new(validator.validator.config()));
+        let decision = validator.validator.authorize(&request, transport);
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(decision_out, into_handle(mcp_oauth2_decision::new(decision))) };
+        Ok(())
+    })
+}
+
+/// Removes one token's cached validation result (after the host learns it was revoked).
+///
+/// `token`, `token_len`: the bare token (without `Bearer `), UTF-8, borrowed for the call.
+/// `evicted_out`: optional (may be NULL); on success receives whether a result was cached.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER` (`validator` NULL, or `token` NULL with a non-zero
+/// length), `MCP_OAUTH2_RESULT_INVALID_ARGUMENT` (token not UTF-8).
+///
+/// # Safety
+/// `validator` is NULL or live; `token` points to `token_len` readable bytes or is NULL
+/// with length 0; `evicted_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same validator.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_evict(
+    validator: *const mcp_oauth2_validator,
+    token: *const u8,
+    token_len: usize,
+    evicted_out: *mut bool,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract: NULL or a live validator; token bytes readable.
+        let (validator, token) = unsafe { (borrow(validator)?, text(token, token_len)?) };
+        test_panic_hook(token.as_bytes());
+        let evicted = validator.validator.evict(token);
+        if !evicted_out.is_null() {
+            // SAFETY: non-NULL and writable per the caller contract.
+            unsafe { write_out(evicted_out, evicted) };
+        }
+        Ok(())
+    })
+}
+
+/// The Protected Resource Metadata document (RFC 9728) this validator serves, as JSON.
+/// `begin`/`authorize` already answer the metadata paths; this is for hosts that serve it
+/// elsewhere.
+///
+/// `document_out` receives a view into `validator`, valid until the validator is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER` if `validator` or `document_out` is NULL.
+///
+/// # Safety
+/// `validator` is NULL or live; `document_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same validator.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_metadata_document(
+    validator: *const mcp_oauth2_validator,
+    document_out: *mut mcp_oauth2_bytes,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract: NULL or a live validator.
+        let validator = unsafe { borrow(validator) }?;
+        let document_out = out(document_out)?;
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(document_out, mcp_oauth2_bytes::of(validator.validator.metadata_document())) };
+        Ok(())
+    })
+}
