@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Lua / OpenResty / Kong tests: builds the native module (normal build, and a test-hook
+# build for the panic test), runs the busted specs under LuaJIT, then the nginx end-to-end
+# test: real Debian nginx + lua module (2 workers), the oidc-provider AS and an echo
+# upstream, all on 127.0.0.1, all stopped by pid on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+# 1. Build: the documented command, then the test-hook variant (only this crate rebuilds).
+cargo build --release -p mcp-oauth2-lua --features module
+cp target/release/libmcp_oauth2_lua.so lua/mcp_oauth2.so
+RUN=$(mktemp -d /tmp/mcp-oauth2-lua.XXXXXX)
+mkdir -p "$RUN/testhook"
+cargo build --release -p mcp-oauth2-lua --features module,test-hooks
+cp target/release/libmcp_oauth2_lua.so "$RUN/testhook/mcp_oauth2.so"
+# Restore the normal build as the target's latest artifact too.
+cargo build --release -p mcp-oauth2-lua --features module
+
+PIDS=()
+cleanup() {
+  local rc=$?
+  if [ -f "$RUN/logs/nginx.pid" ]; then kill "$(cat "$RUN/logs/nginx.pid")" 2>/dev/null || true; fi
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "$rc" -ne 0 ] && [ -f "$RUN/logs/error.log" ]; then
+    echo "---- nginx error.log (tail) ----"; tail -n 40 "$RUN/logs/error.log"
+  fi
+  rm -rf "$RUN"
+  exit "$rc"
+}
+trap cleanup EXIT
+
+# nginx workers run as nobody when started as root: everything they read lives in a
+# world-readable run dir under /tmp, not in the (possibly private) checkout.
+mkdir -p "$RUN/lua" "$RUN/tests" "$RUN/conf" "$RUN/logs" "$RUN/tmp"
+cp -r lua/resty lua/kong lua/mcp_oauth2.so "$RUN/lua/"
+cp tests/nginx/kong_standin.lua "$RUN/tests/"
+chmod -R a+rX "$RUN"
+
+# 2. busted specs of the module seam, under LuaJIT.
+(cd lua && timeout 120 luajit /usr/bin/busted --cpath="$ROOT/lua/?.so" --lpath="$ROOT/lua/?.lua;$ROOT/tests/nginx/?.lua" spec)
+
+# 3. Services.
+wait_port() { # file -> port
+  local i
+  for i in $(seq 1 100); do
+    if grep -q '^LISTENING' "$1" 2>/dev/null; then awk '/^LISTENING/{print $2; exit}' "$1"; return 0; fi
+    sleep 0.1
+  done
+  echo "service did not start: $1" >&2; return 1
+}
+node tests/node/as-server.mjs >"$RUN/as.out" 2>"$RUN/as.log" & PIDS+=($!); AS_PID=$!
+node tests/nginx/echo-upstream.mjs >"$RUN/up.out" 2>"$RUN/up.log" & PIDS+=($!)
+AS_PORT=$(wait_port "$RUN/as.out")
+UP_PORT=$(wait_port "$RUN/up.out")
+PORT=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+AS="http://127.0.0.1:$AS_PORT"
+sed -e "s#@RUN@#$RUN#g" -e "s#@PORT@#$PORT#g" -e "s#@AS@#$AS#g" -e "s#@UP@#$UP_PORT#g" \
+  tests/nginx/nginx.conf.template >"$RUN/conf/nginx.conf"
+chmod -R a+rX "$RUN"
+nginx -p "$RUN" -c conf/nginx.conf
+for _ in $(seq 1 50); do [ -s "$RUN/logs/nginx.pid" ] && break; sleep 0.1; done
+
+# 4. nginx end-to-end.
+NGINX_URL="http://127.0.0.1:$PORT" AS_URL="$AS" AS_PID="$AS_PID" UPSTREAM_URL="http://127.0.0.1:$UP_PORT" \
+  NGINX_PREFIX="$RUN" timeout 300 node --test --test-concurrency=1 tests/nginx/e2e.test.mjs
