@@ -26,7 +26,7 @@ cleanup() {
   if [ "$rc" -ne 0 ] && [ -f "$RUN/logs/error.log" ]; then
     echo "---- nginx error.log (tail) ----"; tail -n 40 "$RUN/logs/error.log"
   fi
-  rm -rf "$RUN"
+  [ -n "${KEEP_RUN:-}" ] || rm -rf "$RUN"
   exit "$rc"
 }
 trap cleanup EXIT

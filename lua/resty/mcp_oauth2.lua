@@ -157,7 +157,9 @@ local function capture_call(location, req)
     return nil, "other", "subrequest failed"
   end
   if res.truncated then
-    return nil, "other", "truncated response"
+    -- nginx's proxy failed mid-way (or could not connect: 502, timed out: 504).
+    local st = res.status
+    return nil, st == 504 and "timeout" or (st == 502 and "connect" or "other"), "AS response incomplete (" .. tostring(st) .. ")"
   end
   local ct = res.header["Content-Type"]
   if type(ct) == "table" then

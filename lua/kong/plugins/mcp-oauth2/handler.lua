@@ -12,6 +12,11 @@ local type = type
 local tostring = tostring
 local setmetatable = setmetatable
 
+-- Kong passes unset fields as ngx.null, which is truthy in Lua.
+local function given(v)
+  return v ~= nil and v ~= ngx.null
+end
+
 local MCPOAuth2Handler = {
   PRIORITY = 1015,
   VERSION = "0.1.0",
@@ -63,7 +68,8 @@ local function load_consumer(by, value)
 end
 
 local function find_consumer(conf, value)
-  for _, by in ipairs(conf.consumer_by or { "custom_id", "username" }) do
+  local by_list = given(conf.consumer_by) and conf.consumer_by or { "custom_id", "username" }
+  for _, by in ipairs(by_list) do
     local consumer, err = load_consumer(by, value)
     if err then
       return nil, err
@@ -106,7 +112,7 @@ function MCPOAuth2Handler:access(conf)
 
   local identity = d.identity or {}
   local consumer
-  if conf.consumer_claim and identity.consumer then
+  if given(conf.consumer_claim) and identity.consumer then
     local cerr
     consumer, cerr = find_consumer(conf, identity.consumer)
     if cerr then
@@ -115,11 +121,11 @@ function MCPOAuth2Handler:access(conf)
         error_description = "The consumer lookup failed" })
     end
   end
-  if conf.consumer_claim and not consumer and not conf.consumer_optional then
+  if given(conf.consumer_claim) and not consumer and not conf.consumer_optional then
     return forbidden("The access token does not map to a consumer")
   end
 
-  if conf.consumer_groups_claim and identity.consumer_groups and kong.client.set_authenticated_consumer_groups then
+  if given(conf.consumer_groups_claim) and identity.consumer_groups and kong.client.set_authenticated_consumer_groups then
     local groups = {}
     for _, name in ipairs(identity.consumer_groups) do
       local group = kong.db.consumer_groups and kong.db.consumer_groups:select_by_name(name)
