@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# wrk benchmark of resty.mcp_oauth2 in a real nginx (127.0.0.1 only, bounded in time).
+# Scenarios, interleaved over ROUNDS rounds (one nginx worker pinned to CPU 0, wrk on CPU 1):
+#   (a) proxying, no access handler
+#   (b) a no-op access_by_lua_block that sets one header (the floor of any Lua handler)
+#   (c) the module on cache hits, one claim header
+#   (d) every request introspected against a fast local AS (no cache)
+# Prints per-scenario median req/s and p99, ratios to (a), and the added µs per request
+# of (c) over (b) (= 1e6/rps_c - 1e6/rps_b with one saturated worker).
+#   ROUNDS=5 DURATION=3 CONNECTIONS=32 bash benches/nginx/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-3}
+CONNECTIONS=${CONNECTIONS:-32}
+
+cargo build --release -p mcp-oauth2-lua --features module
+cp target/release/libmcp_oauth2_lua.so lua/mcp_oauth2.so
+
+RUN=$(mktemp -d /tmp/mcp-oauth2-bench.XXXXXX)
+cleanup() {
+  if [ -f "$RUN/logs/nginx.pid" ]; then kill "$(cat "$RUN/logs/nginx.pid")" 2>/dev/null || true; fi
+  sleep 0.2
+  rm -rf "$RUN"
+}
+trap cleanup EXIT
+mkdir -p "$RUN/lua" "$RUN/conf" "$RUN/logs" "$RUN/tmp"
+cp -r lua/resty lua/mcp_oauth2.so "$RUN/lua/"
+free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
+PORT=$(free_port); UP=$(free_port); ASPORT=$(free_port)
+sed -e "s#@RUN@#$RUN#g" -e "s#@PORT@#$PORT#g" -e "s#@UP@#$UP#g" -e "s#@ASPORT@#$ASPORT#g" \
+  benches/nginx/nginx.conf.template >"$RUN/conf/nginx.conf"
+chmod -R a+rX "$RUN"
+nginx -p "$RUN" -c conf/nginx.conf
+for _ in $(seq 1 50); do [ -s "$RUN/logs/nginx.pid" ] && break; sleep 0.1; done
+
+BASE="http://127.0.0.1:$PORT"
+AUTH="Authorization: Bearer bench-token-0123456789abcdefghijklmnopqrstuvwxyz"
+check() { # path expected-status
+  local got; got=$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH" "$BASE$1")
+  [ "$got" = "$2" ] || { echo "sanity check failed: $1 -> $got (want $2)"; tail -5 "$RUN/logs/error.log"; exit 1; }
+}
+check /a/mcp 200; check /b/mcp 200; check /mcp 200; check /d/mcp 200
+curl -s -o /dev/null -w '' "$BASE/mcp" # (no token) warms the 401 path too
+
+WRK="wrk"
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then WRK="taskset -c 1 wrk"; fi
+declare -A PATHS=([a]=/a/mcp [b]=/b/mcp [c]=/mcp [d]=/d/mcp)
+OUT="$RUN/results.txt"; : >"$OUT"
+# Warm-up (JIT, connection pools).
+for s in a b c d; do $WRK -t1 -c"$CONNECTIONS" -d1s -H "$AUTH" "$BASE${PATHS[$s]}" >/dev/null; done
+for r in $(seq 1 "$ROUNDS"); do
+  for s in a b c d; do
+    res=$($WRK -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "$AUTH" "$BASE${PATHS[$s]}")
+    rps=$(awk '/^Requests\/sec:/{print $2}' <<<"$res")
+    p99=$(awk '$1=="99%"{print $2}' <<<"$res")
+    non2xx=$(awk '/Non-2xx/{print $NF}' <<<"$res")
+    [ -z "$non2xx" ] || { echo "scenario $s: $non2xx non-2xx responses"; exit 1; }
+    echo "$s $r $rps $p99" >>"$OUT"
+    echo "round $r ($s): $rps req/s, p99 $p99"
+  done
+done
+
+node - "$OUT" <<'JS'
+const lines = require('fs').readFileSync(process.argv[2], 'utf8').trim().split('\n').map((l) => l.split(' '));
+const ms = (v) => v.endsWith('us') ? parseFloat(v) / 1000 : v.endsWith('ms') ? parseFloat(v) : parseFloat(v) * 1000;
+const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
+const by = {};
+for (const [s, , rps, p99] of lines) (by[s] ??= { rps: [], p99: [] }), by[s].rps.push(+rps), by[s].p99.push(ms(p99));
+const names = { a: 'proxy, no access handler', b: 'no-op access_by_lua (1 header)', c: 'mcp_oauth2, cache hit, 1 claim header', d: 'mcp_oauth2, introspect every request' };
+const a = median(by.a.rps);
+console.log('\nscenario                                   req/s (median)   p99 ms   ratio to (a)');
+for (const s of ['a', 'b', 'c', 'd']) {
+  const r = median(by[s].rps);
+  console.log(`(${s}) ${names[s].padEnd(38)} ${r.toFixed(0).padStart(12)} ${median(by[s].p99).toFixed(2).padStart(8)}   ${(r / a).toFixed(3)}`);
+}
+const b = median(by.b.rps), c = median(by.c.rps);
+console.log(`\n(c) over (b): ${(1e6 / c - 1e6 / b).toFixed(2)} µs added per request (target <= 1.5)`);
+// Per-round pairs too, since the machine is noisy.
+const per = by.b.rps.map((rb, i) => 1e6 / by.c.rps[i] - 1e6 / rb).map((x) => x.toFixed(2));
+console.log(`per round (c)-(b) µs: ${per.join(' ')}`);
+JS
