@@ -5,8 +5,10 @@
 #   (b) a no-op access_by_lua_block that sets one header (the floor of any Lua handler)
 #   (c) the module on cache hits, one claim header
 #   (d) every request introspected against a fast local AS (no cache)
-# Prints per-scenario median req/s and p99, ratios to (a), and the added µs per request
-# of (c) over (b) (= 1e6/rps_c - 1e6/rps_b with one saturated worker).
+# Prints per-scenario median req/s, p99 and ratios to (a), and the µs per request (c) adds
+# over (b), two ways: from throughput (1e6/rps_c - 1e6/rps_b, one saturated worker) and
+# from the worker's own CPU time per request (/proc/PID/schedstat), which other load on a
+# shared machine disturbs much less.
 #   ROUNDS=5 DURATION=3 CONNECTIONS=32 bash benches/nginx/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,6 +45,8 @@ check() { # path expected-status
 check /a/mcp 200; check /b/mcp 200; check /mcp 200; check /d/mcp 200
 curl -s -o /dev/null -w '' "$BASE/mcp" # (no token) warms the 401 path too
 
+WORKER=$(pgrep -P "$(cat "$RUN/logs/nginx.pid")" | head -1)
+cpu_ns() { awk '{print $1}' "/proc/$WORKER/schedstat"; }
 WRK="wrk"
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then WRK="taskset -c 1 wrk"; fi
 declare -A PATHS=([a]=/a/mcp [b]=/b/mcp [c]=/mcp [d]=/d/mcp)
@@ -51,13 +55,17 @@ OUT="$RUN/results.txt"; : >"$OUT"
 for s in a b c d; do $WRK -t1 -c"$CONNECTIONS" -d1s -H "$AUTH" "$BASE${PATHS[$s]}" >/dev/null; done
 for r in $(seq 1 "$ROUNDS"); do
   for s in a b c d; do
+    t0=$(cpu_ns)
     res=$($WRK -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "$AUTH" "$BASE${PATHS[$s]}")
+    t1=$(cpu_ns)
+    reqs=$(awk '/requests in/{print $1}' <<<"$res")
+    cpu_us=$(awk -v a="$t0" -v b="$t1" -v n="$reqs" 'BEGIN{printf "%.3f", (b-a)/1000/n}')
     rps=$(awk '/^Requests\/sec:/{print $2}' <<<"$res")
     p99=$(awk '$1=="99%"{print $2}' <<<"$res")
     non2xx=$(awk '/Non-2xx/{print $NF}' <<<"$res")
     [ -z "$non2xx" ] || { echo "scenario $s: $non2xx non-2xx responses"; exit 1; }
-    echo "$s $r $rps $p99" >>"$OUT"
-    echo "round $r ($s): $rps req/s, p99 $p99"
+    echo "$s $r $rps $p99 $cpu_us" >>"$OUT"
+    echo "round $r ($s): $rps req/s, p99 $p99, worker CPU $cpu_us µs/request"
   done
 done
 
@@ -66,17 +74,23 @@ const lines = require('fs').readFileSync(process.argv[2], 'utf8').trim().split('
 const ms = (v) => v.endsWith('us') ? parseFloat(v) / 1000 : v.endsWith('ms') ? parseFloat(v) : parseFloat(v) * 1000;
 const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
 const by = {};
-for (const [s, , rps, p99] of lines) (by[s] ??= { rps: [], p99: [] }), by[s].rps.push(+rps), by[s].p99.push(ms(p99));
+for (const [s, , rps, p99, cpu] of lines) {
+  by[s] ??= { rps: [], p99: [], cpu: [] };
+  by[s].rps.push(+rps); by[s].p99.push(ms(p99)); by[s].cpu.push(+cpu);
+}
 const names = { a: 'proxy, no access handler', b: 'no-op access_by_lua (1 header)', c: 'mcp_oauth2, cache hit, 1 claim header', d: 'mcp_oauth2, introspect every request' };
 const a = median(by.a.rps);
-console.log('\nscenario                                   req/s (median)   p99 ms   ratio to (a)');
+console.log('\nscenario                                   req/s (median)   p99 ms   ratio to (a)   worker CPU µs/req');
 for (const s of ['a', 'b', 'c', 'd']) {
   const r = median(by[s].rps);
-  console.log(`(${s}) ${names[s].padEnd(38)} ${r.toFixed(0).padStart(12)} ${median(by[s].p99).toFixed(2).padStart(8)}   ${(r / a).toFixed(3)}`);
+  console.log(`(${s}) ${names[s].padEnd(38)} ${r.toFixed(0).padStart(12)} ${median(by[s].p99).toFixed(2).padStart(8)}   ${(r / a).toFixed(3).padStart(12)}   ${median(by[s].cpu).toFixed(2).padStart(10)}`);
 }
 const b = median(by.b.rps), c = median(by.c.rps);
-console.log(`\n(c) over (b): ${(1e6 / c - 1e6 / b).toFixed(2)} µs added per request (target <= 1.5)`);
+console.log(`\n(c) over (b), from throughput: ${(1e6 / c - 1e6 / b).toFixed(2)} µs added per request (target <= 1.5)`);
+console.log(`(c) over (b), from worker CPU time: ${(median(by.c.cpu) - median(by.b.cpu)).toFixed(2)} µs added per request (target <= 1.5)`);
+const perCpu = by.b.cpu.map((cb, i) => (by.c.cpu[i] - cb).toFixed(2));
+console.log(`per round (c)-(b) CPU µs: ${perCpu.join(' ')}`);
 // Per-round pairs too, since the machine is noisy.
 const per = by.b.rps.map((rb, i) => 1e6 / by.c.rps[i] - 1e6 / rb).map((x) => x.toFixed(2));
-console.log(`per round (c)-(b) µs: ${per.join(' ')}`);
+console.log(`per round (c)-(b) throughput µs: ${per.join(' ')}`);
 JS
