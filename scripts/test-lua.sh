@@ -38,7 +38,9 @@ cp -r lua/resty lua/kong lua/mcp_oauth2.so "$RUN/lua/"
 cp tests/nginx/kong_standin.lua "$RUN/tests/"
 chmod -R a+rX "$RUN"
 
-# 2. busted specs of the module seam, under LuaJIT.
+# 2. Rust unit tests of the crate (linked against the system LuaJIT, without `module`),
+#    then busted specs of the module seam, under LuaJIT.
+cargo test -p mcp-oauth2-lua
 (cd lua && timeout 120 luajit /usr/bin/busted --cpath="$ROOT/lua/?.so" --lpath="$ROOT/lua/?.lua;$ROOT/tests/nginx/?.lua" spec)
 
 # 3. Services.

@@ -235,9 +235,10 @@ local function perform(self, pending)
   return pending:resume(nil, ct, body), encode(nil, ct, body)
 end
 
--- Turns a pending validation into a decision: L2 hit, or the one AS call for this token
--- across all workers (leader), or the leader's result (followers).
-function _M._resolve(self, pending)
+-- One step of a pending validation: L2 hit, or the one AS call for this key across all
+-- workers (leader), or the leader's result (followers). Returns a decision table, or the
+-- next pending step when the validator needs another exchange.
+local function resolve_step(self, pending)
   local shm = self.shm
   if not shm then
     return (perform(self, pending))
@@ -265,7 +266,7 @@ function _M._resolve(self, pending)
     -- Followers of this flight read its result, whatever it was (AS failures included);
     -- only the L2 entry outlives the flight, and never for AS failures.
     shm:set(flight_key, raw, self.lock_wait)
-    local ttl = decision.shared_ttl or 0
+    local ttl = type(decision) == "table" and decision.shared_ttl or 0
     if ttl > 0 then
       local ok3, err3 = shm:set(key, raw, ttl)
       if not ok3 then
@@ -301,6 +302,20 @@ function _M._resolve(self, pending)
       return pending:resume(nil, "timeout", "gave up waiting for a concurrent call")
     end
   end
+end
+
+-- At most this many AS exchanges for one request (discovery, keys, validation, exchange).
+local MAX_STEPS = 8
+
+function _M._resolve(self, pending)
+  local step = pending
+  for _ = 1, MAX_STEPS do
+    step = resolve_step(self, step)
+    if type(step) ~= "userdata" then
+      return step
+    end
+  end
+  return internal_error("validation needed more than " .. MAX_STEPS .. " AS exchanges")
 end
 
 -- ---------------------------------------------------------------------------------------

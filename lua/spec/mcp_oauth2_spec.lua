@@ -16,6 +16,11 @@ local function conf(extra)
   return c
 end
 
+local function v_bad_peer_check()
+  local v = assert(native.new(conf({ trusted_proxies = { "10.0.0.0/8" } })))
+  return v:check("GET", "/mcp", nil, "not-an-ip")
+end
+
 local PRM = "https://mcp.example.com/mcp/.well-known/oauth-protected-resource"
 
 local function active(claims)
@@ -181,6 +186,37 @@ describe("pending:resume", function()
       :resume(200, { ["Content-Type"] = "application/json" }, active({ aud = "https://other.example" }))
     assert.equal(401, d.status)
     assert.equal("audience_mismatch", d.reason)
+  end)
+end)
+
+describe("validator:check (the hot path)", function()
+  it("believes X-Forwarded-* only from trusted proxies", function()
+    local v = assert(native.new(conf({ trusted_proxies = { "10.0.0.0/8" } })))
+    local ok, d = v:check("GET", "/mcp", nil, "10.1.2.3", nil, nil, nil, "https", "public.example", "8443", "/api")
+    assert.is_false(ok)
+    assert.equal('Bearer resource_metadata="https://public.example:8443/api/mcp/.well-known/oauth-protected-resource"',
+      d.headers["WWW-Authenticate"])
+    ok, d = v:check("GET", "/mcp", nil, "192.0.2.1", nil, nil, nil, "https", "evil.example", nil, nil)
+    assert.is_false(ok)
+    assert.equal('Bearer resource_metadata="' .. PRM .. '"', d.headers["WWW-Authenticate"])
+  end)
+
+  it("enforces allowed_origins", function()
+    local v = assert(native.new(conf({ allowed_origins = { "https://app.example" } })))
+    local ok, d = v:check("POST", "/mcp", "Bearer t", nil, "https://evil.example")
+    assert.is_false(ok)
+    assert.equal(403, d.status)
+    ok, d = v:check("OPTIONS", "/mcp", nil, nil, "https://app.example", "POST")
+    assert.is_false(ok)
+    assert.equal(204, d.status)
+    assert.equal("https://app.example", d.headers["Access-Control-Allow-Origin"])
+  end)
+
+  it("returns nil, nil, err for a bad peer address", function()
+    local a, b, err = v_bad_peer_check()
+    assert.is_nil(a)
+    assert.is_nil(b)
+    assert.matches("peer_addr", err)
   end)
 end)
 

@@ -169,6 +169,31 @@ test('the worker is not blocked while an introspection is in flight', async () =
   }
 });
 
+test('method_scopes: the JSON-RPC body is read; a missing scope is 403 insufficient_scope', async () => {
+  const resource = `${NGINX_URL}/scoped/mcp`;
+  const t = await token(resource);
+  const call = await request('/scoped/mcp', {
+    method: 'POST',
+    headers: { authorization: `Bearer ${t}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'echo', arguments: {} } }),
+  });
+  assert.equal(call.status, 403, call.body);
+  assert.equal(call.headers['www-authenticate'],
+    `Bearer error="insufficient_scope", scope="mcp:admin", resource_metadata="${resource}/.well-known/oauth-protected-resource"`);
+  const ping = await request('/scoped/mcp', {
+    method: 'POST',
+    headers: { authorization: `Bearer ${t}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'ping' }),
+  });
+  assert.equal(ping.status, 200, ping.body);
+  const big = await request('/scoped/mcp', {
+    method: 'POST',
+    headers: { authorization: `Bearer ${t}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 3, method: 'ping', params: { pad: 'x'.repeat(64 * 1024) } }),
+  });
+  assert.equal(big.status, 200, 'a body nginx buffered to a file is read too');
+});
+
 test('a Rust panic becomes a 500, and the worker lives on', async () => {
   const before = workers();
   for (let i = 0; i < 6; i++) {
