@@ -19,6 +19,10 @@ CONNECTIONS=${CONNECTIONS:-32}
 cargo build --release -p mcp-oauth2-lua --features module
 cp target/release/libmcp_oauth2_lua.so lua/mcp_oauth2.so
 
+echo "== native module, outside nginx"
+luajit -e 'package.cpath = "lua/?.so;" .. package.cpath' benches/nginx/native.lua
+echo "== nginx + wrk"
+
 RUN=$(mktemp -d /tmp/mcp-oauth2-bench.XXXXXX)
 cleanup() {
   if [ -f "$RUN/logs/nginx.pid" ]; then kill "$(cat "$RUN/logs/nginx.pid")" 2>/dev/null || true; fi
@@ -85,12 +89,13 @@ for (const s of ['a', 'b', 'c', 'd']) {
   const r = median(by[s].rps);
   console.log(`(${s}) ${names[s].padEnd(38)} ${r.toFixed(0).padStart(12)} ${median(by[s].p99).toFixed(2).padStart(8)}   ${(r / a).toFixed(3).padStart(12)}   ${median(by[s].cpu).toFixed(2).padStart(10)}`);
 }
-const b = median(by.b.rps), c = median(by.c.rps);
-console.log(`\n(c) over (b), from throughput: ${(1e6 / c - 1e6 / b).toFixed(2)} µs added per request (target <= 1.5)`);
-console.log(`(c) over (b), from worker CPU time: ${(median(by.c.cpu) - median(by.b.cpu)).toFixed(2)} µs added per request (target <= 1.5)`);
-const perCpu = by.b.cpu.map((cb, i) => (by.c.cpu[i] - cb).toFixed(2));
-console.log(`per round (c)-(b) CPU µs: ${perCpu.join(' ')}`);
-// Per-round pairs too, since the machine is noisy.
-const per = by.b.rps.map((rb, i) => 1e6 / by.c.rps[i] - 1e6 / rb).map((x) => x.toFixed(2));
-console.log(`per round (c)-(b) throughput µs: ${per.join(' ')}`);
+// Paired per round (b and c run back to back), then the median: robust to load drifting
+// between rounds on a shared machine.
+const pairedCpu = by.b.cpu.map((cb, i) => by.c.cpu[i] - cb);
+const pairedRps = by.b.rps.map((rb, i) => 1e6 / by.c.rps[i] - 1e6 / rb);
+console.log(`\n(c) over (b), worker CPU time: ${median(pairedCpu).toFixed(2)} µs added per request (median of rounds; target <= 1.5)`);
+console.log(`  per round: ${pairedCpu.map((x) => x.toFixed(2)).join(' ')}`);
+console.log(`(c) over (b), from throughput: ${median(pairedRps).toFixed(2)} µs added per request (median of rounds; meaningful only if the worker is saturated)`);
+console.log(`  per round: ${pairedRps.map((x) => x.toFixed(2)).join(' ')}`);
+console.log(`(b) over (a), worker CPU time: ${median(by.a.cpu.map((ca, i) => by.b.cpu[i] - ca)).toFixed(2)} µs; (d) over (b): ${median(by.b.cpu.map((cb, i) => by.d.cpu[i] - cb)).toFixed(2)} µs`);
 JS
