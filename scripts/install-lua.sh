@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(nginx libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-resty-lrucache
-  luajit2 libluajit2-5.1-dev lua-cjson lua-busted wrk pkg-config)
+  luajit2 libluajit2-5.1-dev lua-cjson lua-busted wrk pkg-config procps curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

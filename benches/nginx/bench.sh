@@ -49,6 +49,11 @@ check() { # path expected-status
 check /a/mcp 200; check /b/mcp 200; check /mcp 200; check /d/mcp 200
 curl -s -o /dev/null -w '' "$BASE/mcp" # (no token) warms the 401 path too
 
+# In-worker loop of the (b) and (c) handler bodies (best of 5 runs each).
+LOOP=$(curl -s -H "$AUTH" "$BASE/loop?n=200000")
+echo "in-worker loop, µs per call (best of 5): $LOOP"
+echo "$LOOP" | awk '{printf "(c) over (b), in-worker loop: %.2f µs added per request (target <= 1.5)\n", $4 - $2}' >"$RUN/loop.txt"
+
 WORKER=$(pgrep -P "$(cat "$RUN/logs/nginx.pid")" | head -1)
 cpu_ns() { awk '{print $1}' "/proc/$WORKER/schedstat"; }
 WRK="wrk"
@@ -99,3 +104,4 @@ console.log(`(c) over (b), from throughput: ${median(pairedRps).toFixed(2)} µs 
 console.log(`  per round: ${pairedRps.map((x) => x.toFixed(2)).join(' ')}`);
 console.log(`(b) over (a), worker CPU time: ${median(by.a.cpu.map((ca, i) => by.b.cpu[i] - ca)).toFixed(2)} µs; (d) over (b): ${median(by.b.cpu.map((cb, i) => by.d.cpu[i] - cb)).toFixed(2)} µs`);
 JS
+cat "$RUN/loop.txt"

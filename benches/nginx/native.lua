@@ -28,8 +28,8 @@ end
 
 run("native check(), cache hit, 1 claim header", 200000, function(n)
   for _ = 1, n do
-    local ok, _, name = v:check("GET", "/mcp", authz)
-    if not ok or not name then error("not a cache hit") end
+    local ok, _, value = v:check("GET", "/mcp", authz)
+    if not ok or not value then error("not a cache hit") end
   end
 end)
 run("native evict() of an absent token (call + SHA-256 floor)", 200000, function(n)

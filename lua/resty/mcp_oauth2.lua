@@ -23,7 +23,6 @@
 local ngx = ngx
 local ngx_var = ngx.var
 local ngx_req = ngx.req
-local get_method = ngx_req.get_method
 local set_header = ngx_req.set_header
 local clear_header = ngx_req.clear_header
 local ngx_header = ngx.header
@@ -127,6 +126,7 @@ function _M.new(conf, opts)
 
   local timeout = s.timeout / 1000
   local remove = v:remove_headers()
+  local names = v:header_names()
   local self = {
     v = v,
     settings = s,
@@ -134,7 +134,9 @@ function _M.new(conf, opts)
     http = http,
     mode = mode,
     remove = remove,
-    n_remove = #remove,
+    names = names,
+    n_names = #names,
+    clear_auth = remove[1] == "Authorization",
     lock_wait = opts.lock_wait or (2 * timeout + 1),
     timeout = timeout,
     needs_body = s.needs_body,
@@ -346,27 +348,35 @@ local function forward_table(d)
   return true, d.valid_until
 end
 
--- Applies a fast-path forward: `...` is name1, value1, name2, value2, ...
-local function forward_fast(self, valid_until, ...)
-  local n = select("#", ...)
-  local remove = self.remove
-  for i = 1, self.n_remove do
-    local name = remove[i]
-    local set = false
-    -- A header about to be set replaces every client copy anyway: skip its removal.
-    for j = 1, n, 2 do
-      if select(j, ...) == name then
-        set = true
-        break
+-- Applies a forward from the fast path, given the values of the claim headers in
+-- self.names order (false: claim absent). Setting a header replaces every client-sent copy;
+-- an absent claim's header is cleared, so a client can never supply it.
+local function forward_rest(self, i, value, ...)
+  if i > self.n_names then
+    return
+  end
+  local name = self.names[i]
+  if value then
+    set_header(name, value)
+  else
+    clear_header(name)
+  end
+  return forward_rest(self, i + 1, ...)
+end
+
+local function forward_fast(self, valid_until, v1, v2, ...)
+  if self.clear_auth then
+    clear_header("Authorization")
+  end
+  local n = self.n_names
+  if n > 0 then
+    if v1 then set_header(self.names[1], v1) else clear_header(self.names[1]) end
+    if n > 1 then
+      if v2 then set_header(self.names[2], v2) else clear_header(self.names[2]) end
+      if n > 2 then
+        forward_rest(self, 3, ...)
       end
     end
-    if not set then
-      clear_header(name)
-    end
-  end
-  for j = 1, n, 2 do
-    local name, value = select(j, ...)
-    set_header(name, value)
   end
   return true, valid_until
 end
@@ -392,12 +402,13 @@ local function read_body(max)
 end
 
 local function after_check(self, ok, res, x, ...)
+  if res == true then
+    return forward_fast(self, x, ...)
+  end
   if not ok then
     return respond(internal_error("native validator raised: " .. tostring(res)))
   end
-  if res == true then
-    return forward_fast(self, x, ...)
-  elseif res == false then
+  if res == false then
     return respond(x)
   end
   if type(x) ~= "userdata" then
@@ -418,7 +429,8 @@ end
 --- valid_until (unix seconds), or ends the request with the decided response.
 function _M.access(self)
   local var = ngx_var
-  local method = get_method()
+  -- $request_method is cheaper here than ngx.req.get_method() (measured in-worker).
+  local method = var.request_method
   local peer, origin, acrm, body, xproto, xhost, xport, xprefix
   if self.proxies then
     peer = var.remote_addr

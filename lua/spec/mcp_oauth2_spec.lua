@@ -142,10 +142,10 @@ describe("pending:resume", function()
     assert.is_true(d.shared_ttl > 290 and d.shared_ttl <= 300)
 
     -- Now cached in this validator: the fast path forwards without a pending step.
-    local ok, valid_until, name, value = v:check("GET", "/mcp", "Bearer tok-1")
+    local ok, valid_until, value = v:check("GET", "/mcp", "Bearer tok-1")
     assert.is_true(ok)
     assert.is_true(valid_until > os.time())
-    assert.equal("X-User-Id", name)
+    assert.same({ "X-User-Id" }, v:header_names())
     assert.equal("alice", value)
 
     local again, err = p:resume(200, {}, "{}")
@@ -156,6 +156,23 @@ describe("pending:resume", function()
     local nothing, pending = v:check("GET", "/mcp", "Bearer tok-1")
     assert.is_nil(nothing)
     assert.is_userdata(pending)
+  end)
+
+  it("check() returns one value per claim header in order, false for an absent claim", function()
+    local v = assert(native.new(conf({ claim_to_header = {
+      { claim = "sub", header = "X-User-Id" },
+      { claim = "org", header = "X-Org" },
+      { claim = "client_id", header = "X-Client-Id" },
+    } })))
+    assert.same({ "X-User-Id", "X-Org", "X-Client-Id" }, v:header_names())
+    assert.same({ "Authorization", "X-User-Id", "X-Org", "X-Client-Id" }, v:remove_headers())
+    local _, p = v:check("GET", "/mcp", "Bearer tok-2")
+    p:resume(200, { ["Content-Type"] = "application/json" }, active({ sub = "bob", client_id = "app" }))
+    local ok, _, a, b, c = v:check("GET", "/mcp", "Bearer tok-2")
+    assert.is_true(ok)
+    assert.equal("bob", a)
+    assert.equal(false, b)
+    assert.equal("app", c)
   end)
 
   it("maps inactive to 401 (cached negatively) and AS failures to 503 (never cached)", function()

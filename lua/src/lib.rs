@@ -58,7 +58,7 @@ fn new_validator(lua: &Lua, conf: Value) -> LuaResult<(Value, Option<String>)> {
     };
     match built {
         Ok(validator) => {
-            let names = validator_header_names(lua, &validator)?;
+            let names = validator_header_names(&validator);
             let ud = lua.create_userdata(LuaValidator { validator, names })?;
             Ok((Value::UserData(ud), None))
         }
@@ -66,22 +66,20 @@ fn new_validator(lua: &Lua, conf: Value) -> LuaResult<(Value, Option<String>)> {
     }
 }
 
-/// Interned Lua strings for the header names of forward decisions, so the hot path pushes
-/// a reference instead of hashing a new string for every request.
-fn validator_header_names(lua: &Lua, v: &Validator) -> LuaResult<Vec<(String, LuaString)>> {
-    let mut names = Vec::new();
+/// The configured claim header names, in configuration order: the order of the values
+/// `validator:check` returns for a forward.
+fn validator_header_names(v: &Validator) -> Vec<String> {
     let c = v.config();
-    let configured =
-        c.claim_to_header.iter().map(|m| m.header.as_str()).chain(c.upstream_headers.iter().map(|m| m.header.as_str()));
-    for n in configured {
-        names.push((n.to_owned(), lua.create_string(n)?));
-    }
-    Ok(names)
+    c.claim_to_header
+        .iter()
+        .map(|m| m.header.clone())
+        .chain(c.upstream_headers.iter().map(|m| m.header.clone()))
+        .collect()
 }
 
 struct LuaValidator {
     validator: Validator,
-    names: Vec<(String, LuaString)>,
+    names: Vec<String>,
 }
 
 /// The TTL (seconds) for which a shared, cross-worker cache may keep the AS response behind
@@ -193,34 +191,78 @@ fn parse_peer(peer: Option<&[u8]>) -> Result<Option<IpAddr>, String> {
     }
 }
 
-/// The fast path's answer to Lua: `true, valid_until, name1, value1, ...` for a forward
-/// (only the headers to set; the headers to remove are fixed per validator), `false,
-/// decision` for a response, `nil, pending` when the AS must be asked.
-fn fast_result(lua: &Lua, this: &LuaValidator, step: Step) -> LuaResult<MultiValue> {
+/// The fast path's answer to Lua: `true, valid_until, value1, value2, ...` for a forward
+/// (one value or `false` per configured claim header, in `validator:header_names()` order;
+/// the headers to remove are fixed per validator), `false, decision` for a response,
+/// `nil, pending` when the AS must be asked, `nil, nil, err` for a malformed argument.
+/// No Lua table is created for a forward.
+fn fast_result(lua: &Lua, validator: &Validator, names: &[String], step: Step) -> LuaResult<MultiValue> {
     match step {
         Step::Done(Decision::Forward(f)) => {
-            let mut out = Vec::with_capacity(2 + 2 * this.names.len());
+            let mut out = Vec::with_capacity(2 + names.len());
             out.push(Value::Boolean(true));
             out.push(Value::Number(f.valid_until_unix() as f64));
-            // set_headers() yields in configuration order, a subsequence of `names`.
-            let mut names = this.names.iter();
-            for (n, val) in f.set_headers() {
-                let name = names.find(|(s, _)| s == n).map(|(_, l)| l.clone());
-                let name = match name {
-                    Some(l) => l,
-                    None => lua.create_string(n)?,
-                };
-                out.push(Value::String(name));
-                out.push(Value::String(lua.create_string(val)?));
+            // One value per configured header, in configuration order (`false`: the claim is
+            // absent). set_headers() yields the present ones in that order.
+            let mut set = f.set_headers().peekable();
+            for name in names {
+                match set.next_if(|(n, _)| n == name) {
+                    Some((_, value)) => out.push(Value::String(lua.create_string(value)?)),
+                    None => out.push(Value::Boolean(false)),
+                }
             }
             Ok(MultiValue::from_vec(out))
         }
-        Step::Done(d) => Ok(MultiValue::from_vec(vec![
-            Value::Boolean(false),
-            Value::Table(decision_table(lua, &this.validator, &d)?),
-        ])),
-        need @ Step::Need(..) => Ok(MultiValue::from_vec(vec![Value::Nil, step_value(lua, &this.validator, need)?])),
+        Step::Done(d) => {
+            Ok(MultiValue::from_vec(vec![Value::Boolean(false), Value::Table(decision_table(lua, validator, &d)?)]))
+        }
+        need @ Step::Need(..) => Ok(MultiValue::from_vec(vec![Value::Nil, step_value(lua, validator, need)?])),
     }
+}
+
+/// The hot path: see `validator:check` in the module docs.
+fn check(lua: &Lua, validator: &Validator, names: &[String], args: CheckArgs) -> LuaResult<MultiValue> {
+    let (method, path, authz, peer, origin, acrm, body, xf_proto, xf_host, xf_port, xf_prefix) = args;
+    let path_b = path.as_bytes();
+    test_hook(&path_b);
+    let method_b = method.as_bytes();
+    let (Ok(method_s), Ok(path_s)) = (std::str::from_utf8(&method_b), std::str::from_utf8(&path_b)) else {
+        return Ok(MultiValue::from_vec(vec![Value::Nil, Value::Nil, "method or path is not UTF-8".into_lua(lua)?]));
+    };
+    let peer_b = peer.as_ref().map(|p| p.as_bytes());
+    let peer_addr = match parse_peer(peer_b.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return Ok(MultiValue::from_vec(vec![Value::Nil, Value::Nil, e.into_lua(lua)?])),
+    };
+    let authz_b = authz.as_ref().map(|s| s.as_bytes());
+    let origin_b = origin.as_ref().map(|s| s.as_bytes());
+    let acrm_b = acrm.as_ref().map(|s| s.as_bytes());
+    let body_b = body.as_ref().map(|s| s.as_bytes());
+    let xfs = [
+        ("x-forwarded-proto", xf_proto.as_ref().map(|s| s.as_bytes())),
+        ("x-forwarded-host", xf_host.as_ref().map(|s| s.as_bytes())),
+        ("x-forwarded-port", xf_port.as_ref().map(|s| s.as_bytes())),
+        ("x-forwarded-prefix", xf_prefix.as_ref().map(|s| s.as_bytes())),
+    ];
+    let mut request = Request::new(method_s, path_s);
+    request.peer_addr = peer_addr;
+    request.body = body_b.as_deref();
+    if let Some(a) = authz_b.as_deref() {
+        request.headers.push(("authorization", a));
+    }
+    if let Some(o) = origin_b.as_deref() {
+        request.headers.push(("origin", o));
+    }
+    if let Some(m) = acrm_b.as_deref() {
+        request.headers.push(("access-control-request-method", m));
+    }
+    for (n, v) in &xfs {
+        if let Some(v) = v.as_deref() {
+            request.headers.push((n, v));
+        }
+    }
+    let step = validator.begin(&request);
+    fast_result(lua, validator, names, step)
 }
 
 type CheckArgs = (
@@ -304,58 +346,18 @@ impl UserData for LuaValidator {
         //   x_forwarded_port, x_forwarded_prefix)
         // The hot path of resty.mcp_oauth2: plain string arguments and, for a forward, plain
         // return values (see `fast_result`), so a cache hit creates no Lua table.
-        methods.add_method("check", |lua, this, args: CheckArgs| {
-            let (method, path, authz, peer, origin, acrm, body, xf_proto, xf_host, xf_port, xf_prefix) = args;
-            let path_b = path.as_bytes();
-            test_hook(&path_b);
-            let method_b = method.as_bytes();
-            let (Ok(method_s), Ok(path_s)) = (std::str::from_utf8(&method_b), std::str::from_utf8(&path_b)) else {
-                return Ok(MultiValue::from_vec(vec![
-                    Value::Nil,
-                    Value::Nil,
-                    "method or path is not UTF-8".into_lua(lua)?,
-                ]));
-            };
-            let peer_b = peer.as_ref().map(|p| p.as_bytes());
-            let peer_addr = match parse_peer(peer_b.as_deref()) {
-                Ok(p) => p,
-                Err(e) => return Ok(MultiValue::from_vec(vec![Value::Nil, Value::Nil, e.into_lua(lua)?])),
-            };
-            let authz_b = authz.as_ref().map(|s| s.as_bytes());
-            let origin_b = origin.as_ref().map(|s| s.as_bytes());
-            let acrm_b = acrm.as_ref().map(|s| s.as_bytes());
-            let body_b = body.as_ref().map(|s| s.as_bytes());
-            let xfs = [
-                ("x-forwarded-proto", xf_proto.as_ref().map(|s| s.as_bytes())),
-                ("x-forwarded-host", xf_host.as_ref().map(|s| s.as_bytes())),
-                ("x-forwarded-port", xf_port.as_ref().map(|s| s.as_bytes())),
-                ("x-forwarded-prefix", xf_prefix.as_ref().map(|s| s.as_bytes())),
-            ];
-            let mut request = Request::new(method_s, path_s);
-            request.peer_addr = peer_addr;
-            request.body = body_b.as_deref();
-            if let Some(a) = authz_b.as_deref() {
-                request.headers.push(("authorization", a));
-            }
-            if let Some(o) = origin_b.as_deref() {
-                request.headers.push(("origin", o));
-            }
-            if let Some(m) = acrm_b.as_deref() {
-                request.headers.push(("access-control-request-method", m));
-            }
-            for (n, v) in &xfs {
-                if let Some(v) = v.as_deref() {
-                    request.headers.push((n, v));
-                }
-            }
-            let step = this.validator.begin(&request);
-            fast_result(lua, this, step)
-        });
+        methods.add_method("check", |lua, this, args: CheckArgs| check(lua, &this.validator, &this.names, args));
 
         // validator:evict(token) -> true if this worker's cache had it.
         methods.add_method("evict", |_, this, token: LuaString| {
             let b = token.as_bytes();
             Ok(std::str::from_utf8(&b).is_ok_and(|t| this.validator.evict(t)))
+        });
+
+        // validator:header_names() -> the claim header names, in the order check() returns
+        // their values.
+        methods.add_method("header_names", |lua, this, ()| {
+            lua.create_sequence_from(this.names.iter().map(String::as_str))
         });
 
         // validator:remove_headers() -> the headers every forward removes (fixed per config).
@@ -365,7 +367,7 @@ impl UserData for LuaValidator {
             if !c.passthrough_credentials {
                 names.push("Authorization");
             }
-            names.extend(this.names.iter().map(|(n, _)| n.as_str()));
+            names.extend(this.names.iter().map(String::as_str));
             lua.create_sequence_from(names)
         });
 
