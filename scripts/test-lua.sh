@@ -21,10 +21,12 @@ PIDS=()
 cleanup() {
   local rc=$?
   if [ -f "$RUN/logs/nginx.pid" ]; then kill "$(cat "$RUN/logs/nginx.pid")" 2>/dev/null || true; fi
+  if [ -f "$RUN/doc/logs/nginx.pid" ]; then kill "$(cat "$RUN/doc/logs/nginx.pid")" 2>/dev/null || true; fi
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   if [ "$rc" -ne 0 ] && [ -f "$RUN/logs/error.log" ]; then
     echo "---- nginx error.log (tail) ----"; tail -n 40 "$RUN/logs/error.log"
+    [ -f "$RUN/doc/logs/error.log" ] && { echo "---- documented nginx.conf: error.log (tail) ----"; tail -n 20 "$RUN/doc/logs/error.log"; }
   fi
   [ -n "${KEEP_RUN:-}" ] || rm -rf "$RUN"
   exit "$rc"
@@ -52,7 +54,8 @@ wait_port() { # file -> port
   done
   echo "service did not start: $1" >&2; return 1
 }
-node tests/node/as-server.mjs >"$RUN/as.out" 2>"$RUN/as.log" & PIDS+=($!); AS_PID=$!
+# `sub` for the documented config's claim_to_header (client_credentials tokens have none).
+AS_EXTRA_CLAIMS='{"sub":"user-42"}' node tests/node/as-server.mjs >"$RUN/as.out" 2>"$RUN/as.log" & PIDS+=($!); AS_PID=$!
 node tests/nginx/echo-upstream.mjs >"$RUN/up.out" 2>"$RUN/up.log" & PIDS+=($!)
 AS_PORT=$(wait_port "$RUN/as.out")
 UP_PORT=$(wait_port "$RUN/up.out")
@@ -64,6 +67,29 @@ chmod -R a+rX "$RUN"
 nginx -p "$RUN" -c conf/nginx.conf
 for _ in $(seq 1 50); do [ -s "$RUN/logs/nginx.pid" ] && break; sleep 0.1; done
 
+# The documented nginx.conf, as shown in docs/openresty-and-kong.md, in a second nginx:
+# only addresses, the secret and file locations change.
+DOC="$RUN/doc"
+mkdir -p "$DOC/conf" "$DOC/logs" "$DOC/tmp"
+DOC_PORT=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+awk '/^## A complete nginx.conf/{f=1} f&&/^```nginx/{p=1;next} p&&/^```/{exit} p' docs/openresty-and-kong.md >"$DOC/conf/doc.conf"
+[ -s "$DOC/conf/doc.conf" ] || { echo "no nginx.conf block found in docs/openresty-and-kong.md"; exit 1; }
+{
+  echo "pid logs/nginx.pid;"
+  echo "error_log logs/error.log notice;"
+  sed -e "s#/opt/mcp-oauth2/lua#$RUN/lua#g" \
+      -e "s#https://auth.example.com#http://auth.example.com#g" \
+      -e "s#server auth.example.com:443;#server 127.0.0.1:$AS_PORT;#" \
+      -e "s#server 127.0.0.1:9000;#server 127.0.0.1:$UP_PORT;#" \
+      -e "s#listen 8080;#listen 127.0.0.1:$DOC_PORT;#" \
+      -e "s#\"change-me\"#\"gateway-secret\"#" \
+      -e "s#^http {#http {\n    client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fastcgi; uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;#" \
+      "$DOC/conf/doc.conf"
+} >"$DOC/conf/nginx.conf"
+chmod -R a+rX "$RUN"
+nginx -p "$DOC" -c conf/nginx.conf
+for _ in $(seq 1 50); do [ -s "$DOC/logs/nginx.pid" ] && break; sleep 0.1; done
+
 # 4. nginx end-to-end.
-NGINX_URL="http://127.0.0.1:$PORT" AS_URL="$AS" AS_PID="$AS_PID" UPSTREAM_URL="http://127.0.0.1:$UP_PORT" \
+DOC_URL="http://127.0.0.1:$DOC_PORT" NGINX_URL="http://127.0.0.1:$PORT" AS_URL="$AS" AS_PID="$AS_PID" UPSTREAM_URL="http://127.0.0.1:$UP_PORT" \
   NGINX_PREFIX="$RUN" timeout 300 node --test --test-concurrency=1 tests/nginx/e2e.test.mjs

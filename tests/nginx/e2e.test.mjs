@@ -7,18 +7,18 @@ import http from 'node:http';
 import { readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 
-const { NGINX_URL, AS_URL, AS_PID, UPSTREAM_URL, NGINX_PREFIX } = process.env;
-for (const [k, v] of Object.entries({ NGINX_URL, AS_URL, AS_PID, UPSTREAM_URL, NGINX_PREFIX })) {
+const { NGINX_URL, AS_URL, AS_PID, UPSTREAM_URL, NGINX_PREFIX, DOC_URL } = process.env;
+for (const [k, v] of Object.entries({ NGINX_URL, AS_URL, AS_PID, UPSTREAM_URL, NGINX_PREFIX, DOC_URL })) {
   if (!v) throw new Error(`${k} is required`);
 }
 const RESOURCE = `${NGINX_URL}/mcp`;
 const PRM_URL = `${NGINX_URL}/mcp/.well-known/oauth-protected-resource`;
 
 // One request on a fresh connection (so requests spread over both workers: reuseport).
-function request(path, { method = 'GET', headers = {}, body } = {}) {
+function request(path, { method = 'GET', headers = {}, body, base = NGINX_URL } = {}) {
   return new Promise((resolve, reject) => {
     const started = process.hrtime.bigint();
-    const req = http.request(`${NGINX_URL}${path}`, { method, headers, agent: false }, (res) => {
+    const req = http.request(`${base}${path}`, { method, headers, agent: false }, (res) => {
       const chunks = [];
       res.on('data', (c) => chunks.push(c));
       res.on('end', () => resolve({
@@ -53,6 +53,34 @@ const upstreamSeen = async () => (await fetch(`${UPSTREAM_URL}/__requests`)).jso
 const clearUpstream = () => fetch(`${UPSTREAM_URL}/__requests`, { method: 'DELETE' });
 const workers = () => execFileSync('pgrep', ['-P', readFileSync(`${NGINX_PREFIX}/logs/nginx.pid`, 'utf8').trim()])
   .toString().trim().split('\n').sort();
+
+test('the nginx.conf of docs/openresty-and-kong.md works as shown', async () => {
+  const base = DOC_URL;
+  const prmUrl = 'https://mcp.example.com/mcp/.well-known/oauth-protected-resource';
+  for (const path of ['/mcp/.well-known/oauth-protected-resource', '/.well-known/oauth-protected-resource/mcp']) {
+    const r = await request(path, { base });
+    assert.equal(r.status, 200, path);
+    assert.equal(JSON.parse(r.body).resource, 'https://mcp.example.com/mcp');
+  }
+  const none = await request('/mcp', { base, method: 'POST', body: '{}' });
+  assert.equal(none.status, 401);
+  assert.equal(none.headers['www-authenticate'], `Bearer resource_metadata="${prmUrl}", scope="mcp:read mcp:write"`);
+
+  await clearUpstream();
+  const t = await token('https://mcp.example.com/mcp');
+  const ok = await request('/mcp', { base, headers: { authorization: `Bearer ${t}`, 'x-user-id': 'spoofed' } });
+  assert.equal(ok.status, 200, ok.body);
+  const [seen] = await upstreamSeen();
+  assert.equal(seen.headers['x-user-id'], 'user-42');
+  assert.equal(seen.headers.authorization, undefined);
+
+  const other = await token('https://other.example.com/mcp');
+  const wrong = await request('/mcp', { base, headers: { authorization: `Bearer ${other}` } });
+  assert.equal(wrong.status, 401);
+  const long = await request('/mcp', { base, headers: { authorization: `Bearer ${'a'.repeat(20 * 1024)}` } });
+  assert.equal(long.status, 401, 'large_client_header_buffers lets a 20 KB token reach the module');
+  assert.match(long.headers['www-authenticate'], /error="invalid_token"/);
+});
 
 test('PRM is served at the Kong path and at the RFC 9728 path-insert path', async () => {
   for (const path of ['/mcp/.well-known/oauth-protected-resource', '/.well-known/oauth-protected-resource/mcp']) {
