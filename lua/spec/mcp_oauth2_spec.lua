@@ -237,6 +237,41 @@ describe("validator:check (the hot path)", function()
   end)
 end)
 
+describe("the FFI fast path", function()
+  local ffi = require("ffi")
+  pcall(ffi.cdef, [[
+typedef struct { const unsigned char *ptr; size_t len; } mcp_oauth2_lua_str;
+typedef int (*mcp_oauth2_lua_check_fn)(const void *handle,
+    const char *method, size_t method_len, const char *path, size_t path_len,
+    const char *authz, size_t authz_len, mcp_oauth2_lua_str *values, size_t n_values,
+    double *valid_until);
+]])
+  local check = ffi.cast("mcp_oauth2_lua_check_fn", native.ffi_check)
+
+  it("forwards cache hits with values in header order, and defers everything else", function()
+    local v = assert(native.new(conf({ claim_to_header = {
+      { claim = "sub", header = "X-User-Id" }, { claim = "org", header = "X-Org" } } })))
+    local h = ffi.cast("const void *", v:ffi_handle())
+    local values = ffi.new("mcp_oauth2_lua_str[2]")
+    local vu = ffi.new("double[1]")
+    local authz = "Bearer ffi-token"
+    -- Not cached yet: the general path must handle it.
+    assert.equal(0, check(h, "GET", 3, "/mcp", 4, authz, #authz, values, 2, vu))
+    v:begin({ path = "/mcp", headers = { authorization = authz } })
+      :resume(200, { ["Content-Type"] = "application/json" }, active({ sub = "carol" }))
+    assert.equal(1, check(h, "GET", 3, "/mcp", 4, authz, #authz, values, 2, vu))
+    assert.equal("carol", ffi.string(values[0].ptr, values[0].len))
+    assert.is_true(values[1].ptr == nil)
+    assert.is_true(vu[0] > os.time())
+    -- No token, the metadata path, too few value slots: not a forward here.
+    assert.equal(0, check(h, "GET", 3, "/mcp", 4, nil, 0, values, 2, vu))
+    local prm = "/mcp/.well-known/oauth-protected-resource"
+    assert.equal(0, check(h, "GET", 3, prm, #prm, authz, #authz, values, 2, vu))
+    assert.equal(0, check(h, "GET", 3, "/mcp", 4, authz, #authz, values, 1, vu))
+    assert.equal(0, check(nil, "GET", 3, "/mcp", 4, authz, #authz, values, 2, vu))
+  end)
+end)
+
 describe("Kong schema", function()
   -- Field names and defaults of behaviour.md §1 (Kong's ai-mcp-oauth2).
   local expected_defaults = {

@@ -19,6 +19,7 @@
 //! converts it), never an abort of the nginx worker.
 
 mod config;
+mod ffi;
 
 use std::net::IpAddr;
 
@@ -39,6 +40,8 @@ pub fn mcp_oauth2_lua(lua: &Lua) -> LuaResult<LuaTable> {
     let exports = lua.create_table()?;
     exports.set("version", env!("CARGO_PKG_VERSION"))?;
     exports.set("new", lua.create_function(new_validator)?)?;
+    // The address of the FFI fast path (see ffi.rs), for `ffi.cast` in resty.mcp_oauth2.
+    exports.set("ffi_check", mlua::LightUserData(ffi::check_fn_address()))?;
     Ok(exports)
 }
 
@@ -59,7 +62,8 @@ fn new_validator(lua: &Lua, conf: Value) -> LuaResult<(Value, Option<String>)> {
     match built {
         Ok(validator) => {
             let names = validator_header_names(&validator);
-            let ud = lua.create_userdata(LuaValidator { validator, names })?;
+            let ffi = Box::new(ffi::FfiHandle::new(validator.clone(), names.clone()));
+            let ud = lua.create_userdata(LuaValidator { validator, names, ffi })?;
             Ok((Value::UserData(ud), None))
         }
         Err(e) => Ok((Value::Nil, Some(e))),
@@ -80,6 +84,8 @@ fn validator_header_names(v: &Validator) -> Vec<String> {
 struct LuaValidator {
     validator: Validator,
     names: Vec<String>,
+    /// Boxed so that its address, handed to Lua by `ffi_handle()`, never moves.
+    ffi: Box<ffi::FfiHandle>,
 }
 
 /// The TTL (seconds) for which a shared, cross-worker cache may keep the AS response behind
@@ -170,7 +176,7 @@ fn step_value(lua: &Lua, v: &Validator, step: Step) -> LuaResult<Value> {
 }
 
 #[cfg(feature = "test-hooks")]
-fn test_hook(path: &[u8]) {
+pub(crate) fn test_hook(path: &[u8]) {
     if path == b"/__mcp_oauth2_test_panic" {
         panic!("mcp_oauth2 test hook: deliberate panic");
     }
@@ -178,7 +184,7 @@ fn test_hook(path: &[u8]) {
 
 #[cfg(not(feature = "test-hooks"))]
 #[inline(always)]
-fn test_hook(_path: &[u8]) {}
+pub(crate) fn test_hook(_path: &[u8]) {}
 
 fn parse_peer(peer: Option<&[u8]>) -> Result<Option<IpAddr>, String> {
     match peer {
@@ -352,6 +358,12 @@ impl UserData for LuaValidator {
         methods.add_method("evict", |_, this, token: LuaString| {
             let b = token.as_bytes();
             Ok(std::str::from_utf8(&b).is_ok_and(|t| this.validator.evict(t)))
+        });
+
+        // validator:ffi_handle() -> light userdata for `mcp_oauth2.ffi_check`; valid while
+        // this validator is alive.
+        methods.add_method("ffi_handle", |_, this, ()| {
+            Ok(mlua::LightUserData(std::ptr::from_ref::<ffi::FfiHandle>(&this.ffi).cast_mut().cast()))
         });
 
         // validator:header_names() -> the claim header names, in the order check() returns
