@@ -35,3 +35,22 @@ end)
 run("native evict() of an absent token (call + SHA-256 floor)", 200000, function(n)
   for _ = 1, n do v:evict("absent") end
 end)
+
+local ffi = require("ffi")
+ffi.cdef([[
+typedef struct { const unsigned char *ptr; size_t len; } mcp_oauth2_lua_str;
+typedef int (*mcp_oauth2_lua_check_fn)(const void *handle,
+    const char *method, size_t method_len, const char *path, size_t path_len,
+    const char *authz, size_t authz_len, mcp_oauth2_lua_str *values, size_t n_values,
+    double *valid_until);
+]])
+local fcheck = ffi.cast("mcp_oauth2_lua_check_fn", native.ffi_check)
+local h = ffi.cast("const void *", v:ffi_handle())
+local values = ffi.new("mcp_oauth2_lua_str[1]")
+local vu = ffi.new("double[1]")
+run("FFI fast path, cache hit, 1 claim header (+ ffi.string)", 200000, function(n)
+  for _ = 1, n do
+    if fcheck(h, "GET", 3, "/mcp", 4, authz, #authz, values, 1, vu) ~= 1 then error("not a cache hit") end
+    local _ = ffi.string(values[0].ptr, values[0].len)
+  end
+end)
