@@ -103,6 +103,7 @@ pub unsafe extern "C" fn mcp_oauth2_lua_check(
             return FFI_OTHER;
         };
         crate::test_hook(path);
+        // Not UTF-8 (a `%FF` in the path): the general path handles it.
         let (Ok(method), Ok(path)) = (std::str::from_utf8(method), std::str::from_utf8(path)) else {
             return FFI_OTHER;
         };

@@ -232,9 +232,11 @@ fn check(lua: &Lua, validator: &Validator, names: &[String], args: CheckArgs) ->
     let path_b = path.as_bytes();
     test_hook(&path_b);
     let method_b = method.as_bytes();
-    let (Ok(method_s), Ok(path_s)) = (std::str::from_utf8(&method_b), std::str::from_utf8(&path_b)) else {
-        return Ok(MultiValue::from_vec(vec![Value::Nil, Value::Nil, "method or path is not UTF-8".into_lua(lua)?]));
-    };
+    // A client can put any byte in the path (`%FF` decodes to one): the path only selects
+    // the metadata document, which a lossy copy never matches, so the token is still checked.
+    let method_s = String::from_utf8_lossy(&method_b);
+    let path_s = String::from_utf8_lossy(&path_b);
+    let (method_s, path_s) = (&*method_s, &*path_s);
     let peer_b = peer.as_ref().map(|p| p.as_bytes());
     let peer_addr = match parse_peer(peer_b.as_deref()) {
         Ok(p) => p,
@@ -324,17 +326,13 @@ impl UserData for LuaValidator {
             let body_b = body.as_ref().map(|b| b.as_bytes());
             let peer_b = peer.as_ref().map(|p| p.as_bytes());
             let borrowed: Vec<_> = owned.iter().map(|(n, v)| (n.to_str(), v.as_bytes())).collect();
-            let Ok(method_s) = std::str::from_utf8(method_b.as_deref().unwrap_or(b"GET")) else {
-                return Ok((Value::Nil, Some("method: not UTF-8".to_owned())));
-            };
-            let Ok(path_s) = std::str::from_utf8(&path_b) else {
-                return Ok((Value::Nil, Some("path: not UTF-8".to_owned())));
-            };
+            let method_s = String::from_utf8_lossy(method_b.as_deref().unwrap_or(b"GET"));
+            let path_s = String::from_utf8_lossy(&path_b);
             let peer_addr = match parse_peer(peer_b.as_deref()) {
                 Ok(p) => p,
                 Err(e) => return Ok((Value::Nil, Some(e))),
             };
-            let mut request = Request::new(method_s, path_s);
+            let mut request = Request::new(&method_s, &path_s);
             request.peer_addr = peer_addr;
             request.body = body_b.as_deref();
             for (n, v) in &borrowed {

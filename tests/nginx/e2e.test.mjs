@@ -145,6 +145,14 @@ test('token without mapped claim: the client-sent copy is removed, not forwarded
   assert.equal(seen.headers['x-client-id'], 'app');
 });
 
+test('a path that is not UTF-8 is still validated (401 without a token, 200 with one)', async () => {
+  const none = await request('/mcp/%FF');
+  assert.equal(none.status, 401);
+  const t = await token();
+  const ok = await request('/mcp/%FF', { headers: { authorization: `Bearer ${t}` } });
+  assert.equal(ok.status, 200, ok.body);
+});
+
 test('wrong-audience token: 401 invalid_token', async () => {
   const t = await token(`${NGINX_URL}/other`);
   const r = await request('/mcp', { headers: { authorization: `Bearer ${t}` } });
@@ -214,6 +222,9 @@ test('method_scopes: the JSON-RPC body is read; a missing scope is 403 insuffici
     body: JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'ping' }),
   });
   assert.equal(ping.status, 200, ping.body);
+  const last = (await upstreamSeen()).at(-1);
+  assert.equal(last.headers['x-client-id'], 'app', 'claim header set on the general (non-FFI) path');
+  assert.equal(last.headers.authorization, undefined);
   const big = await request('/scoped/mcp', {
     method: 'POST',
     headers: { authorization: `Bearer ${t}`, 'content-type': 'application/json' },
