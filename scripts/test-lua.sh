@@ -54,8 +54,9 @@ wait_port() { # file -> port
   done
   echo "service did not start: $1" >&2; return 1
 }
-# `sub` for the documented config's claim_to_header (client_credentials tokens have none).
-AS_EXTRA_CLAIMS='{"sub":"user-42"}' node tests/node/as-server.mjs >"$RUN/as.out" 2>"$RUN/as.log" & PIDS+=($!); AS_PID=$!
+# `sub` for the documented config's claim_to_header (client_credentials tokens have none),
+# `groups` for the Kong consumer-group mapping.
+AS_EXTRA_CLAIMS='{"sub":"user-42","groups":["gold","unknown"]}' node tests/node/as-server.mjs >"$RUN/as.out" 2>"$RUN/as.log" & PIDS+=($!); AS_PID=$!
 node tests/nginx/echo-upstream.mjs >"$RUN/up.out" 2>"$RUN/up.log" & PIDS+=($!)
 AS_PORT=$(wait_port "$RUN/as.out")
 UP_PORT=$(wait_port "$RUN/up.out")

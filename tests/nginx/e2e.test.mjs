@@ -269,6 +269,7 @@ test('Kong handler (PDK stand-in): consumer mapping, credential, headers, rebuil
   assert.equal(seen.headers.authorization, undefined);
   assert.equal(seen.headers['x-client-id'], 'app');
   assert.equal(seen.headers['x-standin-consumer'], 'app-user', 'consumer found by custom_id');
+  assert.equal(seen.headers['x-standin-credential'], 'user-42', 'credential from credential_claim (sub)');
 
   // mcp-client has no consumer: consumer_claim is set and not optional -> 403.
   const t2 = await token(resource, 'mcp-client');
@@ -282,6 +283,16 @@ test('Kong handler (PDK stand-in): consumer mapping, credential, headers, rebuil
   [seen] = await upstreamSeen();
   assert.equal(seen.headers['x-kong-client'], 'mcp-client');
   assert.equal(seen.headers['x-client-id'], undefined);
+
+  // Consumer groups: the known group of the `groups` claim is set; a claim naming no
+  // known group is 403 (consumer_groups_optional is false).
+  await clearUpstream();
+  const c = await request('/kong/mcp', { headers: { authorization: `Bearer ${t2}`, 'x-test-conf': 'c' } });
+  assert.equal(c.status, 200, c.body);
+  [seen] = await upstreamSeen();
+  assert.equal(seen.headers['x-standin-groups'], 'gold');
+  const d = await request('/kong/mcp', { headers: { authorization: `Bearer ${t2}`, 'x-test-conf': 'd' } });
+  assert.equal(d.status, 403, d.body);
 });
 
 test('AS stopped: 503 without a challenge, never 401', async () => {

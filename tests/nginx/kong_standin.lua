@@ -60,6 +60,10 @@ local consumers = {
   { id = "3f4c1c8e-0000-0000-0000-00000000a001", username = "app-user", custom_id = "app" },
 }
 
+local groups = {
+  { id = "9d1c0000-0000-0000-0000-00000000b001", name = "gold" },
+}
+
 local function find(field, value)
   for _, c in ipairs(consumers) do
     if c[field] == value then
@@ -101,6 +105,11 @@ local kong = {
     load_consumer = function(id) return find("id", id) end,
     -- Kong records the consumer/credential for later plugins; the stand-in shows what it
     -- was given to the upstream, so the test can check it.
+    set_authenticated_consumer_groups = function(list)
+      local names = {}
+      for _, g in ipairs(list) do names[#names + 1] = g.name end
+      ngx.req.set_header("X-Standin-Groups", table.concat(names, ","))
+    end,
     authenticate = function(consumer, credential)
       ngx.req.set_header("X-Standin-Consumer", consumer and consumer.username or "")
       ngx.req.set_header("X-Standin-Credential", credential and credential.id or "")
@@ -110,6 +119,14 @@ local kong = {
     consumers = {
       select_by_username = function(_, v) return find("username", v) end,
       select_by_custom_id = function(_, v) return find("custom_id", v) end,
+    },
+    consumer_groups = {
+      select_by_name = function(_, v)
+        for _, g in ipairs(groups) do
+          if g.name == v then return g end
+        end
+        return nil
+      end,
     },
   },
   service = {
@@ -152,13 +169,23 @@ local function get_confs()
   local b = {}
   for k, v in pairs(common) do b[k] = v end
   b.claim_to_header = { { claim = "client_id", header = "X-Kong-Client" } }
-  confs = { a = M.kong_config(a), b = M.kong_config(b) }
+  -- c: consumer groups from the `groups` claim; d: from a claim naming no known group.
+  local c = {}
+  for k, v in pairs(b) do c[k] = v end
+  c.consumer_groups_claim = { "groups" }
+  local d = {}
+  for k, v in pairs(b) do d[k] = v end
+  d.consumer_groups_claim = { "sub" }
+  confs = { a = M.kong_config(a), b = M.kong_config(b), c = M.kong_config(c), d = M.kong_config(d) }
   return confs
 end
 
 function M.access()
   local handler = require("kong.plugins.mcp-oauth2.handler")
-  local which = ngx.var.http_x_test_conf == "b" and "b" or "a"
+  local which = ngx.var.http_x_test_conf
+  if not get_confs()[which or ""] then
+    which = "a"
+  end
   ngx.req.clear_header("X-Test-Conf")
   return handler:access(get_confs()[which])
 end
