@@ -253,10 +253,10 @@ local function perform(self, pending)
   local req = pending:request()
   local status, ct, body = self:_call(req)
   if status then
-    return pending:resume(status, { ["Content-Type"] = ct }, body), encode(status, ct, body)
+    return pending:resume(status, { ["Content-Type"] = ct }, body), encode(status, ct, body), req.purpose
   end
   ngx_log(ngx_WARN, "mcp_oauth2: ", req.purpose, " call failed: ", ct, ": ", body)
-  return pending:resume(nil, ct, body), encode(nil, ct, body)
+  return pending:resume(nil, ct, body), encode(nil, ct, body), req.purpose
 end
 
 -- One step of a pending validation: L2 hit, or the one AS call for this key across all
@@ -282,7 +282,7 @@ local function resolve_step(self, pending)
       shm:delete(lock_key)
       return replay(pending, stored)
     end
-    local ok2, decision, raw = pcall(perform, self, pending)
+    local ok2, decision, raw, purpose = pcall(perform, self, pending)
     if not ok2 then
       shm:delete(lock_key)
       return internal_error("validation failed: " .. tostring(decision))
@@ -290,7 +290,9 @@ local function resolve_step(self, pending)
     -- Followers of this flight read its result, whatever it was (AS failures included);
     -- only the L2 entry outlives the flight, and never for AS failures.
     shm:set(flight_key, raw, self.lock_wait)
-    local ttl = type(decision) == "table" and decision.shared_ttl or 0
+    -- The decision's TTL describes the token, so it applies to an introspection response
+    -- only (other exchanges, e.g. key sets, have their own lifetimes in the validator).
+    local ttl = purpose == "introspection" and type(decision) == "table" and decision.shared_ttl or 0
     if ttl > 0 then
       local ok3, err3 = shm:set(key, raw, ttl)
       if not ok3 then

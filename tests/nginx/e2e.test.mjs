@@ -172,6 +172,26 @@ test('a 20 KB token: 401 invalid_token without an AS call', async () => {
   assert.equal((await stats()).introspections, before);
 });
 
+test('the shared dict serves other workers: one introspection per token, allowed or rejected', async () => {
+  const t = await token();
+  await asPost('/__test/reset');
+  const first = await request('/mcp', { headers: { authorization: `Bearer ${t}` } });
+  assert.equal(first.status, 200);
+  const rs = [];
+  for (let i = 0; i < 12; i++) rs.push(await request('/mcp', { headers: { authorization: `Bearer ${t}` } }));
+  assert.deepEqual(rs.map((r) => r.status), Array(12).fill(200));
+  assert.equal(new Set([first, ...rs].map((r) => r.headers['x-worker-pid'])).size, 2, 'both workers served it');
+  assert.equal((await stats()).introspections, 1);
+
+  // An inactive token is cached too (cache_ttl_negative, 5 s), across workers.
+  const bad = `not-a-token-${Date.now()}`;
+  for (let i = 0; i < 8; i++) {
+    const r = await request('/mcp', { headers: { authorization: `Bearer ${bad}` } });
+    assert.equal(r.status, 401);
+  }
+  assert.equal((await stats()).introspections, 2);
+});
+
 test('50 concurrent requests with one new token across both workers: exactly 1 introspection', async () => {
   const t = await token();
   await asPost('/__test/reset');
