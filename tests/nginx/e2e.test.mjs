@@ -102,6 +102,11 @@ test('PRM is served at the Kong path and at the RFC 9728 path-insert path', asyn
   assert.ok(!seen.some((s) => s.url.includes('oauth-protected-resource')), 'PRM never reaches upstream');
 });
 
+test('the internal AS location cannot be reached by clients', async () => {
+  const r = await request('/_mcp_oauth2_as', { method: 'POST', body: 'token=x' });
+  assert.equal(r.status, 404);
+});
+
 test('no token: 401 with the exact challenge bytes, nothing upstream', async () => {
   await clearUpstream();
   const r = await request('/mcp', { method: 'POST', body: '{}' });
