@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Lua / OpenResty / Kong tests: builds the native module (normal build, and a test-hook
+# build for the panic test), runs the busted specs under LuaJIT, then the nginx end-to-end
+# test: real Debian nginx + lua module (2 workers), the oidc-provider AS and an echo
+# upstream, all on 127.0.0.1, all stopped by pid on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+# 1. Build: the documented command, then the test-hook variant (only this crate rebuilds).
+cargo build --release -p mcp-oauth2-lua --features module
+cp target/release/libmcp_oauth2_lua.so lua/mcp_oauth2.so
+RUN=$(mktemp -d /tmp/mcp-oauth2-lua.XXXXXX)
+mkdir -p "$RUN/testhook"
+cargo build --release -p mcp-oauth2-lua --features module,test-hooks
+cp target/release/libmcp_oauth2_lua.so "$RUN/testhook/mcp_oauth2.so"
+# Restore the normal build as the target's latest artifact too.
+cargo build --release -p mcp-oauth2-lua --features module
+
+PIDS=()
+cleanup() {
+  local rc=$?
+  if [ -f "$RUN/logs/nginx.pid" ]; then kill "$(cat "$RUN/logs/nginx.pid")" 2>/dev/null || true; fi
+  if [ -f "$RUN/doc/logs/nginx.pid" ]; then kill "$(cat "$RUN/doc/logs/nginx.pid")" 2>/dev/null || true; fi
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "$rc" -ne 0 ] && [ -f "$RUN/logs/error.log" ]; then
+    echo "---- nginx error.log (tail) ----"; tail -n 40 "$RUN/logs/error.log"
+    [ -f "$RUN/doc/logs/error.log" ] && { echo "---- documented nginx.conf: error.log (tail) ----"; tail -n 20 "$RUN/doc/logs/error.log"; }
+  fi
+  [ -n "${KEEP_RUN:-}" ] || rm -rf "$RUN"
+  exit "$rc"
+}
+trap cleanup EXIT
+
+# nginx workers run as nobody when started as root: everything they read lives in a
+# world-readable run dir under /tmp, not in the (possibly private) checkout.
+mkdir -p "$RUN/lua" "$RUN/tests" "$RUN/conf" "$RUN/logs" "$RUN/tmp"
+cp -r lua/resty lua/kong lua/mcp_oauth2.so "$RUN/lua/"
+cp tests/nginx/kong_standin.lua "$RUN/tests/"
+chmod -R a+rX "$RUN"
+
+# 2. Rust unit tests of the crate (linked against the system LuaJIT, without `module`),
+#    then busted specs of the module seam, under LuaJIT.
+cargo test -p mcp-oauth2-lua
+(cd lua && timeout 120 luajit /usr/bin/busted --cpath="$ROOT/lua/?.so" --lpath="$ROOT/lua/?.lua;$ROOT/tests/nginx/?.lua" spec)
+
+# 3. Services.
+wait_port() { # file -> port
+  local i
+  for i in $(seq 1 100); do
+    if grep -q '^LISTENING' "$1" 2>/dev/null; then awk '/^LISTENING/{print $2; exit}' "$1"; return 0; fi
+    sleep 0.1
+  done
+  echo "service did not start: $1" >&2; return 1
+}
+# `sub` for the documented config's claim_to_header (client_credentials tokens have none),
+# `groups` for the Kong consumer-group mapping.
+AS_EXTRA_CLAIMS='{"sub":"user-42","groups":["gold","unknown"]}' node tests/node/as-server.mjs >"$RUN/as.out" 2>"$RUN/as.log" & PIDS+=($!); AS_PID=$!
+node tests/nginx/echo-upstream.mjs >"$RUN/up.out" 2>"$RUN/up.log" & PIDS+=($!)
+AS_PORT=$(wait_port "$RUN/as.out")
+UP_PORT=$(wait_port "$RUN/up.out")
+PORT=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+AS="http://127.0.0.1:$AS_PORT"
+sed -e "s#@RUN@#$RUN#g" -e "s#@PORT@#$PORT#g" -e "s#@AS@#$AS#g" -e "s#@UP@#$UP_PORT#g" \
+  tests/nginx/nginx.conf.template >"$RUN/conf/nginx.conf"
+chmod -R a+rX "$RUN"
+nginx -p "$RUN" -c conf/nginx.conf
+for _ in $(seq 1 50); do [ -s "$RUN/logs/nginx.pid" ] && break; sleep 0.1; done
+
+# The documented nginx.conf, as shown in docs/openresty-and-kong.md, in a second nginx:
+# only addresses, the secret and file locations change.
+DOC="$RUN/doc"
+mkdir -p "$DOC/conf" "$DOC/logs" "$DOC/tmp"
+DOC_PORT=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+awk '/^## A complete nginx.conf/{f=1} f&&/^```nginx/{p=1;next} p&&/^```/{exit} p' docs/openresty-and-kong.md >"$DOC/conf/doc.conf"
+[ -s "$DOC/conf/doc.conf" ] || { echo "no nginx.conf block found in docs/openresty-and-kong.md"; exit 1; }
+{
+  echo "pid logs/nginx.pid;"
+  echo "error_log logs/error.log notice;"
+  sed -e "s#/opt/mcp-oauth2/lua#$RUN/lua#g" \
+      -e "s#https://auth.example.com#http://auth.example.com#g" \
+      -e "s#server auth.example.com:443;#server 127.0.0.1:$AS_PORT;#" \
+      -e "s#server 127.0.0.1:9000;#server 127.0.0.1:$UP_PORT;#" \
+      -e "s#listen 8080;#listen 127.0.0.1:$DOC_PORT;#" \
+      -e "s#\"change-me\"#\"gateway-secret\"#" \
+      -e "s#^http {#http {\n    client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fastcgi; uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;#" \
+      "$DOC/conf/doc.conf"
+} >"$DOC/conf/nginx.conf"
+chmod -R a+rX "$RUN"
+nginx -p "$DOC" -c conf/nginx.conf
+for _ in $(seq 1 50); do [ -s "$DOC/logs/nginx.pid" ] && break; sleep 0.1; done
+
+# 4. nginx end-to-end.
+DOC_URL="http://127.0.0.1:$DOC_PORT" NGINX_URL="http://127.0.0.1:$PORT" AS_URL="$AS" AS_PID="$AS_PID" UPSTREAM_URL="http://127.0.0.1:$UP_PORT" \
+  NGINX_PREFIX="$RUN" timeout 300 node --test --test-concurrency=1 tests/nginx/e2e.test.mjs
