@@ -80,6 +80,9 @@ grep -q 'libmcp_oauth2.so' <<<"$(ldd "$OUT/test_api_shared")" || fail "test_api_
 # The example of docs/c-and-go.md, exactly as printed (the first ```c block).
 awk '/^```c$/ {on = 1; next} /^```$/ && on {exit} on' docs/c-and-go.md > "$WORK/example.c"
 [ -s "$WORK/example.c" ] || fail "no C example found in docs/c-and-go.md"
+# The README shows the same program: it must stay identical to the one compiled here.
+awk '/^## C and Go/{f=1} f&&/^```c$/ {on = 1; next} /^```$/ && on {exit} on' README.md > "$WORK/readme_example.c"
+cmp -s "$WORK/example.c" "$WORK/readme_example.c" || fail "the C example in README.md differs from docs/c-and-go.md"
 gcc "${CFLAGS[@]}" "$WORK/example.c" "$LIB_A" "${LIBS[@]}" -o "$OUT/example"
 gcc "${CFLAGS[@]}" "${SAN[@]}" "$WORK/example.c" "$LIB_A" "${LIBS[@]}" -o "$OUT/example_asan"
 g++ -std=c++17 -Wall -Wextra -Werror -pedantic -Iinclude ffi-tests/c/header_cpp.cpp "$LIB_A" "${LIBS[@]}" \

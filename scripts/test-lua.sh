@@ -75,6 +75,9 @@ mkdir -p "$DOC/conf" "$DOC/logs" "$DOC/tmp"
 DOC_PORT=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
 awk '/^## A complete nginx.conf/{f=1} f&&/^```nginx/{p=1;next} p&&/^```/{exit} p' docs/openresty-and-kong.md >"$DOC/conf/doc.conf"
 [ -s "$DOC/conf/doc.conf" ] || { echo "no nginx.conf block found in docs/openresty-and-kong.md"; exit 1; }
+# The README shows the same nginx.conf: it must stay identical to the one run here.
+awk '/^## OpenResty and Kong/{f=1} f&&/^```nginx/{p=1;next} p&&/^```/{exit} p' README.md | cmp -s - "$DOC/conf/doc.conf" \
+  || { echo "the nginx.conf in README.md differs from docs/openresty-and-kong.md"; exit 1; }
 {
   echo "pid logs/nginx.pid;"
   echo "error_log logs/error.log notice;"
