@@ -88,7 +88,7 @@ describe("validator:begin", function()
     assert.equal(401, d.status)
     assert.equal('Bearer resource_metadata="' .. PRM .. '", scope="mcp:read"', d.headers["WWW-Authenticate"])
     assert.equal("no_credentials", d.reason)
-    assert.same({ error = "invalid_request", error_description = "A bearer token is required" }, cjson.decode(d.body))
+    assert.same({ error = "unauthorized", error_description = "A bearer token is required" }, cjson.decode(d.body))
   end)
 
   it("serves PRM at both paths", function()

@@ -112,7 +112,7 @@ test('no token: 401 with the exact challenge bytes, nothing upstream', async () 
   const r = await request('/mcp', { method: 'POST', body: '{}' });
   assert.equal(r.status, 401);
   assert.equal(r.headers['www-authenticate'], `Bearer resource_metadata="${PRM_URL}", scope="mcp:read mcp:write"`);
-  assert.deepEqual(JSON.parse(r.body), { error: 'invalid_request', error_description: 'A bearer token is required' });
+  assert.deepEqual(JSON.parse(r.body), { error: 'unauthorized', error_description: 'A bearer token is required' });
   const b = await request('/mcp', { headers: { authorization: 'Bearer a b' } });
   assert.equal(b.status, 400);
   assert.equal(b.headers['www-authenticate'], `Bearer error="invalid_request", resource_metadata="${PRM_URL}"`);
