@@ -267,7 +267,7 @@ pub unsafe extern "C" fn mcp_oauth2_pending_cache_key(
 ///
 /// On success `*decision_out` receives either a new decision (owned by the host, free it
 /// with `mcp_oauth2_decision_free`) or NULL, which means the pending now describes one more
-/// HTTP request to perform (not done by this version, but hosts must loop). After a
+/// HTTP request to perform (local JWT validation: AS metadata, then keys); loop until a decision. After a
 /// decision, the pending is spent: every later call on it except `_cache_key` and `_free`
 /// returns `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
 ///
