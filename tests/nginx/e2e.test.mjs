@@ -158,6 +158,33 @@ test('a path that is not UTF-8 is still validated (401 without a token, 200 with
   assert.equal(ok.status, 200, ok.body);
 });
 
+test('local JWT validation through nginx: discovery and keys fetched by Lua, no introspection', async () => {
+  await clearUpstream();
+  const resource = `${NGINX_URL}/jwt/mcp`;
+  const before = await stats();
+  const t = await token(resource);
+  assert.equal(t.split('.').length, 3, 'the AS issues a JWT for this resource');
+  const r = await request('/jwt/mcp', { headers: { authorization: `Bearer ${t}`, 'x-client-id': 'evil' } });
+  assert.equal(r.status, 200, r.body);
+  const [seen] = await upstreamSeen();
+  assert.equal(seen.headers.authorization, undefined);
+  assert.equal(seen.headers['x-client-id'], 'app');
+  const after = await stats();
+  assert.equal(after.introspections, before.introspections, 'no introspection in JWT mode');
+  assert.ok(after.jwks > before.jwks && after.discovery > before.discovery, JSON.stringify(after));
+  // A tampered signature: 401 invalid_token, never 503.
+  const [h, p, sig] = t.split('.');
+  const bad = `${h}.${p}.${sig.slice(0, -4)}${sig.slice(-4) === 'AAAA' ? 'BBBB' : 'AAAA'}`;
+  const r2 = await request('/jwt/mcp', { headers: { authorization: `Bearer ${bad}` } });
+  assert.equal(r2.status, 401);
+  assert.match(r2.headers['www-authenticate'], /^Bearer error="invalid_token"/);
+  // A JWT for another resource: audience mismatch.
+  const other = await token(`${NGINX_URL}/jwt/other`);
+  const r3 = await request('/jwt/mcp', { headers: { authorization: `Bearer ${other}` } });
+  assert.equal(r3.status, 401);
+  assert.match(r3.headers['www-authenticate'], /not issued for this resource/);
+});
+
 test('wrong-audience token: 401 invalid_token', async () => {
   const t = await token(`${NGINX_URL}/other`);
   const r = await request('/mcp', { headers: { authorization: `Bearer ${t}` } });
