@@ -549,7 +549,7 @@ void mcp_oauth2_error_free(struct mcp_oauth2_error **error);
 mcp_oauth2_result mcp_oauth2_pending_method(const struct mcp_oauth2_pending *pending,
                                             struct mcp_oauth2_str *method_out);
 
-// The absolute URL to call (the introspection endpoint).
+// The absolute URL to call (the introspection endpoint; in JWT mode an AS metadata or JWKS URL).
 //
 // `url_out` receives a view into `pending`, valid until it is resumed or freed.
 //

@@ -131,9 +131,10 @@ echo "AS at $AS_URL"
 
 step "blocking flow against the AS"
 # Fresh tokens per run: the C program counts introspections, so none may be cached yet.
+export JWT_RESOURCE="http://127.0.0.1:8080/jwt/mcp"
 run_blocking() {
     TOKEN=$(token "$RESOURCE") TOKEN_THREADS=$(token "$RESOURCE") TOKEN_SLOW=$(token "$RESOURCE") \
-        TOKEN_NO_AUD=$(token) "$@"
+        TOKEN_NO_AUD=$(token) TOKEN_JWT=$(token "$JWT_RESOURCE") TOKEN_JWT2=$(token "$JWT_RESOURCE") "$@"
 }
 run_blocking timeout 300 "$OUT/test_blocking_asan" || fail "test_blocking under ASan+UBSan"
 pass "test_blocking under ASan+UBSan"

@@ -3,7 +3,8 @@
  *
  * Environment: AS_URL (issuer), RESOURCE (the resource the tokens were issued for),
  * TOKEN, TOKEN_THREADS, TOKEN_SLOW (valid opaque tokens for RESOURCE, scope
- * "mcp:read mcp:write", client "app"), TOKEN_NO_AUD (issued without a resource). */
+ * "mcp:read mcp:write", client "app"), TOKEN_NO_AUD (issued without a resource),
+ * JWT_RESOURCE and TOKEN_JWT, TOKEN_JWT2 (RFC 9068 JWTs the AS issued for JWT_RESOURCE). */
 #define _POSIX_C_SOURCE 200809L
 
 #include <pthread.h>
@@ -53,7 +54,7 @@ static mcp_oauth2_validator *validator_for(const char *endpoint, unsigned timeou
 }
 
 static mcp_oauth2_decision *authorize(const mcp_oauth2_validator *v, const char *token) {
-    char auth[512];
+    char auth[4096];
     snprintf(auth, sizeof auth, "Bearer %s", token);
     mcp_oauth2_header h[2] = {hdr("Authorization", auth), hdr("X-Client-Id", "spoofed")};
     mcp_oauth2_request r = req("POST", "/mcp", h, 2);
@@ -90,6 +91,60 @@ static void *work(void *arg) {
         mcp_oauth2_decision_free(&d);
     }
     return NULL;
+}
+
+/* A JWT-mode validator: no introspection endpoint, keys found by discovery from AS_URL. */
+static mcp_oauth2_validator *jwt_validator(void) {
+    char config[1024];
+    snprintf(config, sizeof config,
+             "{\"resource\": \"%s\", \"authorization_servers\": [\"%s\"],"
+             " \"claim_to_header\": [{\"claim\": \"client_id\", \"header\": \"X-Client-Id\"}]}",
+             env("JWT_RESOURCE"), env("AS_URL"));
+    return new_validator(config);
+}
+
+/* Performs a pending GET (AS metadata or JWKS) with curl; returns the body (malloc'd). */
+static char *perform_get(const mcp_oauth2_pending *p, size_t *len) {
+    mcp_oauth2_str method, url;
+    CHECK_RES(mcp_oauth2_pending_method(p, &method), MCP_OAUTH2_RESULT_OK);
+    CHECK(str_eq(method, "GET"));
+    CHECK_RES(mcp_oauth2_pending_url(p, &url), MCP_OAUTH2_RESULT_OK);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "curl -sf '%.*s'", (int)url.len, (const char *)url.ptr);
+    FILE *f = popen(cmd, "r");
+    CHECK(f != NULL);
+    size_t cap = 1 << 16, n = 0;
+    char *body = malloc(cap);
+    CHECK(body != NULL);
+    size_t got;
+    while (body != NULL && (got = fread(body + n, 1, cap - n, f)) > 0) n += got;
+    pclose(f);
+    *len = n;
+    return body;
+}
+
+/* The sans-I/O flow in JWT mode: each NULL decision from resume means one more request
+ * (metadata, then keys); the host loops until the decision. Returns the decision. */
+static mcp_oauth2_decision *jwt_sans_io(const mcp_oauth2_validator *v, const char *token, int *steps) {
+    char auth[4096];
+    snprintf(auth, sizeof auth, "Bearer %s", token);
+    mcp_oauth2_header h[1] = {hdr("Authorization", auth)};
+    mcp_oauth2_request r = req("GET", "/jwt/mcp", h, 1);
+    mcp_oauth2_decision *d = NULL;
+    mcp_oauth2_pending *p = NULL;
+    CHECK_RES(mcp_oauth2_validator_begin(v, &r, &d, &p), MCP_OAUTH2_RESULT_OK);
+    *steps = 0;
+    while (d == NULL && p != NULL && *steps < 10) {
+        size_t len = 0;
+        char *body = perform_get(p, &len);
+        mcp_oauth2_header ct[1] = {hdr("Content-Type", "application/json")};
+        CHECK_RES(mcp_oauth2_pending_resume(p, 200, ct, 1, (const uint8_t *)body, len, &d), MCP_OAUTH2_RESULT_OK);
+        free(body);
+        (*steps)++;
+    }
+    mcp_oauth2_pending_free(&p);
+    CHECK(d != NULL);
+    return d;
 }
 
 int main(void) {
@@ -197,5 +252,37 @@ int main(void) {
     mcp_oauth2_validator_free(&down);
 
     mcp_oauth2_validator_free(&v);
+
+    /* Local JWT validation, sans-I/O: begin asks for the AS metadata, resume asks for the
+     * keys (NULL decision), the next resume decides. No introspection is made. */
+    long intro = as_stat("introspections");
+    mcp_oauth2_validator *jv = jwt_validator();
+    int steps = 0;
+    d = jwt_sans_io(jv, env("TOKEN_JWT"), &steps);
+    CHECK(allowed(d));
+    CHECK(steps >= 2);
+    CHECK_RES(mcp_oauth2_decision_set_header(d, 0, &s, &s2), MCP_OAUTH2_RESULT_OK);
+    CHECK(str_eq(s, "X-Client-Id") && str_eq(s2, "app"));
+    mcp_oauth2_decision_free(&d);
+    /* Keys are cached in the validator: a second JWT is decided by begin alone. */
+    d = jwt_sans_io(jv, env("TOKEN_JWT2"), &steps);
+    CHECK(allowed(d));
+    CHECK(steps == 0);
+    mcp_oauth2_decision_free(&d);
+    /* A tampered JWT: 401 invalid_token (never 503). */
+    char bad[4096];
+    snprintf(bad, sizeof bad, "%sx", env("TOKEN_JWT"));
+    d = jwt_sans_io(jv, bad, &steps);
+    CHECK(status_of(d) == 401);
+    mcp_oauth2_decision_free(&d);
+    mcp_oauth2_validator_free(&jv);
+    /* The blocking flow in JWT mode, on a fresh validator (its own discovery). */
+    jv = jwt_validator();
+    d = authorize(jv, env("TOKEN_JWT"));
+    CHECK(allowed(d));
+    mcp_oauth2_decision_free(&d);
+    mcp_oauth2_validator_free(&jv);
+    CHECK(as_stat("introspections") == intro);
+
     return finish("test_blocking");
 }

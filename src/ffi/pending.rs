@@ -101,7 +101,7 @@ pub unsafe extern "C" fn mcp_oauth2_pending_method(
     })
 }
 
-/// The absolute URL to call (the introspection endpoint).
+/// The absolute URL to call (the introspection endpoint; in JWT mode an AS metadata or JWKS URL).
 ///
 /// `url_out` receives a view into `pending`, valid until it is resumed or freed.
 ///
