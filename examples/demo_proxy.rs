@@ -3,7 +3,8 @@
 //!
 //! Without arguments it starts, on 127.0.0.1, a demo authorization server, an echo MCP
 //! server and the proxy in front of it, and prints curl commands that show the flow
-//! (401 with its challenge → metadata → token → 200). With `--config FILE --upstream URL`
+//! (401 with its challenge → metadata → token → 200); tokens are opaque and introspected,
+//! or with `--jwt` RFC 9068 JWTs validated locally with the AS's JWKS. With `--config FILE --upstream URL`
 //! it protects a real MCP server with a Kong `ai-mcp-oauth2` configuration (plugin JSON,
 //! Admin API object, decK `kong.yaml`, or KongPlugin manifest). See docs/demo-proxy.md.
 
@@ -28,7 +29,7 @@ use mcp_oauth2::{Config, Validator};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::auth_server::AuthServer;
+use crate::auth_server::{AuthServer, TokenFormat};
 use crate::echo_mcp::EchoMcp;
 use crate::proxy::Proxy;
 
@@ -49,6 +50,9 @@ Demo options (no --config):
   --listen ADDR           proxy (default 127.0.0.1:8080)
   --as-listen ADDR        demo authorization server (default 127.0.0.1:8081)
   --upstream-listen ADDR  echo MCP server (default 127.0.0.1:8082)
+  --jwt                   the AS issues RFC 9068 JWT access tokens and the proxy
+                          validates them locally (metadata discovery + JWKS) instead
+                          of introspecting opaque tokens
   --token-ttl SECS        lifetime of demo tokens (default 300)
   --tick-ms MS            interval of events on GET /mcp SSE streams (default 1000)
   --as-delay-ms MS        slow down every introspection (default 0): other requests
@@ -69,6 +73,7 @@ struct Args {
     token_ttl: u64,
     tick_ms: u64,
     as_delay_ms: u64,
+    jwt: bool,
     check: bool,
 }
 
@@ -83,6 +88,7 @@ fn parse_args() -> Result<Args, String> {
         token_ttl: 300,
         tick_ms: 1000,
         as_delay_ms: 0,
+        jwt: false,
         check: false,
     };
     let mut it = std::env::args().skip(1);
@@ -108,6 +114,7 @@ fn parse_args() -> Result<Args, String> {
                 args.as_delay_ms = value()?.parse().map_err(|_| "--as-delay-ms: a number of milliseconds")?
             }
             "--check" => args.check = true,
+            "--jwt" => args.jwt = true,
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -117,6 +124,12 @@ fn parse_args() -> Result<Args, String> {
     }
     if args.config.is_none() && (args.upstream.is_some() || args.check) {
         return Err("--upstream and --check need --config FILE".to_owned());
+    }
+    if args.config.is_some() && args.jwt {
+        // In real mode the configuration file decides (no introspection_endpoint = JWT).
+        return Err(
+            "--jwt is for the embedded demo; with --config, leave out introspection_endpoint instead".to_owned()
+        );
     }
     if args.config.is_none() {
         // The demo AS has fixed, printed secrets and the echo server no auth at all.
@@ -257,24 +270,34 @@ async fn demo_mode(args: &Args) -> Result<(), Failure> {
 
     let issuer = format!("http://{as_addr}");
     let resource = format!("http://{proxy_addr}/mcp");
+    let format = if args.jwt { TokenFormat::Jwt } else { TokenFormat::Opaque };
     // The same shape as examples/configs/demo.json, with the ports actually bound.
-    let config = json!({
+    let mut config = json!({
         "resource": resource,
         "authorization_servers": [issuer],
-        "introspection_endpoint": format!("{issuer}/introspect"),
-        "client_id": auth_server::GATEWAY_CLIENT_ID,
-        "client_secret": auth_server::GATEWAY_CLIENT_SECRET,
         "scopes_supported": auth_server::SCOPES,
         "claim_to_header": [
             {"claim": "client_id", "header": "X-Client-Id"},
             {"claim": "scope", "header": "X-Scope"},
         ],
     });
+    match format {
+        TokenFormat::Opaque => {
+            config["introspection_endpoint"] = json!(format!("{issuer}/introspect"));
+            config["client_id"] = json!(auth_server::GATEWAY_CLIENT_ID);
+            config["client_secret"] = json!(auth_server::GATEWAY_CLIENT_SECRET);
+        }
+        // No introspection_endpoint: the validator discovers the AS metadata from
+        // authorization_servers, fetches its jwks_uri and verifies the JWTs itself.
+        TokenFormat::Jwt => config["access_token_type"] = json!("at+jwt"),
+    }
     let config = Config::from_value(config).map_err(|e| Failure::Config(e.to_string()))?;
     let metadata_path = config.effective_metadata_endpoint();
     let validator = Validator::new(config).map_err(|e| Failure::Config(e.to_string()))?;
     let proxy = Arc::new(Proxy::new(validator, &format!("http://{up_addr}")).map_err(Failure::Config)?);
-    let auth = Arc::new(AuthServer::new(issuer.clone(), args.token_ttl, Duration::from_millis(args.as_delay_ms)));
+    let auth = AuthServer::new(issuer.clone(), format, args.token_ttl, Duration::from_millis(args.as_delay_ms))
+        .map_err(Failure::Runtime)?;
+    let auth = Arc::new(auth);
     let echo = Arc::new(EchoMcp { tick: Duration::from_millis(args.tick_ms) });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -300,7 +323,7 @@ async fn demo_mode(args: &Args) -> Result<(), Failure> {
         )),
     ];
 
-    print!("{}", banner(&resource, &issuer, &format!("http://{up_addr}/mcp"), &proxy_addr, &metadata_path));
+    print!("{}", banner(&resource, &issuer, &format!("http://{up_addr}/mcp"), &proxy_addr, &metadata_path, format));
     signals.wait().await;
     let _ = stop_tx.send(true);
     for s in servers {
@@ -311,23 +334,49 @@ async fn demo_mode(args: &Args) -> Result<(), Failure> {
 }
 
 /// The banner of the embedded demo: each command is one line, ready to paste into a shell.
-fn banner(resource: &str, issuer: &str, upstream: &str, proxy_addr: &SocketAddr, metadata_path: &str) -> String {
+fn banner(
+    resource: &str,
+    issuer: &str,
+    upstream: &str,
+    proxy_addr: &SocketAddr,
+    metadata_path: &str,
+    format: TokenFormat,
+) -> String {
     let (id, secret) = (auth_server::DEMO_CLIENT_ID, auth_server::DEMO_CLIENT_SECRET);
     let mcp_headers = "-H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream'";
+    let (mode, token_kind, keys_step) = match format {
+        TokenFormat::Opaque => (
+            format!("introspection (RFC 7662) of opaque tokens at {issuer}/introspect"),
+            "an opaque token",
+            String::new(),
+        ),
+        TokenFormat::Jwt => (
+            format!(
+                "local JWT (RFC 9068 at+jwt, {}): keys via {issuer}/.well-known/oauth-authorization-server, no introspection",
+                auth_server::SIGNING_ALG
+            ),
+            "a signed JWT (RFC 9068)",
+            format!(
+                "\n# 2b. The AS metadata names its key set (jwks_uri); the proxy fetches it once and verifies JWTs itself\n\
+                 curl -s {issuer}/jwks\n"
+            ),
+        ),
+    };
     format!(
         "\
 mcp-oauth2 demo proxy
   proxy listening on http://{proxy_addr}   protects {resource}
   auth server        {issuer}   client {id} / {secret}
   echo MCP server    {upstream}   (upstream, no auth of its own)
+  token validation   {mode}
 
 # 1. No token: 401, and the challenge points to the Protected Resource Metadata
 curl -si -X POST {resource} {mcp_headers} -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}}'
 
 # 2. The metadata document names the authorization server
 curl -s http://{proxy_addr}{metadata_path}
-
-# 3. Get a token for this resource (client_credentials, RFC 8707 resource)
+{keys_step}
+# 3. Get a token for this resource (client_credentials, RFC 8707 resource): {token_kind}
 TOKEN=$(curl -s -u {id}:{secret} -d grant_type=client_credentials -d resource={resource} -d 'scope=mcp:read mcp:write' {issuer}/token | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')
 
 # 4. Call the echo tool through the proxy: 200

@@ -1,6 +1,7 @@
 //! Runs the `demo_proxy` example binary and checks what a user would see: the embedded
 //! demo's printed commands work when pasted into a shell, the flow 401 → token → 200,
-//! what the upstream receives, SSE streaming and its end at `valid_until`, the config
+//! what the upstream receives, SSE streaming and its end at `valid_until`, the `--jwt`
+//! mode (RFC 9068 tokens validated locally through discovery and the JWKS), the config
 //! file formats, and config errors.
 //!
 //! The binary is `$DEMO_PROXY_BIN`, else `target/<profile>/examples/demo_proxy` next to
@@ -202,13 +203,13 @@ fn whoami(resource: &str, token: &str, extra: &[(&str, &str)]) -> serde_json::Va
     serde_json::from_str(&text).unwrap()
 }
 
-#[test]
-fn printed_commands_work_when_pasted_into_a_shell() {
-    let mut demo = Running::demo(&["--tick-ms", "100"]);
+/// Runs the banner's commands as printed, in one shell; returns each command's output and
+/// the `$TOKEN` they obtained.
+fn run_printed_commands(demo: &Running, expected: usize) -> (Vec<String>, String) {
     let commands: Vec<&String> =
         demo.banner.iter().filter(|l| l.starts_with("curl ") || l.starts_with("TOKEN=")).collect();
-    assert_eq!(commands.len(), 6, "banner commands: {:?}", demo.banner);
-    // Run them as printed, in one shell; the last one streams forever, so bound it.
+    assert_eq!(commands.len(), expected, "banner commands: {:?}", demo.banner);
+    // The last one streams forever, so bound it.
     let mut script = String::from("set -u\n");
     for (i, c) in commands.iter().enumerate() {
         let c = if c.starts_with("curl -sN ") { format!("timeout 2 {c}") } else { (*c).clone() };
@@ -217,16 +218,24 @@ fn printed_commands_work_when_pasted_into_a_shell() {
     script.push_str("echo \"@@TOKEN $TOKEN\"\n");
     let out = Command::new("bash").arg("-c").arg(&script).output().expect("bash");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut parts: Vec<&str> = Vec::new();
+    let mut parts: Vec<String> = Vec::new();
     let mut rest = stdout.as_str();
     for i in 0..commands.len() {
         let marker = format!("@@{i}@@");
         let (part, after) = rest.split_once(&marker).unwrap_or_else(|| panic!("no {marker} in {stdout}"));
-        parts.push(part);
+        parts.push(part.to_owned());
         rest = after;
     }
     let token = rest.split("@@TOKEN ").nth(1).unwrap().trim().to_owned();
     assert!(token.len() >= 40, "a token was obtained: {stdout}");
+    (parts, token)
+}
+
+#[test]
+fn printed_commands_work_when_pasted_into_a_shell() {
+    let mut demo = Running::demo(&["--tick-ms", "100"]);
+    assert!(demo.banner.iter().any(|l| l.contains("token validation   introspection")), "{:?}", demo.banner);
+    let (parts, token) = run_printed_commands(&demo, 6);
 
     let resource = demo.url_after("proxy listening on").replace("http://", "");
     let resource = format!("http://{resource}/mcp");
@@ -244,7 +253,7 @@ fn printed_commands_work_when_pasted_into_a_shell() {
     assert!(parts[3].contains("hello through the proxy"), "{}", parts[3]);
     // 5: the upstream saw the claim headers and no Authorization.
     let seen: serde_json::Value =
-        serde_json::from_str(rpc_result(parts[4])["content"][0]["text"].as_str().unwrap()).unwrap();
+        serde_json::from_str(rpc_result(&parts[4])["content"][0]["text"].as_str().unwrap()).unwrap();
     assert_eq!(seen["x-client-id"], "demo-client");
     assert_eq!(seen["x-scope"], "mcp:read mcp:write");
     assert!(seen.get("authorization").is_none(), "{seen}");
@@ -258,6 +267,174 @@ fn printed_commands_work_when_pasted_into_a_shell() {
     assert!(log.iter().any(|l| l.contains(" proxy ") && l.contains("POST /mcp 200 allowed")), "{log:?}");
     assert!(log.iter().all(|l| !l.contains(&token)), "the token leaked into the log");
     assert!(log.iter().all(|l| !l.contains("demo-secret") && !l.contains("gateway-secret")), "a secret leaked");
+    // Opaque tokens are introspected.
+    assert!(log.iter().any(|l| l.contains(" as ") && l.contains("POST /introspect 200 active")), "{log:?}");
+}
+
+/// The decoded JOSE header and claims of a compact JWS (no verification).
+fn jwt_parts(token: &str) -> (serde_json::Value, serde_json::Value) {
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "a JWT has three dot-separated parts: {token}");
+    let decode = |p: &str| -> serde_json::Value {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).expect("base64url");
+        serde_json::from_slice(&bytes).expect("JSON")
+    };
+    (decode(parts[0]), decode(parts[1]))
+}
+
+fn b64url_json(v: &serde_json::Value) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+}
+
+/// Log lines of the demo AS for `method path`.
+fn as_requests(demo: &mut Running, method_path: &str) -> usize {
+    std::thread::sleep(Duration::from_millis(150));
+    let needle = format!(" {method_path} ");
+    demo.log().iter().filter(|l| l.contains(" as ") && l.contains(&needle)).count()
+}
+
+#[test]
+fn jwt_mode_printed_commands_work_when_pasted_into_a_shell() {
+    let mut demo = Running::demo(&["--jwt", "--tick-ms", "100"]);
+    assert!(demo.banner.iter().any(|l| l.contains("token validation   local JWT")), "{:?}", demo.banner);
+    let issuer = demo.url_after("auth server");
+    // One more command than the opaque mode: the JWKS.
+    let (parts, token) = run_printed_commands(&demo, 7);
+    assert!(parts[0].contains("HTTP/1.1 401"), "{}", parts[0]);
+    let prm: serde_json::Value = serde_json::from_str(parts[1].trim()).expect("PRM JSON");
+    assert_eq!(prm["authorization_servers"][0], issuer.as_str());
+    let jwks: serde_json::Value = serde_json::from_str(parts[2].trim()).expect("JWKS JSON");
+    let (header, claims) = jwt_parts(&token);
+    assert_eq!(header["typ"], "at+jwt");
+    assert_eq!(header["kid"], jwks["keys"][0]["kid"], "the token names the served key");
+    assert_eq!(claims["iss"], issuer.as_str());
+    assert!(parts[4].contains("HTTP/1.1 200"), "{}", parts[4]);
+    assert!(parts[4].contains("hello through the proxy"), "{}", parts[4]);
+    let seen: serde_json::Value =
+        serde_json::from_str(rpc_result(&parts[5])["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["x-client-id"], "demo-client");
+    assert_eq!(seen["x-scope"], "mcp:read mcp:write");
+    assert!(seen.get("authorization").is_none(), "{seen}");
+    assert!(parts[6].matches("event: message").count() >= 2, "{}", parts[6]);
+    // Validated locally: metadata and keys fetched, never an introspection.
+    assert_eq!(as_requests(&mut demo, "POST /introspect"), 0, "{:?}", demo.log());
+    assert_eq!(as_requests(&mut demo, "GET /.well-known/oauth-authorization-server"), 1, "{:?}", demo.log());
+    let log = demo.log().to_vec();
+    assert!(log.iter().all(|l| !l.contains(&token)), "the token leaked into the log");
+}
+
+#[test]
+fn jwt_mode_validates_locally_with_discovery_and_jwks() {
+    let mut demo = Running::demo(&["--jwt", "--token-ttl", "120"]);
+    let resource = format!("{}/mcp", demo.url_after("proxy listening on"));
+    let issuer = demo.url_after("auth server");
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+
+    let r = mcp_post(&resource, None, list, &[]);
+    assert_eq!(r.status, 401);
+    assert!(r.header("www-authenticate").unwrap().starts_with("Bearer resource_metadata="));
+
+    // The token is an RFC 9068 JWT for this resource.
+    let token = get_token(&issuer, Some(&resource));
+    let (header, claims) = jwt_parts(&token);
+    assert_eq!(header["typ"], "at+jwt", "{header}");
+    assert_eq!(header["alg"], "ES256", "{header}");
+    assert_eq!(claims["iss"], issuer.as_str());
+    assert_eq!(claims["aud"], resource.as_str());
+    assert_eq!(claims["sub"], "demo-client");
+    assert_eq!(claims["client_id"], "demo-client");
+    assert_eq!(claims["scope"], "mcp:read mcp:write");
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 120);
+    assert!(claims["jti"].as_str().is_some_and(|j| j.len() >= 16), "{claims}");
+    assert_ne!(jwt_parts(&get_token(&issuer, Some(&resource))).1["jti"], claims["jti"], "jti is unique");
+
+    let r = mcp_post(&resource, Some(&token), list, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = whoami(&resource, &token, &[("X-Client-Id", "mallory"), ("X-Scope", "admin")]);
+    assert_eq!(seen["x-client-id"], "demo-client", "{seen}");
+    assert_eq!(seen["x-scope"], "mcp:read mcp:write", "{seen}");
+    assert!(seen.get("authorization").is_none(), "{seen}");
+
+    let invalid = |token: &str, what: &str| {
+        let r = mcp_post(&resource, Some(token), list, &[]);
+        assert_eq!(r.status, 401, "{what}: {}", r.body);
+        let challenge = r.header("www-authenticate").unwrap();
+        assert!(challenge.contains(r#"error="invalid_token""#), "{what}: {challenge}");
+    };
+    let [h, p, sig]: [&str; 3] = token.split('.').collect::<Vec<_>>().try_into().unwrap();
+    // Claims changed, signature kept.
+    let mut forged_claims = claims.clone();
+    forged_claims["client_id"] = "mallory".into();
+    invalid(&format!("{h}.{}.{sig}", b64url_json(&forged_claims)), "tampered claims");
+    // One signature byte changed (a middle character: the last one carries padding bits).
+    let mut bad_sig: Vec<char> = sig.chars().collect();
+    let mid = bad_sig.len() / 2;
+    bad_sig[mid] = if bad_sig[mid] == 'A' { 'B' } else { 'A' };
+    invalid(&format!("{h}.{p}.{}", bad_sig.into_iter().collect::<String>()), "tampered signature");
+    // Signed by another P-256 key that claims the served key's kid.
+    let other = {
+        use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+        jsonwebtoken::EncodingKey::from_ec_der(pair.to_pkcs8v1().unwrap().as_ref())
+    };
+    let mut forged_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    forged_header.typ = Some("at+jwt".to_owned());
+    forged_header.kid = header["kid"].as_str().map(str::to_owned);
+    invalid(&jsonwebtoken::encode(&forged_header, &claims, &other).unwrap(), "another key, same kid");
+    // alg none, without a signature.
+    let none = serde_json::json!({"alg": "none", "typ": "at+jwt", "kid": header["kid"]});
+    invalid(&format!("{}.{p}.", b64url_json(&none)), "alg none");
+    // A JWT for another resource, an opaque string.
+    invalid(&get_token(&issuer, Some("http://127.0.0.1:1/other")), "wrong audience");
+    invalid("not-a-jwt-but-an-opaque-string", "opaque");
+    // The genuine token still works after all that.
+    assert_eq!(mcp_post(&resource, Some(&token), list, &[]).status, 200);
+
+    // The proxy's log names the reasons.
+    std::thread::sleep(Duration::from_millis(150));
+    let log = demo.log().to_vec();
+    for reason in ["token_signature_invalid", "token_algorithm_not_allowed", "audience_mismatch", "token_malformed"] {
+        assert!(
+            log.iter().any(|l| l.contains(" proxy ") && l.contains(&format!(" 401 {reason} "))),
+            "{reason}: {log:?}"
+        );
+    }
+    // Discovery once, keys once (no refetch: every kid was known), no introspection.
+    assert_eq!(as_requests(&mut demo, "POST /introspect"), 0, "{:?}", demo.log());
+    assert_eq!(as_requests(&mut demo, "GET /.well-known/oauth-authorization-server"), 1, "{:?}", demo.log());
+    assert_eq!(as_requests(&mut demo, "GET /jwks"), 1, "{:?}", demo.log());
+
+    // What the proxy found: RFC 8414 metadata (also at the OpenID location) with jwks_uri,
+    // and the public key with kid, use and alg, without private material.
+    for path in ["/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"] {
+        let r = reply(agent().get(&format!("{issuer}{path}")).call());
+        assert_eq!(r.status, 200, "{path}");
+        let m: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(m["issuer"], issuer.as_str(), "{path}");
+        assert_eq!(m["jwks_uri"], format!("{issuer}/jwks"), "{path}");
+    }
+    let r = reply(agent().get(&format!("{issuer}/jwks")).call());
+    let jwks: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{jwks}");
+    let key = &keys[0];
+    assert_eq!((key["kty"].as_str(), key["crv"].as_str()), (Some("EC"), Some("P-256")), "{key}");
+    assert_eq!((key["use"].as_str(), key["alg"].as_str()), (Some("sig"), Some("ES256")), "{key}");
+    assert_eq!(key["kid"], header["kid"]);
+    assert!(key.get("d").is_none(), "private key material served: {key}");
+}
+
+#[test]
+fn opaque_mode_metadata_has_jwks_uri_too() {
+    // The key set is served in both modes; only the tokens differ.
+    let demo = Running::demo(&[]);
+    let issuer = demo.url_after("auth server");
+    let r = reply(agent().get(&format!("{issuer}/.well-known/oauth-authorization-server")).call());
+    let m: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(m["jwks_uri"], format!("{issuer}/jwks"));
+    assert_eq!(m["introspection_endpoint"], format!("{issuer}/introspect"));
+    let token = get_token(&issuer, None);
+    assert!(!token.contains('.'), "opaque tokens without --jwt: {token}");
 }
 
 #[test]
@@ -640,9 +817,12 @@ fn config_errors_name_the_field_and_exit_nonzero() {
     let out = check(dir.join("typo.yaml").to_str().unwrap(), &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("introspection_endpiont"));
     // A missing file, a missing --upstream, an unknown flag.
-    for args in
-        [vec!["--config", "/nonexistent/kong.yaml", "--check"], vec!["--config", "x.json"], vec!["--frobnicate"]]
-    {
+    for args in [
+        vec!["--config", "/nonexistent/kong.yaml", "--check"],
+        vec!["--config", "x.json"],
+        vec!["--frobnicate"],
+        vec!["--jwt", "--config", "x.json", "--check"],
+    ] {
         let out = Command::new(binary()).args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }

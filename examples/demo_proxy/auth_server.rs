@@ -1,19 +1,23 @@
 //! A tiny OAuth 2 authorization server for the embedded demo: client_credentials tokens
-//! (opaque, random, bound to the requested `resource`, which becomes `aud`), RFC 7662
-//! introspection that requires the gateway's client authentication, and RFC 8414 metadata.
-//! In memory, 127.0.0.1 only. Not a production AS: it exists so the demo needs nothing else.
+//! bound to the requested `resource` (which becomes `aud`), either opaque random strings or
+//! RFC 9068 JWTs signed with a key generated at start-up; RFC 7662 introspection that
+//! requires the gateway's client authentication (for both kinds); RFC 8414 metadata and the
+//! public key as a JWKS. In memory, 127.0.0.1 only. Not a production AS: it exists so the
+//! demo needs nothing else.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
 
 use crate::serve::{json, Body, RequestLog};
 
@@ -28,6 +32,56 @@ pub const GATEWAY_CLIENT_SECRET: &str = "gateway-secret";
 /// Scopes the demo client may request (and gets when it asks for none).
 pub const SCOPES: [&str; 2] = ["mcp:read", "mcp:write"];
 
+/// What `/token` issues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenFormat {
+    /// 32 random bytes (base64url); only introspection can tell what they mean.
+    Opaque,
+    /// An RFC 9068 JWT access token (`typ: at+jwt`, ES256), verifiable with `/jwks`.
+    Jwt,
+}
+
+/// The JWS algorithm of the signing key.
+pub const SIGNING_ALG: &str = "ES256";
+
+/// The AS's signing key: an ECDSA P-256 key pair generated at start-up (never stored on
+/// disk, so a restart invalidates every JWT it issued, like the opaque tokens in memory).
+struct SigningKey {
+    encoding: jsonwebtoken::EncodingKey,
+    kid: String,
+    /// The public key as a JWK (`kty`, `crv`, `x`, `y`, `kid`, `use`, `alg`).
+    jwk: Value,
+}
+
+impl SigningKey {
+    fn generate() -> Result<Self, String> {
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
+            .map_err(|_| "cannot generate the demo AS signing key".to_owned())?;
+        let pkcs8 = pair.to_pkcs8v1().map_err(|_| "cannot encode the demo AS signing key".to_owned())?;
+        // Uncompressed SEC 1 point: 0x04 || x (32 bytes) || y (32 bytes).
+        let point = pair.public_key().as_ref();
+        let (x, y) = match point {
+            [0x04, xy @ ..] if xy.len() == 64 => xy.split_at(32),
+            _ => return Err("unexpected P-256 public key encoding".to_owned()),
+        };
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let (x, y) = (b64(x), b64(y));
+        // kid = RFC 7638 thumbprint: SHA-256 of the required members, sorted, no spaces.
+        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+        let kid = b64(&Sha256::digest(canonical.as_bytes()));
+        let jwk = json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "use": "sig", "alg": SIGNING_ALG});
+        Ok(SigningKey { encoding: jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()), kid, jwk })
+    }
+
+    /// Signs `claims` as an RFC 9068 access token.
+    fn sign(&self, claims: &Value) -> Result<String, String> {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.typ = Some("at+jwt".to_owned());
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| format!("cannot sign a token: {e}"))
+    }
+}
+
 struct Token {
     client_id: String,
     audience: Option<String>,
@@ -40,21 +94,31 @@ struct Token {
 pub struct AuthServer {
     issuer: String,
     token_ttl: i64,
+    format: TokenFormat,
+    key: SigningKey,
     /// Added before every introspection answer: simulates a slow AS.
     introspection_delay: std::time::Duration,
     tokens: Mutex<HashMap<String, Token>>,
 }
 
 impl AuthServer {
-    /// An AS whose issuer is `issuer` (`http://127.0.0.1:<port>`), issuing tokens that live
-    /// `token_ttl` seconds, answering introspection after `introspection_delay`.
-    pub fn new(issuer: String, token_ttl: u64, introspection_delay: std::time::Duration) -> Self {
-        AuthServer {
+    /// An AS whose issuer is `issuer` (`http://127.0.0.1:<port>`), issuing `format` tokens
+    /// that live `token_ttl` seconds, answering introspection after `introspection_delay`.
+    /// Generates the signing key (served at `/jwks` in both formats).
+    pub fn new(
+        issuer: String,
+        format: TokenFormat,
+        token_ttl: u64,
+        introspection_delay: std::time::Duration,
+    ) -> Result<Self, String> {
+        Ok(AuthServer {
             introspection_delay,
             issuer,
+            format,
+            key: SigningKey::generate()?,
             token_ttl: i64::try_from(token_ttl).unwrap_or(i64::MAX),
             tokens: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     /// Handles one request.
@@ -67,9 +131,12 @@ impl AuthServer {
 
     async fn route(&self, req: Request<Incoming>) -> (Response<Body>, &'static str) {
         match (req.method(), req.uri().path()) {
-            (&Method::GET, "/.well-known/oauth-authorization-server") => {
+            // The same document at the OpenID Connect Discovery location, for clients that
+            // look only there (this AS issues no ID tokens).
+            (&Method::GET, "/.well-known/oauth-authorization-server" | "/.well-known/openid-configuration") => {
                 (json(StatusCode::OK, &self.metadata()), "metadata")
             }
+            (&Method::GET, "/jwks") => (json(StatusCode::OK, &json!({"keys": [self.key.jwk]})), "jwks"),
             (&Method::POST, "/token") => self.token(req).await,
             (&Method::POST, "/introspect") => self.introspect(req).await,
             (&Method::GET, "/authorize") => {
@@ -84,7 +151,15 @@ impl AuthServer {
                     "unsupported",
                 )
             }
-            (_, "/.well-known/oauth-authorization-server" | "/token" | "/introspect" | "/authorize") => (
+            (
+                _,
+                "/.well-known/oauth-authorization-server"
+                | "/.well-known/openid-configuration"
+                | "/jwks"
+                | "/token"
+                | "/introspect"
+                | "/authorize",
+            ) => (
                 oauth_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "Method not allowed"),
                 "method_not_allowed",
             ),
@@ -99,6 +174,7 @@ impl AuthServer {
             "authorization_endpoint": format!("{i}/authorize"),
             "token_endpoint": format!("{i}/token"),
             "introspection_endpoint": format!("{i}/introspect"),
+            "jwks_uri": format!("{i}/jwks"),
             "grant_types_supported": ["client_credentials"],
             "response_types_supported": ["code"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic"],
@@ -161,12 +237,37 @@ impl AuthServer {
             }
         };
 
-        let token = random_token();
         let now = unix_now();
         let exp = now.saturating_add(self.token_ttl);
+        let token = match self.format {
+            TokenFormat::Opaque => random_token(),
+            TokenFormat::Jwt => {
+                // RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat, jti (+ scope).
+                let mut claims = json!({
+                    "iss": self.issuer,
+                    "sub": DEMO_CLIENT_ID,
+                    "client_id": DEMO_CLIENT_ID,
+                    "scope": scope,
+                    "iat": now,
+                    "exp": exp,
+                    "jti": random_token(),
+                });
+                if let Some(aud) = &audience {
+                    claims["aud"] = json!(aud);
+                }
+                match self.key.sign(&claims) {
+                    Ok(jwt) => jwt,
+                    Err(e) => {
+                        let e = oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e);
+                        return (e, "server_error");
+                    }
+                }
+            }
+        };
         {
             let mut tokens = self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             tokens.retain(|_, t| t.exp > now); // forget expired tokens as new ones arrive
+                                               // JWTs are kept too, so a gateway configured for introspection accepts them.
             tokens.insert(
                 token.clone(),
                 Token { client_id: DEMO_CLIENT_ID.to_owned(), audience, scope: scope.clone(), iat: now, exp },
@@ -302,6 +403,30 @@ mod tests {
         assert!(super::constant_time_eq(b"abc", b"abc"));
         assert!(!super::constant_time_eq(b"abc", b"abd"));
         assert!(!super::constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn signed_tokens_verify_with_the_served_jwk() {
+        let key = super::SigningKey::generate().unwrap();
+        assert_eq!(key.jwk["kid"], key.kid.as_str());
+        assert_eq!((key.jwk["use"].as_str(), key.jwk["alg"].as_str()), (Some("sig"), Some("ES256")));
+        assert!(key.jwk.get("d").is_none(), "no private key material in the JWK");
+        let claims = serde_json::json!({"sub": "s", "aud": "http://r/mcp", "exp": super::unix_now() + 60});
+        let jwt = key.sign(&claims).unwrap();
+        let header = jsonwebtoken::decode_header(&jwt).unwrap();
+        assert_eq!((header.typ.as_deref(), header.kid.as_deref()), (Some("at+jwt"), Some(key.kid.as_str())));
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.jwk.clone()).unwrap();
+        let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+        validation.set_audience(&["http://r/mcp"]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(&jwt, &decoding, &validation).unwrap();
+        assert_eq!(data.claims["sub"], "s");
+        // Another start-up, another key: the first key's tokens do not verify with it.
+        let other = super::SigningKey::generate().unwrap();
+        assert_ne!(other.kid, key.kid);
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(other.jwk).unwrap();
+        let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+        assert!(jsonwebtoken::decode::<serde_json::Value>(&jwt, &decoding, &validation).is_err());
     }
 
     #[test]
