@@ -422,6 +422,21 @@ fn jwt_mode_validates_locally_with_discovery_and_jwks() {
     assert_eq!((key["use"].as_str(), key["alg"].as_str()), (Some("sig"), Some("ES256")), "{key}");
     assert_eq!(key["kid"], header["kid"]);
     assert!(key.get("d").is_none(), "private key material served: {key}");
+
+    // The AS still introspects its JWTs, for gateways configured that way.
+    let basic = base64::engine::general_purpose::STANDARD.encode("gateway:gateway-secret");
+    let introspect = |t: &str| -> serde_json::Value {
+        let r = reply(
+            agent()
+                .post(&format!("{issuer}/introspect"))
+                .header("Authorization", &format!("Basic {basic}"))
+                .send_form([("token", t)]),
+        );
+        serde_json::from_str(&r.body).unwrap()
+    };
+    let active = introspect(&token);
+    assert_eq!((active["active"].as_bool(), active["aud"].as_str()), (Some(true), Some(resource.as_str())));
+    assert_eq!(introspect(&format!("{h}.{}.{sig}", b64url_json(&forged_claims)))["active"], false);
 }
 
 #[test]
