@@ -2,7 +2,7 @@
 
 use super::{
     borrow, boundary, boundary_void, free_handle, mcp_oauth2_bytes, mcp_oauth2_result, mcp_oauth2_str, out, text,
-    write_out, Result,
+    write_out, write_pair, Result,
 };
 use crate::{Decision, Forward, Identity, Response};
 
@@ -199,14 +199,12 @@ pub unsafe extern "C" fn mcp_oauth2_decision_response_header(
     boundary(|| {
         // SAFETY: forwarded caller contract.
         let decision = unsafe { decision_of(decision) }?;
-        let (name_out, value_out) = (out(name_out)?, out(value_out)?);
-        let (name, value) = response(decision)?.headers().nth(index).ok_or(mcp_oauth2_result::OutOfRange)?;
-        // SAFETY: both checked by `out`; writable per the caller contract.
+        // SAFETY: writable outputs per the caller contract; views into `decision`.
         unsafe {
-            write_out(name_out, mcp_oauth2_str::of(name));
-            write_out(value_out, mcp_oauth2_str::of(value));
+            write_pair(name_out, value_out, || {
+                response(decision)?.headers().nth(index).ok_or(mcp_oauth2_result::OutOfRange)
+            })
         }
-        Ok(())
     })
 }
 
@@ -343,14 +341,12 @@ pub unsafe extern "C" fn mcp_oauth2_decision_set_header(
     boundary(|| {
         // SAFETY: forwarded caller contract.
         let decision = unsafe { decision_of(decision) }?;
-        let (name_out, value_out) = (out(name_out)?, out(value_out)?);
-        let (name, value) = forward(decision)?.set_headers().nth(index).ok_or(mcp_oauth2_result::OutOfRange)?;
-        // SAFETY: both checked by `out`; writable per the caller contract.
+        // SAFETY: writable outputs per the caller contract; views into `decision`.
         unsafe {
-            write_out(name_out, mcp_oauth2_str::of(name));
-            write_out(value_out, mcp_oauth2_str::of(value));
+            write_pair(name_out, value_out, || {
+                forward(decision)?.set_headers().nth(index).ok_or(mcp_oauth2_result::OutOfRange)
+            })
         }
-        Ok(())
     })
 }
 

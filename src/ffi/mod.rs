@@ -217,6 +217,27 @@ unsafe fn write_out<T>(ptr: *mut T, value: T) {
     unsafe { ptr.write(value) }
 }
 
+/// Writes a `(name, value)` pair of views (a header) into two outputs: both are checked for
+/// NULL first, then `pair` is computed, then both are written (neither on any error).
+///
+/// # Safety
+/// `name_out` and `value_out` are NULL or writable; the views returned by `pair` live as
+/// long as the object the caller documents.
+unsafe fn write_pair<'a>(
+    name_out: *mut mcp_oauth2_str,
+    value_out: *mut mcp_oauth2_str,
+    pair: impl FnOnce() -> Result<(&'a str, &'a str)>,
+) -> Result<()> {
+    let (name_out, value_out) = (out(name_out)?, out(value_out)?);
+    let (name, value) = pair()?;
+    // SAFETY: both checked by `out`; writable per the caller contract.
+    unsafe {
+        write_out(name_out, mcp_oauth2_str::of(name));
+        write_out(value_out, mcp_oauth2_str::of(value));
+    }
+    Ok(())
+}
+
 /// Hands a new object to the host.
 fn into_handle<T>(value: T) -> *mut T {
     Box::into_raw(Box::new(value))

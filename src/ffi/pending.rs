@@ -3,7 +3,8 @@
 
 use super::{
     borrow, borrow_mut, boundary, boundary_void, bytes, free_handle, into_handle, mcp_oauth2_bytes,
-    mcp_oauth2_decision, mcp_oauth2_header, mcp_oauth2_result, mcp_oauth2_str, out, slice, write_out, Result,
+    mcp_oauth2_decision, mcp_oauth2_header, mcp_oauth2_result, mcp_oauth2_str, out, slice, write_out, write_pair,
+    Result,
 };
 use crate::{HttpRequest, HttpResponse, Pending, Step, TransportError, TransportErrorKind};
 
@@ -172,14 +173,10 @@ pub unsafe extern "C" fn mcp_oauth2_pending_header(
     boundary(|| {
         // SAFETY: caller contract.
         let http = unsafe { http_of(pending) }?;
-        let (name_out, value_out) = (out(name_out)?, out(value_out)?);
-        let (name, value) = http.headers.get(index).ok_or(mcp_oauth2_result::OutOfRange)?;
-        // SAFETY: both checked by `out`; writable per the caller contract.
-        unsafe {
-            write_out(name_out, mcp_oauth2_str::of(name));
-            write_out(value_out, mcp_oauth2_str::of(value));
-        }
-        Ok(())
+        let header =
+            || http.headers.get(index).map(|(n, v)| (n.as_str(), v.as_str())).ok_or(mcp_oauth2_result::OutOfRange);
+        // SAFETY: writable outputs per the caller contract; views into `pending`.
+        unsafe { write_pair(name_out, value_out, header) }
     })
 }
 
