@@ -10,7 +10,7 @@
 //! `cargo bench --bench ffi`
 
 use std::hint::black_box;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use mcp_oauth2::ffi::*;
@@ -39,9 +39,11 @@ fn active() -> HttpResponse {
 /// Puts the token into the validator's cache through the Rust API.
 fn warm(validator: &Validator) {
     let request = Request::new("POST", "/mcp").header("Authorization", AUTHORIZATION);
-    match validator.begin(&request) {
-        Step::Need(_, pending) => assert!(matches!(pending.resume(Ok(active())), Step::Done(d) if d.is_forward())),
-        Step::Done(_) => panic!("the cache should be cold"),
+    match validator.begin(&request, SystemTime::now()) {
+        Step::Need(_, pending) => {
+            assert!(matches!(pending.resume(Ok(active()), SystemTime::now()), Step::Done(d) if d.is_forward()))
+        }
+        _ => panic!("the cache should be cold"),
     }
 }
 
@@ -50,7 +52,7 @@ fn rust_api(validator: &Validator) -> usize {
         .header("Host", "mcp.example.com")
         .header("Authorization", AUTHORIZATION)
         .header("Content-Type", "application/json");
-    let Step::Done(decision) = validator.begin(&request) else { panic!("not a cache hit") };
+    let Step::Done(decision) = validator.begin(&request, SystemTime::now()) else { panic!("not a cache hit") };
     let forward = decision.as_forward().expect("allowed");
     let mut n = 0;
     for name in forward.remove_headers() {
@@ -60,6 +62,11 @@ fn rust_api(validator: &Validator) -> usize {
         n += name.len() + value.len();
     }
     n
+}
+
+/// The host's clock, as a C host reads it (Unix milliseconds).
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn header(name: &'static str, value: &'static str) -> mcp_oauth2_header {
@@ -90,7 +97,7 @@ fn c_abi(validator: *const mcp_oauth2_validator) -> usize {
     // SAFETY: every pointer is a live local or the live validator, as the header requires;
     // views are read before the decision is freed.
     unsafe {
-        let r = mcp_oauth2_validator_begin(validator, &request, &mut decision, &mut pending);
+        let r = mcp_oauth2_validator_begin(validator, &request, now_ms(), &mut decision, &mut pending);
         assert!(r == mcp_oauth2_result::Ok && pending.is_null(), "not a cache hit");
         let mut allowed = false;
         mcp_oauth2_decision_allowed(decision, &mut allowed);
@@ -141,10 +148,11 @@ fn bench(c: &mut Criterion) {
     unsafe {
         let mut decision = std::ptr::null_mut();
         let mut pending = std::ptr::null_mut();
-        assert_eq!(mcp_oauth2_validator_begin(handle, &request, &mut decision, &mut pending), mcp_oauth2_result::Ok);
+        let r = mcp_oauth2_validator_begin(handle, &request, now_ms(), &mut decision, &mut pending);
+        assert_eq!(r, mcp_oauth2_result::Ok);
         assert!(!pending.is_null());
-        let r =
-            mcp_oauth2_pending_resume(pending, 200, content_type.as_ptr(), 1, body.as_ptr(), body.len(), &mut decision);
+        let (ct, n) = (content_type.as_ptr(), body.len());
+        let r = mcp_oauth2_pending_resume(pending, now_ms(), 200, ct, 1, body.as_ptr(), n, &mut decision);
         assert_eq!(r, mcp_oauth2_result::Ok);
         mcp_oauth2_pending_free(&mut pending);
         mcp_oauth2_decision_free(&mut decision);

@@ -54,9 +54,9 @@ fn validator(cache: bool, warm_token: &str) -> Validator {
 }
 
 fn begin_forwards(v: &Validator, auth: &str) -> bool {
-    match v.begin(&Request::new("POST", "/mcp").header("Authorization", auth)) {
+    match v.begin(&Request::new("POST", "/mcp").header("Authorization", auth), SystemTime::now()) {
         Step::Done(d) => d.is_forward(),
-        Step::Need(..) => false,
+        _ => false,
     }
 }
 

@@ -28,6 +28,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// Bits of `mcp_oauth2_validator_reads`: decisions read the request body of a POST
+// (`method_scopes` are configured); buffer it, up to `mcp_oauth2_validator_max_request_body_size`.
+#define MCP_OAUTH2_READS_BODY 1
+
+// Bits of `mcp_oauth2_validator_reads`: decisions read the peer address and the
+// `X-Forwarded-*` headers (`trusted_proxies` is set).
+#define MCP_OAUTH2_READS_FORWARDED 2
+
+// Bits of `mcp_oauth2_validator_reads`: decisions read `Origin` and
+// `Access-Control-Request-Method` (`allowed_origins` is set).
+#define MCP_OAUTH2_READS_ORIGIN 4
+
 // The result of every fallible function. Values are stable and never renumbered; new
 // values may be added, so treat unknown values as errors.
 enum mcp_oauth2_result
@@ -60,12 +72,42 @@ enum mcp_oauth2_result
   // The pending validation has already been resumed to a decision; it holds nothing any
   // more and only `mcp_oauth2_pending_free` remains to be called.
   MCP_OAUTH2_RESULT_ALREADY_RESUMED = 8,
+  // The call does not fit the pending's state: an HTTP getter, `_resume` or `_fail` on a
+  // pending that waits for another request (`MCP_OAUTH2_PENDING_STATE_WAIT`), or a wait
+  // function on one that needs an HTTP exchange. Nothing was changed.
+  MCP_OAUTH2_RESULT_WRONG_STATE = 9,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
 typedef enum mcp_oauth2_result mcp_oauth2_result;
 #else
 typedef uint32_t mcp_oauth2_result;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// What a pending validation waits for (`mcp_oauth2_pending_state`, as a `uint32_t`).
+enum mcp_oauth2_pending_state
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // The host performs the HTTP request it describes (`_method`, `_url`, `_header`,
+  // `_body`, `_timeout_ms`), then calls `mcp_oauth2_pending_resume` or
+  // `mcp_oauth2_pending_fail`. This request leads: concurrent requests for the same token
+  // wait for it.
+  MCP_OAUTH2_PENDING_STATE_HTTP = 1,
+  // Another request is already asking the authorization server what this one needs:
+  // the host waits (`mcp_oauth2_pending_wait`, `_is_ready`, `_on_ready`; at most
+  // `_max_wait_ms`), then calls `mcp_oauth2_pending_continue`.
+  MCP_OAUTH2_PENDING_STATE_WAIT = 2,
+  // Resumed to a decision: only `mcp_oauth2_pending_free` remains.
+  MCP_OAUTH2_PENDING_STATE_DONE = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum mcp_oauth2_pending_state mcp_oauth2_pending_state;
+#else
+typedef uint32_t mcp_oauth2_pending_state;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -109,16 +151,18 @@ typedef struct mcp_oauth2_decision mcp_oauth2_decision;
 // threads at once. Its message never contains a secret or a token.
 typedef struct mcp_oauth2_error mcp_oauth2_error;
 
-// A validation waiting for the host to perform one HTTP request (to the authorization
-// server). Created by `mcp_oauth2_validator_begin`, owned by the host, freed with
-// `mcp_oauth2_pending_free`, also after it was resumed.
+// A validation waiting for something: the HTTP request the host must perform
+// (`MCP_OAUTH2_PENDING_STATE_HTTP`) or another request's authorization-server call
+// (`MCP_OAUTH2_PENDING_STATE_WAIT`). Created by `mcp_oauth2_validator_begin`, owned by the
+// host, freed with `mcp_oauth2_pending_free`, also after it was resumed. Freeing it
+// unresumed abandons the validation: requests waiting on it get a 503.
 //
 // Its request carries the token and the gateway's client credentials: do not log the body
 // or the `Authorization` header.
 //
-// Thread safety: the getters may run concurrently with each other; `resume` and `fail`
-// must not run concurrently with anything else on the same pending. A pending may be
-// moved to another thread (e.g. the one that completes the I/O).
+// Thread safety: the getters may run concurrently with each other; `resume`, `fail` and
+// `continue` must not run concurrently with anything else on the same pending. A pending
+// may be moved to another thread (e.g. the one that completes the I/O).
 typedef struct mcp_oauth2_pending mcp_oauth2_pending;
 
 // A validator for one configuration, with its caches. Created by
@@ -159,6 +203,9 @@ typedef struct mcp_oauth2_header {
   // The length of `value` in bytes.
   size_t value_len;
 } mcp_oauth2_header;
+
+// Called once when the answer a waiting pending waits for is in.
+typedef void (*mcp_oauth2_ready_fn)(void *user_data);
 
 // One client request, described by the host. Every `(ptr, len)` pair is borrowed only for
 // the duration of the call it is passed to; the library copies what it keeps.
@@ -379,17 +426,83 @@ mcp_oauth2_result mcp_oauth2_decision_set_header(const struct mcp_oauth2_decisio
                                                  struct mcp_oauth2_str *name_out,
                                                  struct mcp_oauth2_str *value_out);
 
-// When the token stops being usable, as Unix seconds: the earlier of its `exp` and the end
-// of its cache lifetime. Hosts end long-lived streams (SSE) at this time.
+// The token's expiry (its `exp`) as Unix seconds. Long-lived responses (SSE streams) must
+// end by then.
 //
 // # Errors
-// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision or a token without `exp`;
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
 //
 // # Safety
 // `decision` is NULL or live; `unix_seconds_out` is NULL or writable.
 // Thread safety: safe to call concurrently on the same decision.
 mcp_oauth2_result mcp_oauth2_decision_valid_until(const struct mcp_oauth2_decision *decision,
                                                   int64_t *unix_seconds_out);
+
+// When the validator's cached answer for this token ages out, as Unix milliseconds. A host
+// keeping a long-lived response open (an SSE stream) re-validates the token then (the same
+// request through `mcp_oauth2_validator_begin`: one authorization-server call for all of
+// the token's streams) and ends the response only if the token is no longer allowed.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision or when the answer is not cached
+// (`cache_introspection` off); `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `decision` is NULL or live; `unix_ms_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same decision.
+mcp_oauth2_result mcp_oauth2_decision_recheck_at(const struct mcp_oauth2_decision *decision,
+                                                 uint64_t *unix_ms_out);
+
+// How long, in milliseconds, a cache shared with other processes may keep the
+// authorization server's answer behind this decision (see `mcp_oauth2_pending_cache_key`):
+// what is left of the validator's own entry. Never longer than the first answer's expiry.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_ABSENT` when the answer must not be kept (no token, an
+// authorization-server failure, caching off); `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `decision` is NULL or live; `ttl_ms_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same decision.
+mcp_oauth2_result mcp_oauth2_decision_cache_ttl_ms(const struct mcp_oauth2_decision *decision,
+                                                   uint64_t *ttl_ms_out);
+
+// Whether a client request header must not reach the upstream: one of the headers to
+// remove (`mcp_oauth2_decision_remove_header`) after ASCII case folding and `_`/`-`
+// folding (CGI and WSGI upstreams read `X_User_Id` as `X-User-Id`). Ask it for every
+// request header and drop each one for which `*remove_out` is true.
+//
+// `name`, `name_len`: the header name as received, borrowed for the call.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `decision` is NULL or live; `name` points to `name_len` readable bytes (or is NULL with
+// length 0); `remove_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same decision.
+mcp_oauth2_result mcp_oauth2_decision_must_remove(const struct mcp_oauth2_decision *decision,
+                                                  const uint8_t *name,
+                                                  size_t name_len,
+                                                  bool *remove_out);
+
+// The value of claim header number `index` (from 0, in the order of
+// `mcp_oauth2_validator_claim_header`): set it upstream, or, when the result is
+// `MCP_OAUTH2_RESULT_ABSENT`, make sure the upstream gets no such header at all.
+//
+// `value_out` receives a view into `decision`, valid until it is freed.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision or a claim the token lacks;
+// `MCP_OAUTH2_RESULT_OUT_OF_RANGE`; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `decision` is NULL or live; `value_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same decision.
+mcp_oauth2_result mcp_oauth2_decision_claim_header_value(const struct mcp_oauth2_decision *decision,
+                                                         size_t index,
+                                                         struct mcp_oauth2_str *value_out);
 
 // The token's `sub` claim.
 //
@@ -541,7 +654,8 @@ void mcp_oauth2_error_free(struct mcp_oauth2_error **error);
 // `method_out` receives a view of a static string.
 //
 // # Errors
-// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
 //
 // # Safety
 // `pending` is NULL or live; `method_out` is NULL or writable.
@@ -554,7 +668,8 @@ mcp_oauth2_result mcp_oauth2_pending_method(const struct mcp_oauth2_pending *pen
 // `url_out` receives a view into `pending`, valid until it is resumed or freed.
 //
 // # Errors
-// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
 //
 // # Safety
 // `pending` is NULL or live; `url_out` is NULL or writable.
@@ -565,7 +680,8 @@ mcp_oauth2_result mcp_oauth2_pending_url(const struct mcp_oauth2_pending *pendin
 // The number of headers to send (the host adds `Host` and `Content-Length` itself).
 //
 // # Errors
-// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
 //
 // # Safety
 // `pending` is NULL or live; `count_out` is NULL or writable.
@@ -581,7 +697,8 @@ mcp_oauth2_result mcp_oauth2_pending_header_count(const struct mcp_oauth2_pendin
 //
 // # Errors
 // `MCP_OAUTH2_RESULT_OUT_OF_RANGE` if `index` is not below the header count;
-// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
 //
 // # Safety
 // `pending` is NULL or live; `name_out` and `value_out` are NULL or writable.
@@ -597,7 +714,8 @@ mcp_oauth2_result mcp_oauth2_pending_header(const struct mcp_oauth2_pending *pen
 // `body_out` receives a view into `pending`, valid until it is resumed or freed.
 //
 // # Errors
-// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
 //
 // # Safety
 // `pending` is NULL or live; `body_out` is NULL or writable.
@@ -609,7 +727,8 @@ mcp_oauth2_result mcp_oauth2_pending_body(const struct mcp_oauth2_pending *pendi
 // it, call `mcp_oauth2_pending_fail` with `MCP_OAUTH2_TRANSPORT_ERROR_TIMEOUT`.
 //
 // # Errors
-// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
 //
 // # Safety
 // `pending` is NULL or live; `timeout_ms_out` is NULL or writable.
@@ -617,11 +736,29 @@ mcp_oauth2_result mcp_oauth2_pending_body(const struct mcp_oauth2_pending *pendi
 mcp_oauth2_result mcp_oauth2_pending_timeout_ms(const struct mcp_oauth2_pending *pending,
                                                 uint64_t *timeout_ms_out);
 
-// The cache key of the token being validated: 64 lowercase hex digits of a SHA-256 over
-// the validator's configuration and the token (never the token itself). Hosts that share
-// authorization-server responses between processes store and replay them under this key.
+// The state of the pending: what the host does next (`mcp_oauth2_pending_state`).
 //
-// `key_out` receives a view into `pending`, valid until it is freed (also after resume).
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `pending` is NULL or live; `state_out` is NULL or writable.
+// Thread safety: see `mcp_oauth2_pending`.
+mcp_oauth2_result mcp_oauth2_pending_state(const struct mcp_oauth2_pending *pending,
+                                           mcp_oauth2_pending_state *state_out);
+
+// A key for the answer this step waits for: 64 lowercase hex digits of a SHA-256 over the
+// validator's configuration and what identifies the answer (for introspection and for a
+// wait, the token; for a metadata document or key set, its URL), never the token itself.
+// Hosts that share authorization-server responses between processes store and replay them
+// under this key (`mcp_oauth2_pending_resume_cached`).
+//
+// After `resume` moved the pending to another step, this is the new step's key; after a
+// decision, the key of the last step (what the host stores the answer it just resumed
+// with under).
+//
+// `key_out` receives a view into `pending`, valid until the pending is freed (every key it
+// ever handed out stays valid that long, also after `resume`).
 //
 // # Errors
 // `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
@@ -632,18 +769,21 @@ mcp_oauth2_result mcp_oauth2_pending_timeout_ms(const struct mcp_oauth2_pending 
 mcp_oauth2_result mcp_oauth2_pending_cache_key(const struct mcp_oauth2_pending *pending,
                                                struct mcp_oauth2_str *key_out);
 
-// Continues with the HTTP response the host received: status, headers (only
-// `Content-Type` is read; headers whose name or value is not UTF-8 are skipped) and the
-// complete body. Everything is copied; the arguments are borrowed for the call only.
+// Continues with the HTTP response the host received at `now_unix_ms` (the host's clock,
+// Unix milliseconds): status, headers (only `Content-Type` is read; headers whose name or
+// value is not UTF-8 are skipped) and the complete body. Everything is copied; the
+// arguments are borrowed for the call only.
 //
 // On success `*decision_out` receives either a new decision (owned by the host, free it
-// with `mcp_oauth2_decision_free`) or NULL, which means the pending now describes one more
-// HTTP request to perform (local JWT validation: AS metadata, then keys); loop until a decision. After a
-// decision, the pending is spent: every later call on it except `_cache_key` and `_free`
+// with `mcp_oauth2_decision_free`) or NULL, which means the pending moved to its next step:
+// read `mcp_oauth2_pending_state` (local JWT validation asks for metadata, then keys; or it
+// waits for another request fetching them) and loop until a decision. After a decision
+// the pending is spent: every later call on it except `_state`, `_cache_key` and `_free`
 // returns `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
 //
 // # Errors
-// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`. On an error the
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request). On an error the
 // pending is unchanged.
 //
 // # Safety
@@ -652,12 +792,34 @@ mcp_oauth2_result mcp_oauth2_pending_cache_key(const struct mcp_oauth2_pending *
 // with length 0); `decision_out` is NULL or writable.
 // Thread safety: no other call on the same pending may run concurrently.
 mcp_oauth2_result mcp_oauth2_pending_resume(struct mcp_oauth2_pending *pending,
+                                            uint64_t now_unix_ms,
                                             uint16_t status,
                                             const struct mcp_oauth2_header *headers,
                                             size_t headers_len,
                                             const uint8_t *body,
                                             size_t body_len,
                                             struct mcp_oauth2_decision **decision_out);
+
+// As `mcp_oauth2_pending_resume`, with a response the host kept from an earlier, identical
+// call (its cache shared between processes, under `mcp_oauth2_pending_cache_key`), first
+// received at `fetched_at_unix_ms`: nothing derived from it outlives that first answer's
+// expiry, however often it is replayed.
+//
+// # Errors
+// As `mcp_oauth2_pending_resume`.
+//
+// # Safety
+// As `mcp_oauth2_pending_resume`.
+// Thread safety: no other call on the same pending may run concurrently.
+mcp_oauth2_result mcp_oauth2_pending_resume_cached(struct mcp_oauth2_pending *pending,
+                                                   uint64_t fetched_at_unix_ms,
+                                                   uint64_t now_unix_ms,
+                                                   uint16_t status,
+                                                   const struct mcp_oauth2_header *headers,
+                                                   size_t headers_len,
+                                                   const uint8_t *body,
+                                                   size_t body_len,
+                                                   struct mcp_oauth2_decision **decision_out);
 
 // Continues after the HTTP exchange failed without a complete response. `kind` is one of
 // `mcp_oauth2_transport_error` (as a `uint32_t`); `message` (optional, UTF-8, for logs;
@@ -668,20 +830,100 @@ mcp_oauth2_result mcp_oauth2_pending_resume(struct mcp_oauth2_pending *pending,
 //
 // # Errors
 // `MCP_OAUTH2_RESULT_INVALID_ARGUMENT` for an unknown `kind` (the pending is unchanged);
-// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE`.
 //
 // # Safety
 // As `mcp_oauth2_pending_resume`, with `message` for `body`.
 // Thread safety: no other call on the same pending may run concurrently.
 mcp_oauth2_result mcp_oauth2_pending_fail(struct mcp_oauth2_pending *pending,
+                                          uint64_t now_unix_ms,
                                           uint32_t kind,
                                           const uint8_t *message,
                                           size_t message_len,
                                           struct mcp_oauth2_decision **decision_out);
 
+// Whether the answer a waiting pending waits for is in (polling; never blocks). When it
+// is, call `mcp_oauth2_pending_continue`.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending needs an HTTP exchange).
+//
+// # Safety
+// `pending` is NULL or live; `ready_out` is NULL or writable.
+// Thread safety: see `mcp_oauth2_pending`.
+mcp_oauth2_result mcp_oauth2_pending_is_ready(const struct mcp_oauth2_pending *pending,
+                                              bool *ready_out);
+
+// Blocks the calling thread until the answer a waiting pending waits for is in, or
+// `timeout_ms` passes. `*ready_out` says which. Then call `mcp_oauth2_pending_continue`
+// (also after a timeout: the decision is then a 503).
+//
+// # Errors
+// As `mcp_oauth2_pending_is_ready`.
+//
+// # Safety
+// As `mcp_oauth2_pending_is_ready`.
+// Thread safety: see `mcp_oauth2_pending`.
+mcp_oauth2_result mcp_oauth2_pending_wait(const struct mcp_oauth2_pending *pending,
+                                          uint64_t timeout_ms,
+                                          bool *ready_out);
+
+// How long waiting makes sense, in milliseconds (every call the awaited request may
+// chain, each bounded by `timeout`, plus a second). Past it, call
+// `mcp_oauth2_pending_continue` anyway.
+//
+// # Errors
+// As `mcp_oauth2_pending_is_ready`.
+//
+// # Safety
+// `pending` is NULL or live; `max_wait_ms_out` is NULL or writable.
+// Thread safety: see `mcp_oauth2_pending`.
+mcp_oauth2_result mcp_oauth2_pending_max_wait_ms(const struct mcp_oauth2_pending *pending,
+                                                 uint64_t *max_wait_ms_out);
+
+// Registers `callback(user_data)` to be called once when the answer a waiting pending
+// waits for is in: at once, on this thread, if it already is; otherwise on the thread of
+// the request that completes the awaited call, right after it completes. For event-loop
+// hosts: the callback should only wake the loop (e.g. write to an eventfd), which then
+// calls `mcp_oauth2_pending_continue`; it must not free or continue this pending itself,
+// and must not block. Register it at most once per wait.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER` (also for a NULL `callback`),
+// `MCP_OAUTH2_RESULT_ALREADY_RESUMED`, `MCP_OAUTH2_RESULT_WRONG_STATE`.
+//
+// # Safety
+// `pending` is NULL or live; `callback` may be called from any thread with `user_data`,
+// which must stay valid until then.
+// Thread safety: see `mcp_oauth2_pending`.
+mcp_oauth2_result mcp_oauth2_pending_on_ready(const struct mcp_oauth2_pending *pending,
+                                              mcp_oauth2_ready_fn callback,
+                                              void *user_data);
+
+// Continues a waiting pending at `now_unix_ms` with the answer it waited for. When the
+// answer is not in yet (the host stopped waiting), the decision is a 503: a delay at the
+// authorization server is never a 401.
+//
+// `*decision_out`: a new decision, or NULL when the pending moved to another step (read
+// `mcp_oauth2_pending_state`), as for `mcp_oauth2_pending_resume`.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending needs an HTTP exchange).
+//
+// # Safety
+// `pending` is NULL or live; `decision_out` is NULL or writable.
+// Thread safety: no other call on the same pending may run concurrently.
+mcp_oauth2_result mcp_oauth2_pending_continue(struct mcp_oauth2_pending *pending,
+                                              uint64_t now_unix_ms,
+                                              struct mcp_oauth2_decision **decision_out);
+
 // Frees a pending validation (resumed or not) and sets `*pending` to NULL. `pending` NULL
 // or `*pending` NULL: no-op, so calling it twice on the same variable is safe. Freeing an
-// unresumed pending abandons the validation (nothing is cached). Views obtained from it
+// unresumed pending abandons the validation (nothing is cached; requests waiting on it
+// get a 503). Views obtained from it
 // become invalid; decisions obtained from it stay valid.
 //
 // # Safety
@@ -726,14 +968,18 @@ mcp_oauth2_result mcp_oauth2_validator_new(const uint8_t *config_json,
 // Thread safety: no other thread may use the validator during or after this call.
 void mcp_oauth2_validator_free(struct mcp_oauth2_validator **validator);
 
-// Starts deciding one request, without I/O (the sans-I/O flow). On success exactly one of
-// the two outputs is non-NULL:
+// Starts deciding one request at `now_unix_ms` (the host's clock, Unix milliseconds), without
+// I/O (the sans-I/O flow). On success exactly one of the two outputs is non-NULL:
 //
 // - `*decision_out`: the decision is made (metadata document, no token, malformed
 //   request, cache hit, ...). The host owns it; free it with `mcp_oauth2_decision_free`.
-// - `*pending_out`: the host must perform the HTTP request it describes
-//   (`mcp_oauth2_pending_method`, `_url`, `_header`, `_body`, `_timeout_ms`) and then call
-//   `mcp_oauth2_pending_resume` or `mcp_oauth2_pending_fail`. The host owns it; free it with
+// - `*pending_out`: read `mcp_oauth2_pending_state`. `MCP_OAUTH2_PENDING_STATE_HTTP`: the
+//   host performs the HTTP request it describes (`mcp_oauth2_pending_method`, `_url`,
+//   `_header`, `_body`, `_timeout_ms`) and calls `mcp_oauth2_pending_resume` or
+//   `mcp_oauth2_pending_fail`. `MCP_OAUTH2_PENDING_STATE_WAIT`: another request is already
+//   asking the authorization server about this token; the host waits for it
+//   (`mcp_oauth2_pending_wait`, `_is_ready` or `_on_ready`) and calls
+//   `mcp_oauth2_pending_continue`. The host owns the pending; free it with
 //   `mcp_oauth2_pending_free` (also after resuming).
 //
 // `request` and everything it points to are borrowed for this call only.
@@ -750,6 +996,7 @@ void mcp_oauth2_validator_free(struct mcp_oauth2_validator **validator);
 // Thread safety: safe to call concurrently on the same validator.
 mcp_oauth2_result mcp_oauth2_validator_begin(const struct mcp_oauth2_validator *validator,
                                              const struct mcp_oauth2_request *request,
+                                             uint64_t now_unix_ms,
                                              struct mcp_oauth2_decision **decision_out,
                                              struct mcp_oauth2_pending **pending_out);
 
@@ -804,6 +1051,85 @@ mcp_oauth2_result mcp_oauth2_validator_evict(const struct mcp_oauth2_validator *
 // Thread safety: safe to call concurrently on the same validator.
 mcp_oauth2_result mcp_oauth2_validator_metadata_document(const struct mcp_oauth2_validator *validator,
                                                          struct mcp_oauth2_bytes *document_out);
+
+// Which parts of a request decisions read beyond its method, path and `Authorization`
+// headers: a bitwise OR of `MCP_OAUTH2_READS_BODY`, `MCP_OAUTH2_READS_FORWARDED` and
+// `MCP_OAUTH2_READS_ORIGIN`. 0: every request is decided from those three alone, and a
+// host may pass nothing else.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `validator` is NULL or live; `reads_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same validator.
+mcp_oauth2_result mcp_oauth2_validator_reads(const struct mcp_oauth2_validator *validator,
+                                             uint32_t *reads_out);
+
+// `max_request_body_size` in bytes (0 = unlimited): with `MCP_OAUTH2_READS_BODY`, buffer
+// at most this many bytes plus one (one more byte lets the validator answer 413).
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `validator` is NULL or live; `size_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same validator.
+mcp_oauth2_result mcp_oauth2_validator_max_request_body_size(const struct mcp_oauth2_validator *validator,
+                                                             uint64_t *size_out);
+
+// The number of header names every allowed request removes (`Authorization` unless
+// `passthrough_credentials`, then every claim header): the same list as
+// `mcp_oauth2_decision_remove_header`, known before any request.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `validator` is NULL or live; `count_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same validator.
+mcp_oauth2_result mcp_oauth2_validator_remove_header_count(const struct mcp_oauth2_validator *validator,
+                                                           size_t *count_out);
+
+// Header name number `index` (from 0) that every allowed request removes.
+//
+// `name_out` receives a view into `validator`, valid until it is freed.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_OUT_OF_RANGE`, `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `validator` is NULL or live; `name_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same validator.
+mcp_oauth2_result mcp_oauth2_validator_remove_header(const struct mcp_oauth2_validator *validator,
+                                                     size_t index,
+                                                     struct mcp_oauth2_str *name_out);
+
+// The number of configured claim headers (`claim_to_header` or `upstream_headers`).
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `validator` is NULL or live; `count_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same validator.
+mcp_oauth2_result mcp_oauth2_validator_claim_header_count(const struct mcp_oauth2_validator *validator,
+                                                          size_t *count_out);
+
+// Claim header name number `index` (from 0), in configuration order: the order of
+// `mcp_oauth2_decision_claim_header_value`.
+//
+// `name_out` receives a view into `validator`, valid until it is freed.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_OUT_OF_RANGE`, `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `validator` is NULL or live; `name_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same validator.
+mcp_oauth2_result mcp_oauth2_validator_claim_header(const struct mcp_oauth2_validator *validator,
+                                                    size_t index,
+                                                    struct mcp_oauth2_str *name_out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -1,12 +1,14 @@
 //! What the host does with a request: answer it ([`Response`]) or send it upstream
-//! ([`Forward`]); challenges and JSON bodies exactly as behaviour.md §6 lists them.
+//! ([`Forward`]); every challenge and JSON body the library sends (docs/configuration.md,
+//! "Decisions and responses").
 
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use crate::validator::Inner;
+use crate::clock::UnixMs;
+use crate::headers::HeaderPlan;
 
 /// Why a decision was made. Stable names for logs and metrics via [`Reason::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,6 +63,14 @@ pub enum Reason {
     ConsumerGroupsMissing,
     /// A mapped claim value cannot be sent as a header (CR/LF/NUL, over 8 KiB) (403).
     ClaimHeaderInvalid,
+    /// The host found no consumer for the token's `consumer_claim` value and consumers
+    /// are not optional (403; the Kong plugin).
+    ConsumerNotFound,
+    /// The host found none of the token's consumer groups and groups are not optional
+    /// (403; the Kong plugin).
+    ConsumerGroupsNotFound,
+    /// The host's consumer look-up failed (503; the Kong plugin's database).
+    ConsumerLookupFailed,
     /// The authorization server failed: unreachable, timeout, non-200, non-JSON,
     /// oversize (503).
     AuthorizationServerUnavailable,
@@ -93,6 +103,9 @@ impl Reason {
             Reason::ConsumerMissing => "consumer_missing",
             Reason::ConsumerGroupsMissing => "consumer_groups_missing",
             Reason::ClaimHeaderInvalid => "claim_header_invalid",
+            Reason::ConsumerNotFound => "consumer_not_found",
+            Reason::ConsumerGroupsNotFound => "consumer_groups_not_found",
+            Reason::ConsumerLookupFailed => "consumer_lookup_failed",
             Reason::AuthorizationServerUnavailable => "authorization_server_unavailable",
         }
     }
@@ -144,12 +157,15 @@ impl Decision {
         }
     }
 
-    /// For a forward: when the token stops being usable (min of `exp` and cache expiry).
-    /// Hosts close long-lived streams (SSE) at this time.
-    pub fn valid_until(&self) -> Option<SystemTime> {
+    /// How long the answer about the token behind this decision may be kept by a cache
+    /// shared with other processes (the nginx shared dict, Redis): the time left of the
+    /// entry the validator itself keeps (`None` when it keeps none: no token, an
+    /// authorization-server failure, caching off). Never longer than the first answer's
+    /// expiry, however often it was replayed.
+    pub fn cache_ttl(&self) -> Option<Duration> {
         match self {
-            Decision::Forward(f) => Some(f.valid_until()),
-            Decision::Respond(_) => None,
+            Decision::Respond(r) => r.cache_ttl,
+            Decision::Forward(f) => f.cache_ttl,
         }
     }
 
@@ -178,6 +194,7 @@ pub struct Response {
     pub(crate) body: Vec<u8>,
     pub(crate) reason: Reason,
     pub(crate) detail: Option<Cow<'static, str>>,
+    pub(crate) cache_ttl: Option<Duration>,
 }
 
 impl Response {
@@ -262,42 +279,61 @@ impl Identity {
     }
 }
 
-/// The result of validating one token, shared by every request that carries it.
+/// The result of validating one token, shared by every request that carries it (the
+/// cache holds it), with everything decisions need precomputed: no claim is looked up or
+/// rendered on a cache hit.
 #[derive(Debug)]
 pub(crate) struct Grant {
+    /// `exp` and `nbf`, Unix seconds.
     pub(crate) exp: Option<i64>,
     pub(crate) nbf: Option<i64>,
-    /// Unix seconds: min(`exp`, validation time + positive cache TTL).
-    pub(crate) valid_until: i64,
     pub(crate) identity: Identity,
-    /// One value per configured header mapping, in configuration order; `None` = claim absent.
+    /// One value per claim header of the plan, in its order; `None` = claim absent.
     pub(crate) header_values: Box<[Option<Box<str>>]>,
-    pub(crate) header_invalid: bool,
-    pub(crate) consumer_missing: bool,
-    pub(crate) groups_missing: bool,
+    /// Why every request with this token is refused although the token is valid
+    /// (a consumer or groups claim missing, a claim that cannot be a header).
+    pub(crate) refusal: Option<Reason>,
 }
 
-/// Instructions for forwarding an allowed request upstream.
+/// Instructions for forwarding an allowed request upstream. Holds only the header plan
+/// and the token's grant: a decision never keeps the validator or its caches alive.
 #[derive(Clone)]
 pub struct Forward {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) plan: Arc<HeaderPlan>,
     pub(crate) grant: Arc<Grant>,
+    pub(crate) cache_ttl: Option<Duration>,
+    /// When the validator's cached answer for this token ages out (`None`: not cached).
+    pub(crate) recheck_at: Option<UnixMs>,
 }
 
 impl Forward {
-    /// Header names to remove from the client request first (`Authorization` unless
-    /// `passthrough_credentials`, and every configured claim header: no spoofing).
+    /// Header names to remove from the client request first: `Authorization` (unless
+    /// `passthrough_credentials`) and every configured claim header. Hosts must also drop
+    /// every other header for which [`Forward::must_remove`] is true.
     pub fn remove_headers(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
-        self.inner.remove_headers.iter().map(String::as_str)
+        self.plan.remove_headers()
+    }
+
+    /// True for a client header that must not reach the upstream: one of
+    /// [`Forward::remove_headers`] after ASCII case folding and `_`↔`-` folding, so that a
+    /// client cannot send `X_User_Id` to an upstream (CGI, WSGI) that reads it as
+    /// `X-User-Id`. Apply it to every request header.
+    pub fn must_remove(&self, header_name: &str) -> bool {
+        self.plan.must_remove(header_name.as_bytes())
     }
 
     /// Headers to set upstream, after the removals: mapped claims present in the token.
     pub fn set_headers(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.inner
-            .header_names
-            .iter()
+        self.plan
+            .claim_header_names()
             .zip(self.grant.header_values.iter())
-            .filter_map(|(n, v)| v.as_deref().map(|v| (n.as_str(), v)))
+            .filter_map(|(n, v)| v.as_deref().map(|v| (n, v)))
+    }
+
+    /// The value of each claim header in configuration order (`None`: the claim is absent,
+    /// so the header must not reach the upstream at all).
+    pub fn claim_header_values(&self) -> impl ExactSizeIterator<Item = Option<&str>> + '_ {
+        self.grant.header_values.iter().map(Option::as_deref)
     }
 
     /// Identity facts for the host.
@@ -305,14 +341,23 @@ impl Forward {
         &self.grant.identity
     }
 
-    /// When the token stops being usable.
-    pub fn valid_until(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(u64::try_from(self.grant.valid_until).unwrap_or(0))
+    /// The token's expiry (its `exp`), if it has one. Long-lived responses (SSE streams)
+    /// must end by then.
+    pub fn valid_until(&self) -> Option<SystemTime> {
+        self.grant.exp.map(|e| UnixMs::at_secs(e).to_system())
     }
 
     /// [`Forward::valid_until`] as Unix seconds.
-    pub fn valid_until_unix(&self) -> i64 {
-        self.grant.valid_until
+    pub fn valid_until_unix(&self) -> Option<i64> {
+        self.grant.exp
+    }
+
+    /// When the validator's cached answer for this token ages out, if it keeps one. A host
+    /// keeping a long-lived response open (an SSE stream) re-validates the token then
+    /// (the same request through `begin`: one authorization-server call for all of the
+    /// token's streams) and ends the response only if the token is no longer allowed.
+    pub fn recheck_at(&self) -> Option<SystemTime> {
+        self.recheck_at.map(UnixMs::to_system)
     }
 }
 
@@ -322,7 +367,7 @@ impl fmt::Debug for Forward {
             .field("remove_headers", &self.remove_headers().collect::<Vec<_>>())
             .field("set_headers", &self.set_headers().collect::<Vec<_>>())
             .field("identity", &self.grant.identity)
-            .field("valid_until", &self.grant.valid_until)
+            .field("valid_until", &self.grant.exp)
             .finish()
     }
 }
@@ -360,7 +405,7 @@ impl Answer<'_> {
             headers.push(("Access-Control-Expose-Headers", "WWW-Authenticate".to_owned()));
             headers.push(("Vary", "Origin".to_owned()));
         }
-        Response { status, headers, body, reason, detail: None }
+        Response { status, headers, body, reason, detail: None, cache_ttl: None }
     }
 
     fn json_error(
@@ -403,15 +448,17 @@ impl Answer<'_> {
         self.json_error(413, Reason::RequestBodyTooLarge, None, "invalid_request", "The request body is too large")
     }
 
-    /// 401 `invalid_token` with a generic description.
-    pub(crate) fn invalid_token(&self, reason: Reason) -> Response {
+    /// 401 `invalid_token` with a generic description (and a detail for logs only).
+    pub(crate) fn invalid_token(&self, reason: Reason, detail: Option<Cow<'static, str>>) -> Response {
         let description = reason.token_description();
         let c = format!(
             "Bearer error=\"invalid_token\", error_description={}, resource_metadata={}",
             quote(description),
             quote(self.resource_metadata)
         );
-        self.json_error(401, reason, Some(c), "invalid_token", description)
+        let mut r = self.json_error(401, reason, Some(c), "invalid_token", description);
+        r.detail = detail;
+        r
     }
 
     /// 403 `insufficient_scope` naming every scope the operation needs.
@@ -431,8 +478,22 @@ impl Answer<'_> {
         )
     }
 
-    /// 403 without a challenge (consumer mapping, claim header, origin).
-    pub(crate) fn forbidden(&self, reason: Reason, description: &str) -> Response {
+    /// 403 without a challenge for a refusal that is not about scopes (origin, consumer
+    /// mapping, claim header); a failed consumer look-up is a 503.
+    pub(crate) fn refused(&self, reason: Reason) -> Response {
+        let description = match reason {
+            Reason::OriginNotAllowed => "The request origin is not allowed",
+            Reason::ConsumerMissing => "The access token does not identify a consumer",
+            Reason::ConsumerGroupsMissing => "The access token does not name consumer groups",
+            Reason::ConsumerNotFound => "The access token does not map to a consumer",
+            Reason::ConsumerGroupsNotFound => "The access token does not map to a consumer group",
+            Reason::ConsumerLookupFailed => {
+                let mut r = self.json_error(503, reason, None, "temporarily_unavailable", "The consumer lookup failed");
+                r.headers.push(("Retry-After", "5".to_owned()));
+                return r;
+            }
+            _ => "A token claim cannot be sent upstream",
+        };
         self.json_error(403, reason, None, "forbidden", description)
     }
 
@@ -500,7 +561,7 @@ mod tests {
             r.header("www-authenticate").unwrap(),
             r#"Bearer resource_metadata="https://m.example/.well-known/oauth-protected-resource/mcp", scope="mcp:read mcp:write""#
         );
-        let r = a.invalid_token(Reason::TokenExpired);
+        let r = a.invalid_token(Reason::TokenExpired, None);
         assert_eq!(
             r.header("WWW-Authenticate").unwrap(),
             r#"Bearer error="invalid_token", error_description="The access token has expired", resource_metadata="https://m.example/.well-known/oauth-protected-resource/mcp""#

@@ -13,14 +13,13 @@ pub enum ErrorKind {
     Config,
     /// The configuration enables a feature this build does not implement yet.
     Unsupported,
-    /// An argument passed by the host is invalid (for example a token to evict that is empty).
-    InvalidArgument,
 }
 
 /// An error naming the configuration field it is about, if any.
 ///
 /// Its message never contains a secret, a token or an authorization server's response text.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.display())]
 pub struct Error {
     kind: ErrorKind,
     field: Option<String>,
@@ -61,11 +60,11 @@ impl Error {
     }
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Error {
+    fn display(&self) -> String {
         match &self.field {
-            Some(field) => write!(f, "{field}: {}", self.message),
-            None => f.write_str(&self.message),
+            Some(field) => format!("{field}: {}", self.message),
+            None => self.message.clone(),
         }
     }
 }
@@ -79,5 +78,3 @@ impl fmt::Debug for Error {
             .finish()
     }
 }
-
-impl std::error::Error for Error {}

@@ -8,23 +8,14 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 use url::form_urlencoded;
 
+use crate::clock::UnixMs;
 use crate::config::ClientAuth;
-use crate::request::{HttpRequest, HttpResponse, Purpose, TransportError, TransportErrorKind, MAX_RESPONSE_BODY};
+use crate::decision::Reason;
+use crate::method::{HttpResult, MethodState, Progress, TokenValidation};
+use crate::policy::Outcome;
+use crate::request::{HttpRequest, HttpResponse, Purpose, TransportErrorKind, MAX_RESPONSE_BODY};
 use crate::token::Secret;
 use crate::Config;
-
-/// What an introspection response says, before the policy checks.
-#[derive(Debug)]
-pub(crate) enum Introspected {
-    /// `active` is the JSON boolean `true`: these are the claims.
-    Active(Map<String, Value>),
-    /// Anything else about `active`: the token is not usable.
-    Inactive,
-    /// Active, but the AS says it is not an access token (a refresh or ID token).
-    NotAccessToken,
-    /// The authorization server failed; the text is for logs and never holds AS output.
-    Failed(Cow<'static, str>),
-}
 
 /// Builds introspection requests for one configuration.
 #[derive(Debug)]
@@ -103,46 +94,63 @@ impl Introspector {
     }
 }
 
+impl TokenValidation for Introspector {
+    fn start(&self, token: &str, _now: UnixMs) -> Progress {
+        Progress::Need(self.request(token), MethodState::Introspect)
+    }
+
+    fn resume(&self, _token: &str, state: MethodState, result: HttpResult, _now: UnixMs) -> Progress {
+        match state {
+            MethodState::Introspect => read_response(result),
+            _ => Progress::Done(Outcome::Unavailable("introspection: unexpected step".into())),
+        }
+    }
+}
+
+fn failed(detail: impl Into<Cow<'static, str>>) -> Progress {
+    Progress::Done(Outcome::Unavailable(detail.into()))
+}
+
 /// Reads an introspection response: 200, `application/json`, at most 1 MiB, a JSON object
 /// whose `active` is exactly `true`.
-pub(crate) fn read_response(result: Result<HttpResponse, TransportError>) -> Introspected {
-    let response = match result {
+pub(crate) fn read_response(result: HttpResult) -> Progress {
+    let response: HttpResponse = match result {
         Ok(r) => r,
         Err(e) => {
-            return Introspected::Failed(match e.kind {
-                TransportErrorKind::Connect => "introspection: connection failed".into(),
-                TransportErrorKind::Timeout => "introspection: timed out".into(),
-                TransportErrorKind::Tls => "introspection: TLS failure".into(),
-                TransportErrorKind::BodyTooLarge => "introspection: response body over 1 MiB".into(),
-                _ => "introspection: transport failure".into(),
+            return failed(match e.kind {
+                TransportErrorKind::Connect => "introspection: connection failed",
+                TransportErrorKind::Timeout => "introspection: timed out",
+                TransportErrorKind::Tls => "introspection: TLS failure",
+                TransportErrorKind::BodyTooLarge => "introspection: response body over 1 MiB",
+                _ => "introspection: transport failure",
             })
         }
     };
     if response.status != 200 {
-        return Introspected::Failed(format!("introspection: HTTP {}", response.status).into());
+        return failed(format!("introspection: HTTP {}", response.status));
     }
     if response.body.len() > MAX_RESPONSE_BODY {
-        return Introspected::Failed("introspection: response body over 1 MiB".into());
+        return failed("introspection: response body over 1 MiB");
     }
     if !response.header("content-type").is_some_and(is_json_media_type) {
-        return Introspected::Failed("introspection: response is not application/json".into());
+        return failed("introspection: response is not application/json");
     }
     let claims = match serde_json::from_slice::<Value>(&response.body) {
         Ok(Value::Object(m)) => m,
-        Ok(_) => return Introspected::Failed("introspection: response is not a JSON object".into()),
-        Err(_) => return Introspected::Failed("introspection: response is not valid JSON".into()),
+        Ok(_) => return failed("introspection: response is not a JSON object"),
+        Err(_) => return failed("introspection: response is not valid JSON"),
     };
     match claims.get("active") {
-        Some(Value::Bool(true)) if !is_other_token_type(&claims) => Introspected::Active(claims),
-        Some(Value::Bool(true)) => Introspected::NotAccessToken,
-        _ => Introspected::Inactive,
+        Some(Value::Bool(true)) if !is_other_token_type(&claims) => Progress::Claims(claims),
+        Some(Value::Bool(true)) => Progress::Done(Outcome::invalid(Reason::TokenTypeInvalid)),
+        _ => Progress::Done(Outcome::invalid(Reason::TokenInactive)),
     }
 }
 
 /// Some authorization servers introspect refresh and ID tokens as active too (Keycloak marks
 /// them with `typ` `Refresh`, `Offline` or `ID`; others with `token_type: refresh_token`).
 /// Such a token must never pass as a bearer access token, even with a relaxed audience.
-fn is_other_token_type(claims: &Map<String, Value>) -> bool {
+pub(crate) fn is_other_token_type(claims: &Map<String, Value>) -> bool {
     let is = |name: &str, values: &[&str]| {
         claims.get(name).and_then(Value::as_str).is_some_and(|v| values.iter().any(|x| v.eq_ignore_ascii_case(x)))
     };
@@ -216,19 +224,28 @@ mod tests {
         assert_eq!(form(&req).len(), 3, "token, hint, client_id");
     }
 
-    fn resp(status: u16, ct: &str, body: &str) -> Result<HttpResponse, TransportError> {
+    fn resp(status: u16, ct: &str, body: &str) -> HttpResult {
         Ok(HttpResponse::new(status, ct, body))
+    }
+
+    fn is_claims(p: &Progress) -> bool {
+        matches!(p, Progress::Claims(_))
+    }
+
+    fn is_reason(p: &Progress, reason: Reason) -> bool {
+        matches!(p, Progress::Done(Outcome::Invalid(r, _)) if *r == reason)
+    }
+
+    fn is_failed(p: &Progress) -> bool {
+        matches!(p, Progress::Done(Outcome::Unavailable(_)))
     }
 
     #[test]
     fn strict_active_true() {
-        assert!(matches!(read_response(resp(200, "application/json", r#"{"active":true}"#)), Introspected::Active(_)));
-        assert!(matches!(
-            read_response(resp(200, "application/json; charset=UTF-8", r#"{"active":true}"#)),
-            Introspected::Active(_)
-        ));
+        assert!(is_claims(&read_response(resp(200, "application/json", r#"{"active":true}"#))));
+        assert!(is_claims(&read_response(resp(200, "application/json; charset=UTF-8", r#"{"active":true}"#))));
         for body in [r#"{"active":"true"}"#, r#"{"active":1}"#, r#"{}"#, r#"{"active":false}"#, r#"{"active":null}"#] {
-            assert!(matches!(read_response(resp(200, "application/json", body)), Introspected::Inactive), "{body}");
+            assert!(is_reason(&read_response(resp(200, "application/json", body)), Reason::TokenInactive), "{body}");
         }
         for body in [
             r#"{"active":true,"typ":"Refresh"}"#,
@@ -236,13 +253,10 @@ mod tests {
             r#"{"active":true,"typ":"ID"}"#,
             r#"{"active":true,"token_type":"refresh_token"}"#,
         ] {
-            assert!(
-                matches!(read_response(resp(200, "application/json", body)), Introspected::NotAccessToken),
-                "{body}"
-            );
+            assert!(is_reason(&read_response(resp(200, "application/json", body)), Reason::TokenTypeInvalid), "{body}");
         }
         for body in [r#"{"active":true,"typ":"Bearer"}"#, r#"{"active":true,"token_type":"Bearer"}"#] {
-            assert!(matches!(read_response(resp(200, "application/json", body)), Introspected::Active(_)), "{body}");
+            assert!(is_claims(&read_response(resp(200, "application/json", body))), "{body}");
         }
     }
 
@@ -256,14 +270,14 @@ mod tests {
             (200, "application/json", "[1,2]"),
             (200, "application/json", "\"x\""),
         ] {
-            assert!(matches!(read_response(resp(status, ct, body)), Introspected::Failed(_)), "{status} {body}");
+            assert!(is_failed(&read_response(resp(status, ct, body))), "{status} {body}");
         }
         let big = format!(r#"{{"active":true,"x":"{}"}}"#, "a".repeat(MAX_RESPONSE_BODY));
-        assert!(matches!(read_response(resp(200, "application/json", &big)), Introspected::Failed(_)));
-        let e = TransportError::new(TransportErrorKind::Timeout, "slow");
+        assert!(is_failed(&read_response(resp(200, "application/json", &big))));
+        let e = crate::TransportError::new(TransportErrorKind::Timeout, "slow");
         match read_response(Err(e)) {
-            Introspected::Failed(d) => assert_eq!(d, "introspection: timed out"),
-            other => panic!("{other:?}"),
+            Progress::Done(Outcome::Unavailable(d)) => assert_eq!(d, "introspection: timed out"),
+            _ => panic!("not a failure"),
         }
     }
 }

@@ -1,15 +1,16 @@
 //! Local validation of JWT access tokens (behaviour.md §4 "Local JWT"; RFC 9068, RFC 8725):
 //! the JOSE header rules, key lookup through the validator-level metadata and JWKS caches,
 //! signature verification (by `jsonwebtoken`, never by hand) and the JWT-only claim rules.
-//! Audience, `exp`/`nbf` and header mapping are shared with introspection (validator.rs).
+//! Audience, `exp`/`nbf` and header mapping are shared with introspection (policy.rs).
 //!
-//! Fetching metadata and keys is sans-I/O like introspection: [`LocalJwt::start`] and
-//! [`LocalJwt::resume`] either finish or return the next HTTP request with a [`JwtStep`].
+//! Fetching metadata and keys is sans-I/O like introspection: [`LocalJwt`] implements
+//! [`TokenValidation`]; each step either finishes or returns the next HTTP request with a
+//! [`JwtStep`]. Every time (cache expiry, the refetch limit) is the caller's `now`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
@@ -18,11 +19,14 @@ use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
 use crate::claims;
+use crate::clock::UnixMs;
 use crate::config::AccessTokenType;
 use crate::decision::Reason;
 use crate::discovery::{self, AsMetadata, Candidate, Fetched};
 use crate::jwks::{read_jwks, KeySet, Selected};
-use crate::request::{HttpRequest, HttpResponse, Purpose, TransportError};
+use crate::method::{HttpResult, MethodState, Progress, TokenValidation};
+use crate::policy::Outcome;
+use crate::request::{HttpRequest, Purpose};
 use crate::Config;
 
 /// An unknown `kid` refetches a JWKS at most this often per JWKS URL.
@@ -40,8 +44,8 @@ enum Source {
 struct CachedKeys {
     url: String,
     set: Arc<KeySet>,
-    fetched: Instant,
-    expires: Instant,
+    fetched: UnixMs,
+    expires: UnixMs,
 }
 
 /// The JOSE header facts validation needs.
@@ -49,19 +53,6 @@ struct CachedKeys {
 pub(crate) struct JoseHeader {
     pub(crate) alg: Algorithm,
     pub(crate) kid: Option<String>,
-}
-
-/// Where a validation stands after a step.
-#[derive(Debug)]
-pub(crate) enum Progress {
-    /// Signature and JWT-only rules passed: apply the shared policy to these claims.
-    Verified(Map<String, Value>),
-    Invalid(Reason),
-    /// Invalid, with a detail for logs (e.g. why keys of the set were skipped).
-    Rejected(Reason, Cow<'static, str>),
-    Unavailable(Cow<'static, str>),
-    /// Perform this request, then call [`LocalJwt::resume`] with the step.
-    Need(HttpRequest, JwtStep),
 }
 
 /// What a pending fetch is for.
@@ -75,12 +66,6 @@ pub(crate) enum JwtStep {
     FetchKeys { slot: usize, url: String },
     /// The key set at `url` again, because the token's `kid` is not in the cached set.
     RefetchKeys { slot: usize, url: String },
-}
-
-/// The JWKS URL with its key slot, or the step that finds it.
-enum JwksUrl {
-    Known(usize, String),
-    Find(Progress),
 }
 
 /// Local JWT validation for one validator: policy plus the metadata and key caches.
@@ -98,16 +83,13 @@ pub(crate) struct LocalJwt {
     metadata_ttl: Duration,
     /// Per authorization server (index in `authorization_servers`; 0 for an explicit
     /// `metadata_discovery_endpoint`): its metadata and when it must be refreshed.
-    metadata: Mutex<Vec<Option<(AsMetadata, Instant)>>>,
+    metadata: Mutex<Vec<Option<(AsMetadata, UnixMs)>>>,
     /// Key sets by slot: 0 for `jwks_endpoint`, else the authorization server's index, so
     /// a token is verified only with the keys of the server it names as issuer.
     keys: Mutex<Vec<Option<CachedKeys>>>,
     /// When each JWKS URL was last refetched for an unknown `kid` (ordinary fetches on a
     /// cache miss do not count: a key rotated just after a fetch must still be found).
-    last_refetch: Mutex<HashMap<String, Instant>>,
-    /// Test hook: added to the monotonic clock so the 60 s rule is testable without sleeping.
-    #[cfg(test)]
-    pub(crate) skew: Mutex<Duration>,
+    last_refetch: Mutex<HashMap<String, UnixMs>>,
 }
 
 impl LocalJwt {
@@ -147,66 +129,31 @@ impl LocalJwt {
             metadata: Mutex::new(vec![None; slots]),
             keys: Mutex::new((0..slots).map(|_| None).collect()),
             last_refetch: Mutex::new(HashMap::new()),
-            #[cfg(test)]
-            skew: Mutex::new(Duration::ZERO),
         }
     }
 
-    fn now(&self) -> Instant {
-        #[cfg(test)]
-        {
-            Instant::now() + *self.skew.lock()
-        }
-        #[cfg(not(test))]
-        {
-            Instant::now()
-        }
-    }
-
-    /// When something cached now for `ttl` expires. A configured TTL too large for the
-    /// clock is clamped to a year rather than overflowing (which would panic).
-    fn expiry(&self, ttl: Duration) -> Instant {
-        let now = self.now();
-        now.checked_add(ttl).unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
-    }
-
-    /// Starts validating `token` at unix time `now`.
-    pub(crate) fn start(&self, token: &str, now: i64) -> Progress {
-        match self.parse_header(token) {
-            Ok(header) => self.with_keys(token, &header, now),
-            Err(reason) => Progress::Invalid(reason),
-        }
-    }
-
-    /// Continues after the HTTP request of `step`.
-    pub(crate) fn resume(
-        &self,
-        token: &str,
-        step: JwtStep,
-        result: Result<HttpResponse, TransportError>,
-        now: i64,
-    ) -> Progress {
+    fn resume_step(&self, token: &str, step: JwtStep, result: HttpResult, now: UnixMs) -> Progress {
         let header = match self.parse_header(token) {
             Ok(h) => h,
-            Err(reason) => return Progress::Invalid(reason),
+            Err(reason) => return invalid(reason),
         };
         match step {
             JwtStep::Discover { candidate, attempt, transient, only } => {
                 let Source::Discovery(candidates) = &self.source else {
-                    return Progress::Unavailable("jwt: unexpected discovery step".into());
+                    return unavailable("jwt: unexpected discovery step");
                 };
                 let Some(current) = candidates.get(candidate) else {
-                    return Progress::Unavailable("jwt: unexpected discovery step".into());
+                    return unavailable("jwt: unexpected discovery step");
                 };
                 match discovery::read_metadata(result, current) {
                     Fetched::Found(metadata) => {
-                        let entry = Some((metadata, self.expiry(self.metadata_ttl)));
+                        let entry = Some((metadata, now.plus(self.metadata_ttl)));
                         if let Some(slot) = self.metadata.lock().get_mut(current.server) {
                             *slot = entry;
                         }
                         self.with_keys(token, &header, now)
                     }
-                    Fetched::Failed(detail) if attempt < self.retry => Progress::Need(
+                    Fetched::Failed(detail) if attempt < self.retry => need(
                         discovery::get_request(&current.url, self.timeout, Purpose::Discovery),
                         JwtStep::Discover { candidate, attempt: attempt + 1, transient: Some(detail), only },
                     ),
@@ -220,9 +167,9 @@ impl LocalJwt {
                 // A fresh set is authoritative: an unknown kid now is a 401, not another fetch.
                 let set = match read_jwks(result) {
                     Ok(set) => Arc::new(set),
-                    Err(detail) => return Progress::Unavailable(detail),
+                    Err(detail) => return Progress::Done(Outcome::Unavailable(detail)),
                 };
-                let (fetched, expires) = (self.now(), self.expiry(self.jwks_ttl));
+                let (fetched, expires) = (now, now.plus(self.jwks_ttl));
                 if let Some(cached) = self.keys.lock().get_mut(slot) {
                     *cached = Some(CachedKeys { url, set: Arc::clone(&set), fetched, expires });
                 }
@@ -247,14 +194,14 @@ impl LocalJwt {
         let same_server = candidates.get(next).is_some_and(|c| c.server == candidates[after].server);
         if !same_server {
             if let Some(detail) = transient {
-                return Progress::Unavailable(detail);
+                return Progress::Done(Outcome::Unavailable(detail));
             }
             if only.is_some() {
-                return Progress::Unavailable(Cow::Owned(format!("{last}; no usable metadata for the token's issuer")));
+                return unavailable(format!("{last}; no usable metadata for the token's issuer"));
             }
         }
         match candidates.get(next) {
-            Some(c) => Progress::Need(
+            Some(c) => need(
                 discovery::get_request(&c.url, self.timeout, Purpose::Discovery),
                 JwtStep::Discover {
                     candidate: next,
@@ -263,16 +210,16 @@ impl LocalJwt {
                     only,
                 },
             ),
-            None => Progress::Unavailable(Cow::Owned(format!("{last}; no usable authorization server metadata"))),
+            None => unavailable(format!("{last}; no usable authorization server metadata")),
         }
     }
 
     /// The JWKS URL (and key slot) for `token`, or what to do to find it. With several
     /// authorization servers and a token whose `iss` names one of them, only that server's
     /// metadata and keys are used; otherwise the first server whose metadata is found.
-    fn jwks_url(&self, token: &str) -> JwksUrl {
+    fn jwks_url(&self, token: &str, now: UnixMs) -> Result<(usize, String), Box<Progress>> {
         let candidates = match &self.source {
-            Source::Jwks(url) => return JwksUrl::Known(0, url.clone()),
+            Source::Jwks(url) => return Ok((0, url.clone())),
             Source::Discovery(candidates) => candidates,
         };
         let only = match self.authorization_servers.len() {
@@ -280,7 +227,6 @@ impl LocalJwt {
             _ => unverified_issuer(token).and_then(|iss| self.authorization_servers.iter().position(|s| *s == iss)),
         };
         let first = {
-            let now = self.now();
             let metadata = self.metadata.lock();
             let fresh = |i: usize| metadata.get(i).and_then(Option::as_ref).filter(|(_, expires)| *expires > now);
             let found = match only {
@@ -288,40 +234,39 @@ impl LocalJwt {
                 None => (0..metadata.len()).find_map(|i| fresh(i).map(|(m, _)| (i, m.jwks_uri.clone()))),
             };
             if let Some((slot, url)) = found {
-                return JwksUrl::Known(slot, url);
+                return Ok((slot, url));
             }
             match only {
                 Some(i) => candidates.iter().position(|c| c.server == i),
                 None => (!candidates.is_empty()).then_some(0),
             }
         };
-        JwksUrl::Find(match first {
-            Some(candidate) => Progress::Need(
+        Err(Box::new(match first {
+            Some(candidate) => need(
                 discovery::get_request(&candidates[candidate].url, self.timeout, Purpose::Discovery),
                 JwtStep::Discover { candidate, attempt: 1, transient: None, only },
             ),
-            None => Progress::Unavailable("discovery: no metadata URL can be derived".into()),
-        })
+            None => unavailable("discovery: no metadata URL can be derived"),
+        }))
     }
 
     /// Verifies with the cached keys, or asks for the metadata or keys first.
-    fn with_keys(&self, token: &str, header: &JoseHeader, now: i64) -> Progress {
-        let (slot, url) = match self.jwks_url(token) {
-            JwksUrl::Known(slot, url) => (slot, url),
-            JwksUrl::Find(progress) => return progress,
+    fn with_keys(&self, token: &str, header: &JoseHeader, now: UnixMs) -> Progress {
+        let (slot, url) = match self.jwks_url(token, now) {
+            Ok(found) => found,
+            Err(progress) => return *progress,
         };
-        let now_mono = self.now();
         let cached = {
             let keys = self.keys.lock();
             let cached = keys.get(slot).and_then(Option::as_ref);
-            cached.filter(|k| k.url == url && k.expires > now_mono).map(|k| (Arc::clone(&k.set), k.fetched))
+            cached.filter(|k| k.url == url && k.expires > now).map(|k| (Arc::clone(&k.set), k.fetched))
         };
         let Some((set, fetched)) = cached else {
-            return Progress::Need(self.jwks_request(&url), JwtStep::FetchKeys { slot, url });
+            return need(self.jwks_request(&url), JwtStep::FetchKeys { slot, url });
         };
         if let Selected::UnknownKid = set.select(header.kid.as_deref(), header.alg) {
-            if self.may_refetch(&url, fetched) {
-                return Progress::Need(self.jwks_request(&url), JwtStep::RefetchKeys { slot, url });
+            if self.may_refetch(&url, fetched, now) {
+                return need(self.jwks_request(&url), JwtStep::RefetchKeys { slot, url });
             }
             return key_unknown(&set);
         }
@@ -337,13 +282,10 @@ impl LocalJwt {
     /// fetched at `fetched`, is not stored yet, and its timeout has not passed): a burst of
     /// tokens with a newly rotated `kid` then waits for it instead of getting 401s. The
     /// blocking driver joins the in-flight call; it is not a second fetch.
-    fn may_refetch(&self, url: &str, fetched: Instant) -> bool {
-        let now = self.now();
+    fn may_refetch(&self, url: &str, fetched: UnixMs, now: UnixMs) -> bool {
         let mut last = self.last_refetch.lock();
         match last.get(url) {
-            Some(t) if now.saturating_duration_since(*t) < REFETCH_INTERVAL => {
-                *t > fetched && now.saturating_duration_since(*t) < self.timeout
-            }
+            Some(t) if now < t.plus(REFETCH_INTERVAL) => *t > fetched && now < t.plus(self.timeout),
             _ => {
                 last.insert(url.to_owned(), now);
                 true
@@ -351,18 +293,18 @@ impl LocalJwt {
         }
     }
 
-    fn verify_with(&self, token: &str, header: &JoseHeader, set: &KeySet, now: i64) -> Progress {
+    fn verify_with(&self, token: &str, header: &JoseHeader, set: &KeySet, now: UnixMs) -> Progress {
         let key = match set.select(header.kid.as_deref(), header.alg) {
             Selected::Key(k) => k,
             Selected::UnknownKid | Selected::NoFit => return key_unknown(set),
         };
         let claims = match self.verify_signature(token, header.alg, key) {
             Ok(c) => c,
-            Err(reason) => return Progress::Invalid(reason),
+            Err(reason) => return invalid(reason),
         };
-        match self.check_claims(&claims, now) {
-            Ok(()) => Progress::Verified(claims),
-            Err(reason) => Progress::Invalid(reason),
+        match self.check_claims(&claims, now.secs()) {
+            Ok(()) => Progress::Claims(claims),
+            Err(reason) => invalid(reason),
         }
     }
 
@@ -472,10 +414,38 @@ fn unverified_issuer(token: &str) -> Option<String> {
 /// malformed key is skipped, not fatal, and this is where an operator learns about it).
 fn key_unknown(set: &KeySet) -> Progress {
     if set.skipped.is_empty() {
-        return Progress::Invalid(Reason::TokenKeyUnknown);
+        return invalid(Reason::TokenKeyUnknown);
     }
     let detail = format!("jwks: no usable key for the token; skipped {}", set.skipped.join("; "));
-    Progress::Rejected(Reason::TokenKeyUnknown, Cow::Owned(detail))
+    Progress::Done(Outcome::Invalid(Reason::TokenKeyUnknown, Some(Cow::Owned(detail))))
+}
+
+fn invalid(reason: Reason) -> Progress {
+    Progress::Done(Outcome::invalid(reason))
+}
+
+fn unavailable(detail: impl Into<Cow<'static, str>>) -> Progress {
+    Progress::Done(Outcome::Unavailable(detail.into()))
+}
+
+fn need(http: HttpRequest, step: JwtStep) -> Progress {
+    Progress::Need(http, MethodState::Jwt(step))
+}
+
+impl TokenValidation for LocalJwt {
+    fn start(&self, token: &str, now: UnixMs) -> Progress {
+        match self.parse_header(token) {
+            Ok(header) => self.with_keys(token, &header, now),
+            Err(reason) => invalid(reason),
+        }
+    }
+
+    fn resume(&self, token: &str, state: MethodState, result: HttpResult, now: UnixMs) -> Progress {
+        match state {
+            MethodState::Jwt(step) => self.resume_step(token, step, result, now),
+            MethodState::Introspect => unavailable("jwt: unexpected step"),
+        }
+    }
 }
 
 /// `Algorithm::from_str` is exact today; this guards the allow-list against any future
@@ -500,7 +470,7 @@ fn is_canonical(alg: Algorithm, name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    //! The clock-dependent rules, with the test clock hook instead of sleeping.
+    //! The clock-dependent rules, on the caller's clock: the tests move time by passing it.
     use std::sync::Mutex as StdMutex;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -508,7 +478,12 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{Decision, Request, Validator};
+    use crate::{Decision, HttpResponse, Request, TransportError, Validator};
+
+    /// A fixed start: every token below is valid for ten minutes from it.
+    fn t0() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
 
     fn keys() -> Value {
         serde_json::from_str(include_str!("../tests/testdata/jwt-keys.json")).unwrap()
@@ -521,7 +496,7 @@ mod tests {
     }
 
     fn token(key: &str, kid: &str, jti: &str) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = t0().duration_since(UNIX_EPOCH).unwrap().as_secs();
         let claims = json!({"iss": "https://as.example", "aud": "https://mcp.example/mcp", "exp": now + 600,
                             "iat": now, "jti": jti});
         let pem = keys()[key]["private_pem"].as_str().unwrap().to_owned();
@@ -564,9 +539,11 @@ mod tests {
         Validator::from_json(&c.to_string()).unwrap()
     }
 
-    fn reason(v: &Validator, t: &As, token: &str) -> &'static str {
+    /// The reason of the decision at `secs` seconds after [`t0`].
+    fn reason(v: &Validator, t: &As, token: &str, secs: u64) -> &'static str {
         let auth = format!("Bearer {token}");
-        let d: Decision = v.authorize(&Request::new("GET", "/mcp").header("Authorization", &auth), t);
+        let now = t0() + Duration::from_secs(secs);
+        let d: Decision = v.authorize_at(&Request::new("GET", "/mcp").header("Authorization", &auth), t, || now);
         d.reason().as_str()
     }
 
@@ -574,21 +551,19 @@ mod tests {
     fn unknown_kid_refetch_is_limited_per_60_seconds() {
         let v = validator(json!({"jwks_endpoint": "https://as.example/jwks"}));
         let t = As::new(json!([jwk("rsa-1", "k1")]));
-        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "a")), "allowed");
+        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "a"), 0), "allowed");
         assert_eq!(t.count(Purpose::Jwks), 1);
         // Unknown kid: one refetch, still unknown → 401.
-        assert_eq!(reason(&v, &t, &token("rsa-2", "k2", "b")), "token_key_unknown");
+        assert_eq!(reason(&v, &t, &token("rsa-2", "k2", "b"), 0), "token_key_unknown");
         assert_eq!(t.count(Purpose::Jwks), 2);
         // The AS publishes k2 now, but the last refetch was under 60 s ago: no call, 401.
         *t.jwks.lock().unwrap() = json!({"keys": [jwk("rsa-1", "k1"), jwk("rsa-2", "k2")]});
-        v.advance_jwt_clock(Duration::from_secs(59));
-        assert_eq!(reason(&v, &t, &token("rsa-2", "k2", "c")), "token_key_unknown");
+        assert_eq!(reason(&v, &t, &token("rsa-2", "k2", "c"), 59), "token_key_unknown");
         assert_eq!(t.count(Purpose::Jwks), 2);
         // Past 60 s: one more refetch is allowed and finds the key.
-        v.advance_jwt_clock(Duration::from_secs(2));
-        assert_eq!(reason(&v, &t, &token("rsa-2", "k2", "d")), "allowed");
+        assert_eq!(reason(&v, &t, &token("rsa-2", "k2", "d"), 61), "allowed");
         assert_eq!(t.count(Purpose::Jwks), 3);
-        assert_eq!(reason(&v, &t, &token("rsa-2", "k9", "e")), "token_key_unknown");
+        assert_eq!(reason(&v, &t, &token("rsa-2", "k9", "e"), 61), "token_key_unknown");
         assert_eq!(t.count(Purpose::Jwks), 3, "the window restarted with that refetch");
     }
 
@@ -596,16 +571,13 @@ mod tests {
     fn key_and_metadata_caches_expire_per_their_ttls() {
         let v = validator(json!({"jwks_cache_ttl": 100, "metadata_cache_ttl": 50}));
         let t = As::new(json!([jwk("rsa-1", "k1")]));
-        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "a")), "allowed");
+        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "a"), 0), "allowed");
         assert_eq!((t.count(Purpose::Discovery), t.count(Purpose::Jwks)), (1, 1));
-        v.advance_jwt_clock(Duration::from_secs(40));
-        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "b")), "allowed");
+        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "b"), 40), "allowed");
         assert_eq!((t.count(Purpose::Discovery), t.count(Purpose::Jwks)), (1, 1), "both cached");
-        v.advance_jwt_clock(Duration::from_secs(20));
-        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "c")), "allowed");
+        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "c"), 60), "allowed");
         assert_eq!((t.count(Purpose::Discovery), t.count(Purpose::Jwks)), (2, 1), "metadata expired, keys not");
-        v.advance_jwt_clock(Duration::from_secs(50));
-        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "d")), "allowed");
+        assert_eq!(reason(&v, &t, &token("rsa-1", "k1", "d"), 110), "allowed");
         assert_eq!((t.count(Purpose::Discovery), t.count(Purpose::Jwks)), (3, 2), "both expired");
     }
 }

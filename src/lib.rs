@@ -9,10 +9,13 @@
 //! and scopes, maps claims to upstream headers, and answers everything else with the status
 //! and `WWW-Authenticate` challenge MCP clients need.
 //!
-//! The core performs no network I/O: [`Validator::begin`] either decides at once or asks the
-//! host to perform an HTTP request ([`Step::Need`]) and continues with [`Pending::resume`].
+//! The core performs no network I/O and reads no clock: [`Validator::begin`] takes the
+//! request and the host's `now`, and either decides at once ([`Step::Done`]), asks the host
+//! to perform an HTTP request ([`Step::Need`], continued with [`Pending::resume`]), or —
+//! when another request is already asking the authorization server the same question —
+//! hands it a [`Ticket`] to wait on ([`Step::Wait`], continued with [`Ticket::resume`]).
 //! Blocking hosts call [`Validator::authorize`] with a [`Transport`] (the default `ureq`
-//! feature provides [`UreqTransport`]).
+//! feature provides [`UreqTransport`]): a loop over the same steps.
 //!
 //! ```
 //! use mcp_oauth2::{Decision, HttpRequest, HttpResponse, Request, TransportError, Validator};
@@ -58,6 +61,7 @@
 
 mod cache;
 mod claims;
+mod clock;
 pub mod config;
 mod decision;
 mod discovery;
@@ -66,25 +70,32 @@ mod error;
 #[allow(unsafe_code)]
 #[doc(hidden)]
 pub mod ffi;
+mod flight;
+mod headers;
 mod introspect;
 mod jwks;
 mod jwt;
 mod metadata;
+mod method;
 mod policy;
 mod request;
+mod scopes;
 mod token;
 mod transport;
+#[cfg(feature = "ureq")]
+mod ureq_transport;
 mod validator;
 
 pub use crate::claims::MAX_HEADER_VALUE_LEN;
 pub use crate::config::Config;
 pub use crate::decision::{Decision, Forward, Identity, Reason, Response};
 pub use crate::error::{Error, ErrorKind};
+pub use crate::policy::Policy;
 pub use crate::request::{
     HttpRequest, HttpResponse, Purpose, Request, TransportError, TransportErrorKind, MAX_RESPONSE_BODY,
 };
 pub use crate::token::{Secret, MAX_TOKEN_LEN};
 pub use crate::transport::Transport;
 #[cfg(feature = "ureq")]
-pub use crate::transport::UreqTransport;
-pub use crate::validator::{Pending, Step, Validator};
+pub use crate::ureq_transport::UreqTransport;
+pub use crate::validator::{Pending, Ready, Step, Ticket, Validator};

@@ -1,10 +1,425 @@
-//! Audience, time and scope rules shared by every validation path (behaviour.md §4, §6).
+//! The compiled policy: one configuration turned, once, into everything a decision reads.
+//! It admits a request (CORS, the metadata document, the bearer token, the scopes the
+//! operation needs), turns validated claims into a [`Grant`] (time, audience, claim
+//! headers, identity), says how long an answer may be cached, and picks the response.
+//!
+//! Every front end reads these rules from here: hosts see them through [`Policy`]'s
+//! accessors and the decisions it makes, and re-derive nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
+use crate::cache::Key;
+use crate::claims;
+use crate::clock::UnixMs;
+use crate::config::ClaimPath;
+use crate::decision::{Answer, Decision, Forward, Grant, Identity, Reason, Response};
+use crate::headers::HeaderPlan;
+use crate::metadata::Metadata;
+use crate::request::Request;
+use crate::scopes::{BodyProblem, ScopePolicy};
+use crate::token::{bearer_candidate, AccessToken, Extracted, Secret};
 use crate::Config;
+
+/// The outcome of validating one token: what the cache and single flight share.
+#[derive(Clone, Debug)]
+pub(crate) enum Outcome {
+    Valid(Arc<Grant>),
+    /// Not usable, with a detail for logs (never token or authorization-server text).
+    Invalid(Reason, Option<Cow<'static, str>>),
+    Unavailable(Cow<'static, str>),
+}
+
+impl Outcome {
+    pub(crate) fn invalid(reason: Reason) -> Self {
+        Outcome::Invalid(reason, None)
+    }
+}
+
+/// The compiled policy of one configuration. Read it through
+/// [`Validator::policy`](crate::Validator::policy).
+pub struct Policy {
+    config: Config,
+    metadata: Metadata,
+    headers: Arc<HeaderPlan>,
+    scopes: ScopePolicy,
+    audience: AudiencePolicy,
+    /// SHA-256 state already fed with the configuration's identity; cloned per token.
+    key_seed: Sha256,
+    leeway: i64,
+    allowed_origins: Option<Vec<String>>,
+}
+
+/// Request-scoped facts a decision needs.
+#[derive(Debug)]
+pub(crate) struct Ctx<'a> {
+    resource_metadata: Cow<'a, str>,
+    cors_origin: Option<Cow<'a, str>>,
+    required: Cow<'a, [String]>,
+}
+
+impl Ctx<'_> {
+    fn answer(&self) -> Answer<'_> {
+        Answer { resource_metadata: &self.resource_metadata, cors_origin: self.cors_origin.as_deref() }
+    }
+
+    pub(crate) fn into_owned(self) -> Ctx<'static> {
+        Ctx {
+            resource_metadata: Cow::Owned(self.resource_metadata.into_owned()),
+            cors_origin: self.cors_origin.map(|o| Cow::Owned(o.into_owned())),
+            required: Cow::Owned(self.required.into_owned()),
+        }
+    }
+}
+
+/// What [`Policy::admit`] makes of a request.
+pub(crate) enum Admission<'r> {
+    /// Decided without looking at a token (metadata, CORS, no or malformed credentials).
+    Decided(Decision),
+    /// A bearer token to validate. Its characters are not checked yet (see
+    /// [`crate::token::is_well_formed`]).
+    Token(Ctx<'r>, AccessToken<'r>),
+}
+
+impl Policy {
+    pub(crate) fn new(config: Config) -> Self {
+        Policy {
+            metadata: Metadata::new(&config),
+            headers: Arc::new(HeaderPlan::new(&config)),
+            scopes: ScopePolicy::new(&config),
+            audience: AudiencePolicy::new(&config),
+            key_seed: identity_seed(&config),
+            leeway: i64::try_from(config.jwt_claims_leeway).unwrap_or(i64::MAX),
+            allowed_origins: config.allowed_origins.clone(),
+            config,
+        }
+    }
+
+    /// The configuration it was compiled from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The Protected Resource Metadata document (JSON).
+    pub fn metadata_document(&self) -> &[u8] {
+        &self.metadata.document
+    }
+
+    /// Header names every allowed request removes (`Authorization` unless
+    /// `passthrough_credentials`, then the claim headers).
+    pub fn remove_headers(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.headers.remove_headers()
+    }
+
+    /// The claim header names, in the order of [`Forward::claim_header_values`].
+    pub fn claim_headers(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.headers.claim_header_names()
+    }
+
+    /// True for a client header that must never reach the upstream of an allowed request
+    /// (see [`Forward::must_remove`]).
+    pub fn must_remove(&self, header_name: &str) -> bool {
+        self.headers.must_remove(header_name.as_bytes())
+    }
+
+    /// True if deciding a POST needs its body ([`Request::body`]): `method_scopes` are
+    /// configured. Hosts then buffer up to [`Policy::max_request_body_size`] bytes.
+    pub fn reads_body(&self) -> bool {
+        self.scopes.needs_body()
+    }
+
+    /// `max_request_body_size` (0 = unlimited).
+    pub fn max_request_body_size(&self) -> u64 {
+        self.config.max_request_body_size
+    }
+
+    /// True if decisions read the peer address and `X-Forwarded-*` headers
+    /// (`trusted_proxies` is set).
+    pub fn reads_forwarded_headers(&self) -> bool {
+        !self.config.trusted_proxies.is_empty()
+    }
+
+    /// True if decisions read `Origin` and `Access-Control-Request-Method`
+    /// (`allowed_origins` is set).
+    pub fn reads_origin(&self) -> bool {
+        self.allowed_origins.is_some()
+    }
+
+    /// True if every request is decided from its method, path and `Authorization` header
+    /// alone: hosts may skip collecting anything else.
+    pub fn fast_path(&self) -> bool {
+        !(self.reads_body() || self.reads_forwarded_headers() || self.reads_origin())
+    }
+
+    /// The time every authorization-server call may take (`timeout`).
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.config.timeout)
+    }
+
+    /// CORS, the metadata document, the credentials and the scopes this operation needs.
+    pub(crate) fn admit<'r>(&'r self, req: &Request<'r>) -> Admission<'r> {
+        let cors_origin = match self.check_origin(req) {
+            Ok(o) => o,
+            Err(decision) => return Admission::Decided(decision),
+        };
+        let mut ctx = Ctx {
+            resource_metadata: self.metadata.resource_metadata_url(req),
+            cors_origin: cors_origin.map(Cow::Borrowed),
+            required: Cow::Borrowed(&[]),
+        };
+        let path = req.path_only();
+        let is_metadata = self.metadata.is_metadata_path(path);
+        if ctx.cors_origin.is_some()
+            && req.method.eq_ignore_ascii_case("OPTIONS")
+            && req.header_value("access-control-request-method").is_some()
+        {
+            return Admission::Decided(Decision::Respond(ctx.answer().preflight(is_metadata)));
+        }
+        if is_metadata {
+            let answer = ctx.answer();
+            let response = match req.method {
+                "GET" => answer.metadata(&self.metadata.document, false),
+                "HEAD" => answer.metadata(&self.metadata.document, true),
+                _ => answer.method_not_allowed(),
+            };
+            return Admission::Decided(Decision::Respond(response));
+        }
+
+        let required = self.scopes.required(req);
+        let (values, count) = authorization_values(req);
+        let token = match bearer_candidate(&values[..count]) {
+            Extracted::Bearer(t) => t,
+            Extracted::NoCredentials => {
+                let scope = self.scopes.challenge_scope(required.as_deref().map_err(|e| *e));
+                return Admission::Decided(Decision::Respond(ctx.answer().no_credentials(scope.as_deref())));
+            }
+            Extracted::Malformed => return Admission::Decided(Decision::Respond(malformed(&ctx))),
+            Extracted::TooLong => {
+                return Admission::Decided(Decision::Respond(ctx.answer().invalid_token(Reason::TokenTooLong, None)))
+            }
+        };
+        ctx.required = match required {
+            Ok(r) => r,
+            Err(BodyProblem::TooLarge) => return Admission::Decided(Decision::Respond(ctx.answer().body_too_large())),
+            Err(BodyProblem::Unreadable) => {
+                let answer = ctx.answer();
+                return Admission::Decided(Decision::Respond(
+                    answer.invalid_request("Unreadable JSON-RPC request body"),
+                ));
+            }
+        };
+        Admission::Token(ctx, token)
+    }
+
+    /// The answer to a token that is not an RFC 6750 b64token.
+    pub(crate) fn malformed_token(&self, ctx: &Ctx<'_>) -> Decision {
+        Decision::Respond(malformed(ctx))
+    }
+
+    /// The cache key of a token: SHA-256 over the configuration's identity and the token.
+    pub(crate) fn cache_key(&self, token: AccessToken<'_>) -> Key {
+        let mut h = self.key_seed.clone();
+        h.update(token.0.as_bytes());
+        h.finalize().into()
+    }
+
+    /// A key for a shared document (metadata, key set) or another step, in the
+    /// configuration's key space.
+    pub(crate) fn derived_key(&self, parts: &[&[u8]]) -> Key {
+        let mut h = self.key_seed.clone();
+        for p in parts {
+            h.update((p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        h.finalize().into()
+    }
+
+    /// Applies the token-level rules (time, audience) to validated claims and keeps what
+    /// decisions need: nothing else of the claims is kept.
+    pub(crate) fn grant(&self, claims: &Map<String, Value>, now: UnixMs) -> Outcome {
+        let (Ok(exp), Ok(nbf)) = (claims::numeric_date(claims, "exp"), claims::numeric_date(claims, "nbf")) else {
+            return Outcome::invalid(Reason::TokenMalformed);
+        };
+        if let Err(reason) = check_time(exp, nbf, now.secs(), self.leeway) {
+            return Outcome::invalid(reason);
+        }
+        if !self.audience.audience_matches(claims.get("aud")) {
+            return Outcome::invalid(Reason::AudienceMismatch);
+        }
+        let (header_values, header_invalid) = match self.headers.render(claims) {
+            Ok(values) => (values, false),
+            Err(_) => (Box::default(), true),
+        };
+
+        let config = &self.config;
+        let text = |path: &ClaimPath| -> Option<Box<str>> {
+            claims::lookup(claims, &path.0).and_then(claims::render).map(String::into_boxed_str)
+        };
+        let consumer_groups: Option<Box<[Box<str>]>> =
+            config.consumer_groups_claim.as_ref().and_then(|p| match claims::lookup(claims, &p.0)? {
+                Value::Array(items) => Some(items.iter().filter_map(Value::as_str).map(Box::from).collect()),
+                Value::String(s) => Some(vec![Box::from(s.as_str())].into_boxed_slice()),
+                _ => None,
+            });
+        let identity = Identity {
+            subject: claims::string_claim(claims, "sub").map(Box::from),
+            client_id: claims::string_claim(claims, "client_id")
+                .or_else(|| claims::string_claim(claims, "azp"))
+                .map(Box::from),
+            scope: claims::scope_string(claims).map(String::into_boxed_str),
+            credential: text(&config.credential_claim),
+            consumer: config.consumer_claim.as_ref().and_then(text),
+            consumer_groups,
+        };
+        let refusal = if config.consumer_claim.is_some() && !config.consumer_optional && identity.consumer.is_none() {
+            Some(Reason::ConsumerMissing)
+        } else if config.consumer_groups_claim.is_some()
+            && !config.consumer_groups_optional
+            && identity.consumer_groups.as_ref().is_none_or(|g| g.is_empty())
+        {
+            Some(Reason::ConsumerGroupsMissing)
+        } else if header_invalid {
+            Some(Reason::ClaimHeaderInvalid)
+        } else {
+            None
+        };
+        Outcome::Valid(Arc::new(Grant { exp, nbf, identity, header_values, refusal }))
+    }
+
+    /// The cache rule: until when an outcome first fetched at `fetched_at` may be kept
+    /// (`None`: not at all). Allowed tokens: until `exp`, at most `cache_ttl_max` after
+    /// the fetch; rejected tokens: `cache_ttl_negative` after the fetch (a token not valid
+    /// *yet* is not kept: it may become valid); authorization-server failures: never. A
+    /// copy replayed later (another worker, another node) keeps the first fetch time, so
+    /// no copy ever outlives the first answer's expiry.
+    pub(crate) fn expiry(&self, outcome: &Outcome, fetched_at: UnixMs, now: UnixMs) -> Option<UnixMs> {
+        if !self.config.cache_introspection {
+            return None;
+        }
+        let fetched_at = fetched_at.min(now);
+        let until = match outcome {
+            Outcome::Valid(g) => {
+                let by_age = fetched_at.plus(Duration::from_secs(self.config.cache_ttl_max));
+                g.exp.map_or(by_age, |exp| by_age.min(UnixMs::at_secs(exp)))
+            }
+            Outcome::Invalid(Reason::TokenNotYetValid, _) => return None,
+            Outcome::Invalid(..) => fetched_at.plus(Duration::from_secs(self.config.cache_ttl_negative)),
+            Outcome::Unavailable(_) => return None,
+        };
+        (until > now).then_some(until)
+    }
+
+    /// The decision for a request whose token has this outcome, kept until `expires`.
+    pub(crate) fn decide(&self, ctx: &Ctx<'_>, outcome: &Outcome, expires: Option<UnixMs>, now: UnixMs) -> Decision {
+        let answer = ctx.answer();
+        let cache_ttl = expires.map(|e| e.after(now)).filter(|d| !d.is_zero());
+        let grant = match outcome {
+            Outcome::Unavailable(detail) => return Decision::Respond(answer.unavailable(detail.clone())),
+            Outcome::Invalid(reason, detail) => {
+                let mut response = answer.invalid_token(*reason, detail.clone());
+                response.cache_ttl = cache_ttl;
+                return Decision::Respond(response);
+            }
+            Outcome::Valid(g) => g,
+        };
+        // Time-dependent checks run on every use of a cached result.
+        if let Err(reason) = check_time(grant.exp, grant.nbf, now.secs(), self.leeway) {
+            return Decision::Respond(answer.invalid_token(reason, None));
+        }
+        let refused = |mut response: Response| {
+            response.cache_ttl = cache_ttl;
+            Decision::Respond(response)
+        };
+        if !self.scopes.covers(grant.identity.scope.as_deref(), &ctx.required) {
+            return refused(answer.insufficient_scope(&ctx.required));
+        }
+        if let Some(reason) = grant.refusal {
+            return refused(answer.refused(reason));
+        }
+        Decision::Forward(Forward {
+            plan: Arc::clone(&self.headers),
+            grant: Arc::clone(grant),
+            cache_ttl,
+            recheck_at: expires,
+        })
+    }
+
+    /// `Ok(Some(origin))` when the request's `Origin` is allowed (CORS applies),
+    /// `Ok(None)` when there is no origin rule or no `Origin`, `Err(403)` otherwise.
+    fn check_origin<'r>(&self, req: &Request<'r>) -> Result<Option<&'r str>, Decision> {
+        let Some(allowed) = &self.allowed_origins else { return Ok(None) };
+        let Some(origin) = req.header_value("origin") else { return Ok(None) };
+        match std::str::from_utf8(origin) {
+            Ok(o) if allowed.iter().any(|a| a.eq_ignore_ascii_case(o)) => Ok(Some(o)),
+            _ => {
+                let rm = self.metadata.resource_metadata_url(req);
+                let answer = Answer { resource_metadata: &rm, cors_origin: None };
+                Err(Decision::Respond(answer.refused(Reason::OriginNotAllowed)))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("resource", &self.config.resource)
+            .field("remove_headers", &self.remove_headers().collect::<Vec<_>>())
+            .field("fast_path", &self.fast_path())
+            .finish_non_exhaustive()
+    }
+}
+
+fn malformed(ctx: &Ctx<'_>) -> Response {
+    ctx.answer().invalid_request("Malformed Authorization header")
+}
+
+/// The values of the first two `Authorization` headers (two are enough to know the
+/// request is malformed), without allocating.
+fn authorization_values<'a>(req: &Request<'a>) -> ([&'a [u8]; 2], usize) {
+    let mut values: [&[u8]; 2] = [&[], &[]];
+    let mut count = 0;
+    for (name, value) in &req.headers {
+        if name.eq_ignore_ascii_case("authorization") {
+            if count < 2 {
+                values[count] = value;
+            }
+            count += 1;
+        }
+    }
+    (values, count.min(2))
+}
+
+/// The identity of a configuration for cache keys: its whole JSON form (secrets print
+/// redacted there) plus every secret's value, so two configurations that differ in
+/// anything, a credential included, never share a key.
+fn identity_seed(config: &Config) -> Sha256 {
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(config).expect("the configuration serializes"));
+    let exchange = config.token_exchange.as_ref();
+    let secrets: [Option<&Secret>; 7] = [
+        config.client_secret.as_ref(),
+        config.client_jwk.as_ref().map(|j| &j.0),
+        config.tls_client_auth_key.as_ref(),
+        config.http_proxy_authorization.as_ref(),
+        config.https_proxy_authorization.as_ref(),
+        exchange.and_then(|t| t.client_secret.as_ref()),
+        exchange.and_then(|t| t.request.actor_token.as_ref()),
+    ];
+    for s in secrets {
+        let v = s.map_or(&[][..], |s| s.expose().as_bytes());
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v);
+    }
+    let mut seed = Sha256::new();
+    seed.update(h.finalize());
+    seed
+}
 
 /// The audience rule (RFC 8707): `aud` must name the resource or one of `audiences`;
 /// `audiences_denied` values never match.
@@ -40,60 +455,19 @@ impl AudiencePolicy {
     }
 }
 
-/// Why a token's time claims make it unusable now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TimeFailure {
-    Expired,
-    NotYetValid,
-}
-
-/// `exp` must be later than now − leeway; `nbf` no later than now + leeway.
-pub(crate) fn check_time(exp: Option<i64>, nbf: Option<i64>, now: i64, leeway: i64) -> Result<(), TimeFailure> {
+/// `exp` must be later than now − leeway; `nbf` no later than now + leeway (Unix seconds).
+pub(crate) fn check_time(exp: Option<i64>, nbf: Option<i64>, now: i64, leeway: i64) -> Result<(), Reason> {
     if let Some(exp) = exp {
         if exp.saturating_add(leeway) <= now {
-            return Err(TimeFailure::Expired);
+            return Err(Reason::TokenExpired);
         }
     }
     if let Some(nbf) = nbf {
         if nbf > now.saturating_add(leeway) {
-            return Err(TimeFailure::NotYetValid);
+            return Err(Reason::TokenNotYetValid);
         }
     }
     Ok(())
-}
-
-/// Scope hierarchy from configuration only (`scope_implies`), closed transitively.
-#[derive(Debug, Default)]
-pub(crate) struct ScopeRules {
-    implies: BTreeMap<String, Vec<String>>,
-}
-
-impl ScopeRules {
-    pub(crate) fn new(config: &Config) -> Self {
-        ScopeRules { implies: config.scope_implies.clone() }
-    }
-
-    /// True if the granted scopes (space-separated), expanded by `scope_implies`,
-    /// cover every required scope.
-    pub(crate) fn covers(&self, granted: Option<&str>, required: &[String]) -> bool {
-        if required.is_empty() {
-            return true;
-        }
-        let granted = granted.unwrap_or("");
-        if self.implies.is_empty() {
-            return required.iter().all(|r| granted.split(' ').any(|g| g == r));
-        }
-        let mut have: BTreeSet<&str> = BTreeSet::new();
-        let mut todo: Vec<&str> = granted.split(' ').filter(|s| !s.is_empty()).collect();
-        while let Some(s) = todo.pop() {
-            if have.insert(s) {
-                if let Some(more) = self.implies.get(s) {
-                    todo.extend(more.iter().map(String::as_str));
-                }
-            }
-        }
-        required.iter().all(|r| have.contains(r.as_str()))
-    }
 }
 
 #[cfg(test)]
@@ -133,27 +507,48 @@ mod tests {
 
     #[test]
     fn time_with_leeway() {
-        assert_eq!(check_time(Some(100), None, 100, 0), Err(TimeFailure::Expired));
+        assert_eq!(check_time(Some(100), None, 100, 0), Err(Reason::TokenExpired));
         assert_eq!(check_time(Some(101), None, 100, 0), Ok(()));
         assert_eq!(check_time(Some(95), None, 100, 10), Ok(()));
-        assert_eq!(check_time(None, Some(101), 100, 0), Err(TimeFailure::NotYetValid));
+        assert_eq!(check_time(None, Some(101), 100, 0), Err(Reason::TokenNotYetValid));
         assert_eq!(check_time(None, Some(105), 100, 5), Ok(()));
         assert_eq!(check_time(Some(i64::MAX), Some(i64::MIN), 100, i64::MAX), Ok(()));
     }
 
+    fn grant(p: &Policy, claims: Value, now: UnixMs) -> Outcome {
+        p.grant(claims.as_object().unwrap(), now)
+    }
+
     #[test]
-    fn scopes_with_configured_hierarchy_only() {
-        let r = ScopeRules::new(&config(json!({})));
-        let req = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
-        assert!(r.covers(Some("a b"), &req(&["b"])));
-        assert!(!r.covers(Some("a b"), &req(&["b", "c"])));
-        assert!(!r.covers(None, &req(&["a"])));
-        assert!(r.covers(None, &[]));
-        assert!(!r.covers(Some("mcp:admin"), &req(&["mcp:read"])), "nothing implied by name");
-        let r = ScopeRules::new(&config(
-            json!({"scope_implies": {"mcp:admin": ["mcp:write"], "mcp:write": ["mcp:read"], "mcp:read": ["mcp:admin"]}}),
-        ));
-        assert!(r.covers(Some("mcp:admin"), &req(&["mcp:read", "mcp:write"])));
-        assert!(!r.covers(Some("other"), &req(&["mcp:read"])));
+    fn cache_rule_never_outlives_the_first_answer() {
+        let p = Policy::new(config(json!({"cache_ttl_max": 100, "cache_ttl_negative": 5})));
+        let t0 = UnixMs::at_secs(1_000);
+        let valid = grant(&p, json!({"aud": "https://mcp.example/mcp", "exp": 1_050}), t0);
+        assert_eq!(p.expiry(&valid, t0, t0), Some(UnixMs::at_secs(1_050)), "exp first");
+        let long = grant(&p, json!({"aud": "https://mcp.example/mcp", "exp": 9_999}), t0);
+        assert_eq!(p.expiry(&long, t0, t0), Some(UnixMs::at_secs(1_100)), "then cache_ttl_max");
+        // Replayed 90 s after the first fetch: 10 s left, not a fresh 100.
+        let later = UnixMs::at_secs(1_090);
+        assert_eq!(p.expiry(&long, t0, later), Some(UnixMs::at_secs(1_100)));
+        assert_eq!(p.expiry(&long, t0, UnixMs::at_secs(1_100)), None, "nothing left");
+        // A fetch time in the future (clock skew between workers) counts as now.
+        assert_eq!(p.expiry(&long, UnixMs::at_secs(5_000), t0), Some(UnixMs::at_secs(1_100)));
+        let inactive = Outcome::invalid(Reason::TokenInactive);
+        assert_eq!(p.expiry(&inactive, t0, t0), Some(UnixMs::at_secs(1_005)));
+        assert_eq!(p.expiry(&Outcome::invalid(Reason::TokenNotYetValid), t0, t0), None);
+        assert_eq!(p.expiry(&Outcome::Unavailable("x".into()), t0, t0), None);
+        let off = Policy::new(config(json!({"cache_introspection": false})));
+        assert_eq!(off.expiry(&valid, t0, t0), None);
+    }
+
+    #[test]
+    fn identity_covers_secrets_without_printing_them() {
+        let a = Policy::new(config(json!({"client_id": "c", "client_secret": "one"})));
+        let b = Policy::new(config(json!({"client_id": "c", "client_secret": "two"})));
+        let c = Policy::new(config(json!({"client_id": "c", "client_secret": "one"})));
+        let t = AccessToken("tok");
+        assert_ne!(a.cache_key(t), b.cache_key(t));
+        assert_eq!(a.cache_key(t), c.cache_key(t));
+        assert!(!format!("{a:?}").contains("one"));
     }
 }

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use mcp_oauth2::{Config, HttpResponse, Request, Step, TransportError, TransportErrorKind, Validator};
 use serde_json::json;
+use std::time::SystemTime;
 
 /// xorshift64*: small, seeded, good enough to shake inputs.
 struct Rng(u64);
@@ -50,9 +51,10 @@ fn random_authorization_headers_never_panic_or_allow_without_the_as() {
         if rng.below(4) == 0 {
             req = req.header("Origin", &origin);
         }
-        match v.begin(&req) {
+        match v.begin(&req, SystemTime::now()) {
             Step::Done(d) => assert!(!d.is_forward(), "allowed without validation: {req:?}"),
             Step::Need(http, _) => assert_eq!(http.url, "http://127.0.0.1:9/introspect"),
+            Step::Wait(_) => panic!("nothing else is in flight"),
         }
     }
 }
@@ -79,7 +81,9 @@ fn random_as_responses_never_panic_and_only_active_true_allows() {
         }
         let token = format!("tok{i}");
         let auth = format!("Bearer {token}");
-        let Step::Need(_, pending) = v.begin(&Request::new("GET", "/mcp").header("Authorization", &auth)) else {
+        let Step::Need(_, pending) =
+            v.begin(&Request::new("GET", "/mcp").header("Authorization", &auth), SystemTime::now())
+        else {
             panic!("a new token needs the AS");
         };
         let status = [200, 200, 200, 500, 204][rng.below(5)];
@@ -88,7 +92,7 @@ fn random_as_responses_never_panic_and_only_active_true_allows() {
         } else {
             Ok(HttpResponse::new(status, "application/json", body.clone()))
         };
-        let Step::Done(d) = pending.resume(result) else { panic!("one call is enough") };
+        let Step::Done(d) = pending.resume(result, SystemTime::now()) else { panic!("one call is enough") };
         if d.is_forward() {
             let parsed: serde_json::Value = serde_json::from_slice(&body).expect("allowed only on valid JSON");
             assert_eq!(parsed["active"], json!(true), "allowed without active: true");

@@ -4,7 +4,7 @@
 mod common;
 
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use common::*;
@@ -162,8 +162,10 @@ fn allowed_request_gets_header_instructions() {
     assert_eq!(f.identity().subject(), Some("alice"));
     assert_eq!(f.identity().client_id(), Some("app"));
     assert_eq!(f.identity().scope(), Some("mcp:read"));
-    let vu = f.valid_until_unix();
-    assert!(vu > now() && vu <= now() + 300, "valid_until is min(exp, cache expiry)");
+    let vu = f.valid_until_unix().expect("the token has exp");
+    assert!(vu > now() && vu <= now() + 300, "valid_until is the token's exp");
+    let recheck = f.recheck_at().expect("cached").duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    assert!(recheck as i64 <= vu, "the cached answer is rechecked no later than exp");
     m.assert();
 }
 
@@ -509,7 +511,9 @@ fn cache_expiry_follows_exp_and_cache_ttl_max() {
     let (v, t) = validator(&server, json!({"cache_ttl_max": 1}));
     let auth = bearer(TOKEN);
     let d = v.authorize(&Request::new("GET", "/mcp").header("Authorization", &auth), &t);
-    assert!(forward(&d).valid_until_unix() <= now() + 1, "valid_until is bounded by the cache expiry");
+    let recheck = forward(&d).recheck_at().expect("cached").duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    assert!(recheck.as_secs() as i64 <= now() + 1, "the recheck time is the cache expiry");
+    assert!(forward(&d).valid_until_unix() > Some(now() + 1), "valid_until is the token's exp, not the cache's");
     assert!(v.authorize(&Request::new("GET", "/mcp").header("Authorization", &auth), &t).is_forward());
     std::thread::sleep(Duration::from_millis(1100));
     assert!(v.authorize(&Request::new("GET", "/mcp").header("Authorization", &auth), &t).is_forward());
@@ -834,7 +838,8 @@ fn nothing_secret_in_debug_output() {
     let auth = bearer(TOKEN);
     let req = Request::new("POST", "/mcp").header("Authorization", &auth);
     let d = v.authorize(&req, &t);
-    let step = v.begin(&Request::new("POST", "/mcp").header("Authorization", "Bearer fresh-token-456"));
+    let step =
+        v.begin(&Request::new("POST", "/mcp").header("Authorization", "Bearer fresh-token-456"), SystemTime::now());
     let all = format!("{v:?} {:?} {d:?} {req:?} {step:?}", v.config());
     for secret in [TOKEN, "fresh-token-456", "gateway-secret"] {
         assert!(!all.contains(secret), "{secret} leaked: {all}");

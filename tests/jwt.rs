@@ -403,7 +403,7 @@ fn validated_jwt_is_cached_until_exp() {
     let t = token(&with(claims(), json!({"exp": exp})));
     let first = authorize(&v, &fake, &t);
     assert!(first.is_forward());
-    assert_eq!(first.as_forward().unwrap().valid_until_unix(), exp);
+    assert_eq!(first.as_forward().unwrap().valid_until_unix(), Some(exp));
     assert_eq!(fake.jwks_calls(), 1);
     let second = authorize(&v, &fake, &t);
     assert!(second.is_forward());
@@ -553,7 +553,7 @@ fn sans_io_steps_through_discovery_and_keys() {
     let auth = format!("Bearer {t}");
     let req = Request::new("GET", "/mcp").header("Authorization", &auth);
 
-    let Step::Need(http, pending) = v.begin(&req) else { panic!("needs discovery") };
+    let Step::Need(http, pending) = v.begin(&req, SystemTime::now()) else { panic!("needs discovery") };
     assert_eq!(http.purpose, Purpose::Discovery);
     assert_eq!(http.url, "https://as.example/.well-known/oauth-authorization-server");
     let discovery_key = pending.cache_key();
@@ -561,24 +561,25 @@ fn sans_io_steps_through_discovery_and_keys() {
     let dbg = format!("{pending:?} {http:?}");
     assert!(!dbg.contains(&t) && !dbg.contains(t.split('.').nth(1).unwrap()), "{dbg}");
 
-    let Step::Need(http, pending) = pending.resume(fake.send(&http)) else { panic!("needs keys") };
+    let Step::Need(http, pending) = pending.resume(fake.send(&http), SystemTime::now()) else { panic!("needs keys") };
     assert_eq!((http.purpose, http.url.as_str()), (Purpose::Jwks, JWKS_URL));
     assert_ne!(pending.cache_key(), discovery_key);
-    let Step::Done(d) = pending.resume(fake.send(&http)) else { panic!("done") };
+    let Step::Done(d) = pending.resume(fake.send(&http), SystemTime::now()) else { panic!("done") };
     assert!(d.is_forward(), "{:?}", d.as_response().map(|r| r.reason()));
 
     // Metadata and keys are cached: a new token is pure CPU.
     let t2 = token(&with(claims(), json!({"jti": "t2"})));
     let auth2 = format!("Bearer {t2}");
     assert!(
-        matches!(v.begin(&Request::new("GET", "/mcp").header("Authorization", &auth2)), Step::Done(d) if d.is_forward())
+        matches!(v.begin(&Request::new("GET", "/mcp").header("Authorization", &auth2), SystemTime::now()), Step::Done(d) if d.is_forward())
     );
 
     // JWKS cache keys are per URL, so every token shares them.
     let v2 = Validator::from_json(&config.to_string()).unwrap();
     let t3 = token(&with(claims(), json!({"jti": "t3"})));
     let auth3 = format!("Bearer {t3}");
-    let Step::Need(_, p3) = v2.begin(&Request::new("GET", "/mcp").header("Authorization", &auth3)) else { panic!() };
+    let req3 = Request::new("GET", "/mcp").header("Authorization", &auth3);
+    let Step::Need(_, p3) = v2.begin(&req3, SystemTime::now()) else { panic!() };
     assert_eq!(p3.cache_key(), discovery_key, "same validator identity and URL → same key");
 }
 

@@ -237,9 +237,11 @@ impl Proxy {
         if let Some(b) = body {
             request = request.body(b);
         }
-        match self.validator.begin(&request) {
+        match self.validator.begin(&request, SystemTime::now()) {
             mcp_oauth2::Step::Done(decision) => Ok(decision),
-            mcp_oauth2::Step::Need(..) => {
+            step => {
+                // Not led from here: the blocking driver below leads (or follows) itself.
+                drop(step);
                 // Owned copies for the blocking thread; dropped with it.
                 let owned = OwnedRequest {
                     method: method.to_owned(),
@@ -360,8 +362,11 @@ pub struct UntilExpiry<B> {
 
 impl<B> UntilExpiry<B> {
     /// Wraps `inner`, ending it at `valid_until`.
-    pub fn new(inner: B, valid_until: SystemTime) -> Self {
-        let left = valid_until.duration_since(SystemTime::now()).unwrap_or_default();
+    pub fn new(inner: B, valid_until: Option<SystemTime>) -> Self {
+        // No `exp`: a year stands for "never".
+        let left = valid_until.map_or(std::time::Duration::from_secs(365 * 86_400), |v| {
+            v.duration_since(SystemTime::now()).unwrap_or_default()
+        });
         UntilExpiry { inner, deadline: Box::pin(tokio::time::sleep(left)), expired: false }
     }
 }

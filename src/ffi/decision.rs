@@ -1,8 +1,8 @@
 //! The decision handle and its accessors.
 
 use super::{
-    borrow, boundary, boundary_void, free_handle, mcp_oauth2_bytes, mcp_oauth2_result, mcp_oauth2_str, out, text,
-    write_out, write_pair, Result,
+    borrow, boundary, boundary_void, bytes, free_handle, mcp_oauth2_bytes, mcp_oauth2_result, mcp_oauth2_str, out,
+    text, unix_ms, write_out, write_pair, Result,
 };
 use crate::{Decision, Forward, Identity, Response};
 
@@ -350,11 +350,12 @@ pub unsafe extern "C" fn mcp_oauth2_decision_set_header(
     })
 }
 
-/// When the token stops being usable, as Unix seconds: the earlier of its `exp` and the end
-/// of its cache lifetime. Hosts end long-lived streams (SSE) at this time.
+/// The token's expiry (its `exp`) as Unix seconds. Long-lived responses (SSE streams) must
+/// end by then.
 ///
 /// # Errors
-/// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+/// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision or a token without `exp`;
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
 ///
 /// # Safety
 /// `decision` is NULL or live; `unix_seconds_out` is NULL or writable.
@@ -365,7 +366,116 @@ pub unsafe extern "C" fn mcp_oauth2_decision_valid_until(
     unix_seconds_out: *mut i64,
 ) -> mcp_oauth2_result {
     // SAFETY: forwarded caller contract.
-    unsafe { get(decision, unix_seconds_out, |d| Ok(forward(d)?.valid_until_unix())) }
+    unsafe { get(decision, unix_seconds_out, |d| forward(d)?.valid_until_unix().ok_or(mcp_oauth2_result::Absent)) }
+}
+
+/// When the validator's cached answer for this token ages out, as Unix milliseconds. A host
+/// keeping a long-lived response open (an SSE stream) re-validates the token then (the same
+/// request through `mcp_oauth2_validator_begin`: one authorization-server call for all of
+/// the token's streams) and ends the response only if the token is no longer allowed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision or when the answer is not cached
+/// (`cache_introspection` off); `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `unix_ms_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_recheck_at(
+    decision: *const mcp_oauth2_decision,
+    unix_ms_out: *mut u64,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        get(decision, unix_ms_out, |d| {
+            let at = forward(d)?.recheck_at().ok_or(mcp_oauth2_result::Absent)?;
+            Ok(unix_ms(at))
+        })
+    }
+}
+
+/// How long, in milliseconds, a cache shared with other processes may keep the
+/// authorization server's answer behind this decision (see `mcp_oauth2_pending_cache_key`):
+/// what is left of the validator's own entry. Never longer than the first answer's expiry.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` when the answer must not be kept (no token, an
+/// authorization-server failure, caching off); `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `ttl_ms_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_cache_ttl_ms(
+    decision: *const mcp_oauth2_decision,
+    ttl_ms_out: *mut u64,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        get(decision, ttl_ms_out, |d| {
+            let ttl = d.cache_ttl().ok_or(mcp_oauth2_result::Absent)?;
+            Ok(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+        })
+    }
+}
+
+/// Whether a client request header must not reach the upstream: one of the headers to
+/// remove (`mcp_oauth2_decision_remove_header`) after ASCII case folding and `_`/`-`
+/// folding (CGI and WSGI upstreams read `X_User_Id` as `X-User-Id`). Ask it for every
+/// request header and drop each one for which `*remove_out` is true.
+///
+/// `name`, `name_len`: the header name as received, borrowed for the call.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `name` points to `name_len` readable bytes (or is NULL with
+/// length 0); `remove_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_must_remove(
+    decision: *const mcp_oauth2_decision,
+    name: *const u8,
+    name_len: usize,
+    remove_out: *mut bool,
+) -> mcp_oauth2_result {
+    // SAFETY: caller contract for the name bytes.
+    let name = match unsafe { bytes(name, name_len) } {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    // SAFETY: forwarded caller contract.
+    unsafe { get(decision, remove_out, |d| Ok(forward(d)?.plan.must_remove(name))) }
+}
+
+/// The value of claim header number `index` (from 0, in the order of
+/// `mcp_oauth2_validator_claim_header`): set it upstream, or, when the result is
+/// `MCP_OAUTH2_RESULT_ABSENT`, make sure the upstream gets no such header at all.
+///
+/// `value_out` receives a view into `decision`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision or a claim the token lacks;
+/// `MCP_OAUTH2_RESULT_OUT_OF_RANGE`; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `value_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_claim_header_value(
+    decision: *const mcp_oauth2_decision,
+    index: usize,
+    value_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        get(decision, value_out, |d| {
+            let value = forward(d)?.claim_header_values().nth(index).ok_or(mcp_oauth2_result::OutOfRange)?;
+            value.map(mcp_oauth2_str::of).ok_or(mcp_oauth2_result::Absent)
+        })
+    }
 }
 
 /// The token's `sub` claim.

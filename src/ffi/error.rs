@@ -22,7 +22,6 @@ impl mcp_oauth2_error {
         match self.kind {
             ErrorKind::Unsupported => mcp_oauth2_result::Unsupported,
             ErrorKind::Config => mcp_oauth2_result::InvalidConfig,
-            _ => mcp_oauth2_result::InvalidArgument,
         }
     }
 }

@@ -32,6 +32,7 @@ mod validator;
 
 use std::os::raw::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use self::decision::*;
 pub use self::error::*;
@@ -68,6 +69,10 @@ pub enum mcp_oauth2_result {
     /// The pending validation has already been resumed to a decision; it holds nothing any
     /// more and only `mcp_oauth2_pending_free` remains to be called.
     AlreadyResumed = 8,
+    /// The call does not fit the pending's state: an HTTP getter, `_resume` or `_fail` on a
+    /// pending that waits for another request (`MCP_OAUTH2_PENDING_STATE_WAIT`), or a wait
+    /// function on one that needs an HTTP exchange. Nothing was changed.
+    WrongState = 9,
 }
 
 type Result<T> = std::result::Result<T, mcp_oauth2_result>;
@@ -238,6 +243,17 @@ unsafe fn write_pair<'a>(
     Ok(())
 }
 
+/// The host's clock reading (Unix milliseconds, e.g. from `timespec_get` or
+/// `clock_gettime(CLOCK_REALTIME)`) as the core's time.
+fn system_time(unix_ms: u64) -> SystemTime {
+    UNIX_EPOCH.checked_add(Duration::from_millis(unix_ms)).unwrap_or(UNIX_EPOCH)
+}
+
+/// A time as Unix milliseconds for the host.
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Hands a new object to the host.
 fn into_handle<T>(value: T) -> *mut T {
     Box::into_raw(Box::new(value))
@@ -286,6 +302,7 @@ pub unsafe extern "C" fn mcp_oauth2_result_name(result: u32, name_out: *mut mcp_
             6 => "absent",
             7 => "out_of_range",
             8 => "already_resumed",
+            9 => "wrong_state",
             _ => return Err(mcp_oauth2_result::OutOfRange),
         };
         // SAFETY: checked by `out`; writable per the caller contract.

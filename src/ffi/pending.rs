@@ -1,12 +1,15 @@
 //! The pending validation of the sans-I/O flow: the HTTP request the host must perform, and
 //! `resume` / `fail` with its outcome.
 
+use std::ffi::c_void;
+use std::time::{Duration, SystemTime};
+
 use super::{
     borrow, borrow_mut, boundary, boundary_void, bytes, free_handle, into_handle, mcp_oauth2_bytes,
-    mcp_oauth2_decision, mcp_oauth2_header, mcp_oauth2_result, mcp_oauth2_str, out, slice, write_out, write_pair,
-    Result,
+    mcp_oauth2_decision, mcp_oauth2_header, mcp_oauth2_result, mcp_oauth2_str, out, slice, system_time, write_out,
+    write_pair, Result,
 };
-use crate::{HttpRequest, HttpResponse, Pending, Step, TransportError, TransportErrorKind};
+use crate::{Decision, HttpRequest, HttpResponse, Pending, Step, Ticket, TransportError, TransportErrorKind};
 
 /// How an HTTP exchange failed, for `mcp_oauth2_pending_fail` (passed as a `uint32_t`).
 #[repr(u32)]
@@ -24,47 +27,122 @@ pub enum mcp_oauth2_transport_error {
     Other = 5,
 }
 
-/// A validation waiting for the host to perform one HTTP request (to the authorization
-/// server). Created by `mcp_oauth2_validator_begin`, owned by the host, freed with
-/// `mcp_oauth2_pending_free`, also after it was resumed.
+/// What a pending validation waits for (`mcp_oauth2_pending_state`, as a `uint32_t`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum mcp_oauth2_pending_state {
+    /// The host performs the HTTP request it describes (`_method`, `_url`, `_header`,
+    /// `_body`, `_timeout_ms`), then calls `mcp_oauth2_pending_resume` or
+    /// `mcp_oauth2_pending_fail`. This request leads: concurrent requests for the same token
+    /// wait for it.
+    Http = 1,
+    /// Another request is already asking the authorization server what this one needs:
+    /// the host waits (`mcp_oauth2_pending_wait`, `_is_ready`, `_on_ready`; at most
+    /// `_max_wait_ms`), then calls `mcp_oauth2_pending_continue`.
+    Wait = 2,
+    /// Resumed to a decision: only `mcp_oauth2_pending_free` remains.
+    Done = 3,
+}
+
+/// A validation waiting for something: the HTTP request the host must perform
+/// (`MCP_OAUTH2_PENDING_STATE_HTTP`) or another request's authorization-server call
+/// (`MCP_OAUTH2_PENDING_STATE_WAIT`). Created by `mcp_oauth2_validator_begin`, owned by the
+/// host, freed with `mcp_oauth2_pending_free`, also after it was resumed. Freeing it
+/// unresumed abandons the validation: requests waiting on it get a 503.
 ///
 /// Its request carries the token and the gateway's client credentials: do not log the body
 /// or the `Authorization` header.
 ///
-/// Thread safety: the getters may run concurrently with each other; `resume` and `fail`
-/// must not run concurrently with anything else on the same pending. A pending may be
-/// moved to another thread (e.g. the one that completes the I/O).
+/// Thread safety: the getters may run concurrently with each other; `resume`, `fail` and
+/// `continue` must not run concurrently with anything else on the same pending. A pending
+/// may be moved to another thread (e.g. the one that completes the I/O).
 pub struct mcp_oauth2_pending {
-    /// `None` once resumed to a decision.
-    state: Option<(HttpRequest, Pending)>,
-    cache_key: String,
+    state: State,
+    /// Every cache key handed out: a view stays valid until the pending is freed.
+    keys: Vec<Box<str>>,
+}
+
+enum State {
+    Http(HttpRequest, Pending),
+    Wait(Ticket),
+    Done,
 }
 
 impl mcp_oauth2_pending {
-    pub(crate) fn new(http: HttpRequest, pending: Pending) -> Self {
-        let cache_key = pending.cache_key();
-        mcp_oauth2_pending { state: Some((http, pending)), cache_key }
+    /// The pending for a step that is not a decision (`None` for a decision).
+    fn of(step: Step) -> (Option<Self>, Option<Decision>) {
+        let mut p = mcp_oauth2_pending { state: State::Done, keys: Vec::new() };
+        match p.enter(step) {
+            Some(d) => (None, Some(d)),
+            None => (Some(p), None),
+        }
+    }
+
+    /// Moves to `step`'s state; returns the decision when it is one.
+    fn enter(&mut self, step: Step) -> Option<Decision> {
+        let (state, key) = match step {
+            Step::Done(d) => {
+                self.state = State::Done;
+                return Some(d);
+            }
+            Step::Need(http, pending) => {
+                let key = pending.cache_key();
+                (State::Http(http, pending), key)
+            }
+            Step::Wait(ticket) => {
+                let key = ticket.cache_key();
+                (State::Wait(ticket), key)
+            }
+        };
+        self.state = state;
+        if self.keys.last().is_none_or(|k| **k != *key) {
+            self.keys.push(key.into_boxed_str());
+        }
+        None
     }
 
     fn http(&self) -> Result<&HttpRequest> {
-        self.state.as_ref().map(|(h, _)| h).ok_or(mcp_oauth2_result::AlreadyResumed)
+        match &self.state {
+            State::Http(h, _) => Ok(h),
+            State::Wait(_) => Err(mcp_oauth2_result::WrongState),
+            State::Done => Err(mcp_oauth2_result::AlreadyResumed),
+        }
     }
 
-    /// Continues with the outcome; the pending either holds the next request (returns NULL)
-    /// or is finished (returns the decision).
+    fn ticket(&self) -> Result<&Ticket> {
+        match &self.state {
+            State::Wait(t) => Ok(t),
+            State::Http(..) => Err(mcp_oauth2_result::WrongState),
+            State::Done => Err(mcp_oauth2_result::AlreadyResumed),
+        }
+    }
+
+    /// Continues an HTTP step with its outcome. The pending then holds the next step
+    /// (returns NULL) or is finished (returns the decision).
     fn resume(
         &mut self,
         result: std::result::Result<HttpResponse, TransportError>,
+        fetched_at: Option<SystemTime>,
+        now: SystemTime,
     ) -> Result<*mut mcp_oauth2_decision> {
-        let (_, pending) = self.state.take().ok_or(mcp_oauth2_result::AlreadyResumed)?;
-        match pending.resume(result) {
-            Step::Done(d) => Ok(into_handle(mcp_oauth2_decision::new(d))),
-            Step::Need(http, next) => {
-                self.cache_key = next.cache_key();
-                self.state = Some((http, next));
-                Ok(std::ptr::null_mut())
-            }
-        }
+        self.http()?;
+        let State::Http(_, pending) = std::mem::replace(&mut self.state, State::Done) else {
+            return Err(mcp_oauth2_result::WrongState);
+        };
+        let step = match fetched_at {
+            Some(at) => pending.resume_cached(result, at, now),
+            None => pending.resume(result, now),
+        };
+        Ok(self.enter(step).map_or(std::ptr::null_mut(), |d| into_handle(mcp_oauth2_decision::new(d))))
+    }
+}
+
+/// Creates the host's handles for the first step of a request.
+pub(crate) fn first_step(step: Step) -> (*mut mcp_oauth2_decision, *mut mcp_oauth2_pending) {
+    match mcp_oauth2_pending::of(step) {
+        (_, Some(d)) => (into_handle(mcp_oauth2_decision::new(d)), std::ptr::null_mut()),
+        (Some(p), None) => (std::ptr::null_mut(), into_handle(p)),
+        (None, None) => unreachable!("a step is a decision or a pending"),
     }
 }
 
@@ -82,7 +160,8 @@ unsafe fn http_of<'a>(pending: *const mcp_oauth2_pending) -> Result<&'a HttpRequ
 /// `method_out` receives a view of a static string.
 ///
 /// # Errors
-/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
 ///
 /// # Safety
 /// `pending` is NULL or live; `method_out` is NULL or writable.
@@ -107,7 +186,8 @@ pub unsafe extern "C" fn mcp_oauth2_pending_method(
 /// `url_out` receives a view into `pending`, valid until it is resumed or freed.
 ///
 /// # Errors
-/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
 ///
 /// # Safety
 /// `pending` is NULL or live; `url_out` is NULL or writable.
@@ -130,7 +210,8 @@ pub unsafe extern "C" fn mcp_oauth2_pending_url(
 /// The number of headers to send (the host adds `Host` and `Content-Length` itself).
 ///
 /// # Errors
-/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
 ///
 /// # Safety
 /// `pending` is NULL or live; `count_out` is NULL or writable.
@@ -158,7 +239,8 @@ pub unsafe extern "C" fn mcp_oauth2_pending_header_count(
 ///
 /// # Errors
 /// `MCP_OAUTH2_RESULT_OUT_OF_RANGE` if `index` is not below the header count;
-/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
 ///
 /// # Safety
 /// `pending` is NULL or live; `name_out` and `value_out` are NULL or writable.
@@ -186,7 +268,8 @@ pub unsafe extern "C" fn mcp_oauth2_pending_header(
 /// `body_out` receives a view into `pending`, valid until it is resumed or freed.
 ///
 /// # Errors
-/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
 ///
 /// # Safety
 /// `pending` is NULL or live; `body_out` is NULL or writable.
@@ -210,7 +293,8 @@ pub unsafe extern "C" fn mcp_oauth2_pending_body(
 /// it, call `mcp_oauth2_pending_fail` with `MCP_OAUTH2_TRANSPORT_ERROR_TIMEOUT`.
 ///
 /// # Errors
-/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
 ///
 /// # Safety
 /// `pending` is NULL or live; `timeout_ms_out` is NULL or writable.
@@ -231,11 +315,46 @@ pub unsafe extern "C" fn mcp_oauth2_pending_timeout_ms(
     })
 }
 
-/// The cache key of the token being validated: 64 lowercase hex digits of a SHA-256 over
-/// the validator's configuration and the token (never the token itself). Hosts that share
-/// authorization-server responses between processes store and replay them under this key.
+/// The state of the pending: what the host does next (`mcp_oauth2_pending_state`).
 ///
-/// `key_out` receives a view into `pending`, valid until it is freed (also after resume).
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `pending` is NULL or live; `state_out` is NULL or writable.
+/// Thread safety: see `mcp_oauth2_pending`.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_pending_state(
+    pending: *const mcp_oauth2_pending,
+    state_out: *mut mcp_oauth2_pending_state,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let pending = unsafe { borrow(pending) }?;
+        let state_out = out(state_out)?;
+        let state = match pending.state {
+            State::Http(..) => mcp_oauth2_pending_state::Http,
+            State::Wait(_) => mcp_oauth2_pending_state::Wait,
+            State::Done => mcp_oauth2_pending_state::Done,
+        };
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(state_out, state) };
+        Ok(())
+    })
+}
+
+/// A key for the answer this step waits for: 64 lowercase hex digits of a SHA-256 over the
+/// validator's configuration and what identifies the answer (for introspection and for a
+/// wait, the token; for a metadata document or key set, its URL), never the token itself.
+/// Hosts that share authorization-server responses between processes store and replay them
+/// under this key (`mcp_oauth2_pending_resume_cached`).
+///
+/// After `resume` moved the pending to another step, this is the new step's key; after a
+/// decision, the key of the last step (what the host stores the answer it just resumed
+/// with under).
+///
+/// `key_out` receives a view into `pending`, valid until the pending is freed (every key it
+/// ever handed out stays valid that long, also after `resume`).
 ///
 /// # Errors
 /// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
@@ -252,24 +371,53 @@ pub unsafe extern "C" fn mcp_oauth2_pending_cache_key(
         // SAFETY: caller contract.
         let pending = unsafe { borrow(pending) }?;
         let key_out = out(key_out)?;
+        // A pending is created for a step with a key, so there is always one.
+        let key = pending.keys.last().map_or("", |k| &**k);
         // SAFETY: checked by `out`; writable per the caller contract.
-        unsafe { write_out(key_out, mcp_oauth2_str::of(&pending.cache_key)) };
+        unsafe { write_out(key_out, mcp_oauth2_str::of(key)) };
         Ok(())
     })
 }
 
-/// Continues with the HTTP response the host received: status, headers (only
-/// `Content-Type` is read; headers whose name or value is not UTF-8 are skipped) and the
-/// complete body. Everything is copied; the arguments are borrowed for the call only.
+/// Reads a response given by the host.
+///
+/// # Safety
+/// As `mcp_oauth2_pending_resume` for `headers` and `body`.
+unsafe fn response(
+    status: u16,
+    headers: *const mcp_oauth2_header,
+    headers_len: usize,
+    body: *const u8,
+    body_len: usize,
+) -> Result<HttpResponse> {
+    // SAFETY: caller contract for the header array and the body.
+    let (headers, body) = unsafe { (slice(headers, headers_len)?, bytes(body, body_len)?) };
+    let mut response = HttpResponse { status, headers: Vec::with_capacity(headers.len()), body: body.to_vec() };
+    for h in headers {
+        // SAFETY: caller contract for each header's pairs.
+        let (name, value) = unsafe { (bytes(h.name, h.name_len)?, bytes(h.value, h.value_len)?) };
+        if let (Ok(n), Ok(v)) = (std::str::from_utf8(name), std::str::from_utf8(value)) {
+            response.headers.push((n.to_owned(), v.to_owned()));
+        }
+    }
+    Ok(response)
+}
+
+/// Continues with the HTTP response the host received at `now_unix_ms` (the host's clock,
+/// Unix milliseconds): status, headers (only `Content-Type` is read; headers whose name or
+/// value is not UTF-8 are skipped) and the complete body. Everything is copied; the
+/// arguments are borrowed for the call only.
 ///
 /// On success `*decision_out` receives either a new decision (owned by the host, free it
-/// with `mcp_oauth2_decision_free`) or NULL, which means the pending now describes one more
-/// HTTP request to perform (local JWT validation: AS metadata, then keys); loop until a decision. After a
-/// decision, the pending is spent: every later call on it except `_cache_key` and `_free`
+/// with `mcp_oauth2_decision_free`) or NULL, which means the pending moved to its next step:
+/// read `mcp_oauth2_pending_state` (local JWT validation asks for metadata, then keys; or it
+/// waits for another request fetching them) and loop until a decision. After a decision
+/// the pending is spent: every later call on it except `_state`, `_cache_key` and `_free`
 /// returns `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
 ///
 /// # Errors
-/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`. On an error the
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request). On an error the
 /// pending is unchanged.
 ///
 /// # Safety
@@ -280,6 +428,7 @@ pub unsafe extern "C" fn mcp_oauth2_pending_cache_key(
 #[no_mangle]
 pub unsafe extern "C" fn mcp_oauth2_pending_resume(
     pending: *mut mcp_oauth2_pending,
+    now_unix_ms: u64,
     status: u16,
     headers: *const mcp_oauth2_header,
     headers_len: usize,
@@ -293,16 +442,46 @@ pub unsafe extern "C" fn mcp_oauth2_pending_resume(
         let decision_out = out(decision_out)?;
         pending.http()?;
         // SAFETY: caller contract for the header array and the body.
-        let (headers, body) = unsafe { (slice(headers, headers_len)?, bytes(body, body_len)?) };
-        let mut response = HttpResponse { status, headers: Vec::with_capacity(headers.len()), body: body.to_vec() };
-        for h in headers {
-            // SAFETY: caller contract for each header's pairs.
-            let (name, value) = unsafe { (bytes(h.name, h.name_len)?, bytes(h.value, h.value_len)?) };
-            if let (Ok(n), Ok(v)) = (std::str::from_utf8(name), std::str::from_utf8(value)) {
-                response.headers.push((n.to_owned(), v.to_owned()));
-            }
-        }
-        let decision = pending.resume(Ok(response))?;
+        let response = unsafe { response(status, headers, headers_len, body, body_len) }?;
+        let decision = pending.resume(Ok(response), None, system_time(now_unix_ms))?;
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(decision_out, decision) };
+        Ok(())
+    })
+}
+
+/// As `mcp_oauth2_pending_resume`, with a response the host kept from an earlier, identical
+/// call (its cache shared between processes, under `mcp_oauth2_pending_cache_key`), first
+/// received at `fetched_at_unix_ms`: nothing derived from it outlives that first answer's
+/// expiry, however often it is replayed.
+///
+/// # Errors
+/// As `mcp_oauth2_pending_resume`.
+///
+/// # Safety
+/// As `mcp_oauth2_pending_resume`.
+/// Thread safety: no other call on the same pending may run concurrently.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_pending_resume_cached(
+    pending: *mut mcp_oauth2_pending,
+    fetched_at_unix_ms: u64,
+    now_unix_ms: u64,
+    status: u16,
+    headers: *const mcp_oauth2_header,
+    headers_len: usize,
+    body: *const u8,
+    body_len: usize,
+    decision_out: *mut *mut mcp_oauth2_decision,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract: NULL or a live pending, not used concurrently.
+        let pending = unsafe { borrow_mut(pending) }?;
+        let decision_out = out(decision_out)?;
+        pending.http()?;
+        // SAFETY: caller contract for the header array and the body.
+        let response = unsafe { response(status, headers, headers_len, body, body_len) }?;
+        let fetched_at = Some(system_time(fetched_at_unix_ms));
+        let decision = pending.resume(Ok(response), fetched_at, system_time(now_unix_ms))?;
         // SAFETY: checked by `out`; writable per the caller contract.
         unsafe { write_out(decision_out, decision) };
         Ok(())
@@ -318,7 +497,8 @@ pub unsafe extern "C" fn mcp_oauth2_pending_resume(
 ///
 /// # Errors
 /// `MCP_OAUTH2_RESULT_INVALID_ARGUMENT` for an unknown `kind` (the pending is unchanged);
-/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE`.
 ///
 /// # Safety
 /// As `mcp_oauth2_pending_resume`, with `message` for `body`.
@@ -326,6 +506,7 @@ pub unsafe extern "C" fn mcp_oauth2_pending_resume(
 #[no_mangle]
 pub unsafe extern "C" fn mcp_oauth2_pending_fail(
     pending: *mut mcp_oauth2_pending,
+    now_unix_ms: u64,
     kind: u32,
     message: *const u8,
     message_len: usize,
@@ -346,7 +527,183 @@ pub unsafe extern "C" fn mcp_oauth2_pending_fail(
             5 => TransportErrorKind::Other,
             _ => return Err(mcp_oauth2_result::InvalidArgument),
         };
-        let decision = pending.resume(Err(TransportError::new(kind, message)))?;
+        let decision = pending.resume(Err(TransportError::new(kind, message)), None, system_time(now_unix_ms))?;
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(decision_out, decision) };
+        Ok(())
+    })
+}
+
+/// Reads the ticket of a waiting pending, NULL-checked.
+///
+/// # Safety
+/// `pending` is NULL or live and not being continued concurrently.
+unsafe fn ticket_of<'a>(pending: *const mcp_oauth2_pending) -> Result<&'a Ticket> {
+    // SAFETY: forwarded caller contract.
+    unsafe { borrow(pending) }?.ticket()
+}
+
+/// Whether the answer a waiting pending waits for is in (polling; never blocks). When it
+/// is, call `mcp_oauth2_pending_continue`.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending needs an HTTP exchange).
+///
+/// # Safety
+/// `pending` is NULL or live; `ready_out` is NULL or writable.
+/// Thread safety: see `mcp_oauth2_pending`.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_pending_is_ready(
+    pending: *const mcp_oauth2_pending,
+    ready_out: *mut bool,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let ticket = unsafe { ticket_of(pending) }?;
+        let ready_out = out(ready_out)?;
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(ready_out, ticket.is_ready()) };
+        Ok(())
+    })
+}
+
+/// Blocks the calling thread until the answer a waiting pending waits for is in, or
+/// `timeout_ms` passes. `*ready_out` says which. Then call `mcp_oauth2_pending_continue`
+/// (also after a timeout: the decision is then a 503).
+///
+/// # Errors
+/// As `mcp_oauth2_pending_is_ready`.
+///
+/// # Safety
+/// As `mcp_oauth2_pending_is_ready`.
+/// Thread safety: see `mcp_oauth2_pending`.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_pending_wait(
+    pending: *const mcp_oauth2_pending,
+    timeout_ms: u64,
+    ready_out: *mut bool,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let ticket = unsafe { ticket_of(pending) }?;
+        let ready_out = out(ready_out)?;
+        let ready = ticket.wait(Duration::from_millis(timeout_ms));
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(ready_out, ready) };
+        Ok(())
+    })
+}
+
+/// How long waiting makes sense, in milliseconds (every call the awaited request may
+/// chain, each bounded by `timeout`, plus a second). Past it, call
+/// `mcp_oauth2_pending_continue` anyway.
+///
+/// # Errors
+/// As `mcp_oauth2_pending_is_ready`.
+///
+/// # Safety
+/// `pending` is NULL or live; `max_wait_ms_out` is NULL or writable.
+/// Thread safety: see `mcp_oauth2_pending`.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_pending_max_wait_ms(
+    pending: *const mcp_oauth2_pending,
+    max_wait_ms_out: *mut u64,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let ticket = unsafe { ticket_of(pending) }?;
+        let max_wait_ms_out = out(max_wait_ms_out)?;
+        let ms = u64::try_from(ticket.max_wait().as_millis()).unwrap_or(u64::MAX);
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(max_wait_ms_out, ms) };
+        Ok(())
+    })
+}
+
+/// Called once when the answer a waiting pending waits for is in.
+pub type mcp_oauth2_ready_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
+
+/// The host's callback and its argument, which the host promises may travel to (and be
+/// called on) any thread.
+struct ReadyCallback {
+    callback: unsafe extern "C" fn(*mut c_void),
+    user_data: *mut c_void,
+}
+
+// SAFETY: `mcp_oauth2_pending_on_ready` requires the callback and `user_data` to be usable
+// from any thread.
+unsafe impl Send for ReadyCallback {}
+
+impl ReadyCallback {
+    fn call(self) {
+        // SAFETY: the host's callback with the host's argument, per its contract; a panic
+        // cannot start here (C code does not unwind into Rust by contract).
+        unsafe { (self.callback)(self.user_data) }
+    }
+}
+
+/// Registers `callback(user_data)` to be called once when the answer a waiting pending
+/// waits for is in: at once, on this thread, if it already is; otherwise on the thread of
+/// the request that completes the awaited call, right after it completes. For event-loop
+/// hosts: the callback should only wake the loop (e.g. write to an eventfd), which then
+/// calls `mcp_oauth2_pending_continue`; it must not free or continue this pending itself,
+/// and must not block. Register it at most once per wait.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER` (also for a NULL `callback`),
+/// `MCP_OAUTH2_RESULT_ALREADY_RESUMED`, `MCP_OAUTH2_RESULT_WRONG_STATE`.
+///
+/// # Safety
+/// `pending` is NULL or live; `callback` may be called from any thread with `user_data`,
+/// which must stay valid until then.
+/// Thread safety: see `mcp_oauth2_pending`.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_pending_on_ready(
+    pending: *const mcp_oauth2_pending,
+    callback: mcp_oauth2_ready_fn,
+    user_data: *mut c_void,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let ticket = unsafe { ticket_of(pending) }?;
+        let callback = callback.ok_or(mcp_oauth2_result::NullParameter)?;
+        let ready = ReadyCallback { callback, user_data };
+        ticket.on_ready(move || ready.call());
+        Ok(())
+    })
+}
+
+/// Continues a waiting pending at `now_unix_ms` with the answer it waited for. When the
+/// answer is not in yet (the host stopped waiting), the decision is a 503: a delay at the
+/// authorization server is never a 401.
+///
+/// `*decision_out`: a new decision, or NULL when the pending moved to another step (read
+/// `mcp_oauth2_pending_state`), as for `mcp_oauth2_pending_resume`.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending needs an HTTP exchange).
+///
+/// # Safety
+/// `pending` is NULL or live; `decision_out` is NULL or writable.
+/// Thread safety: no other call on the same pending may run concurrently.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_pending_continue(
+    pending: *mut mcp_oauth2_pending,
+    now_unix_ms: u64,
+    decision_out: *mut *mut mcp_oauth2_decision,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract: NULL or a live pending, not used concurrently.
+        let pending = unsafe { borrow_mut(pending) }?;
+        let decision_out = out(decision_out)?;
+        pending.ticket()?;
+        let State::Wait(ticket) = std::mem::replace(&mut pending.state, State::Done) else {
+            return Err(mcp_oauth2_result::WrongState);
+        };
+        let step = ticket.resume(system_time(now_unix_ms));
+        let decision = pending.enter(step).map_or(std::ptr::null_mut(), |d| into_handle(mcp_oauth2_decision::new(d)));
         // SAFETY: checked by `out`; writable per the caller contract.
         unsafe { write_out(decision_out, decision) };
         Ok(())
@@ -355,7 +712,8 @@ pub unsafe extern "C" fn mcp_oauth2_pending_fail(
 
 /// Frees a pending validation (resumed or not) and sets `*pending` to NULL. `pending` NULL
 /// or `*pending` NULL: no-op, so calling it twice on the same variable is safe. Freeing an
-/// unresumed pending abandons the validation (nothing is cached). Views obtained from it
+/// unresumed pending abandons the validation (nothing is cached; requests waiting on it
+/// get a 503). Views obtained from it
 /// become invalid; decisions obtained from it stay valid.
 ///
 /// # Safety

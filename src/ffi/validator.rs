@@ -3,12 +3,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 
+use super::pending::first_step;
 use super::{
     borrow, boundary, boundary_void, bytes, free_handle, into_handle, mcp_oauth2_bytes, mcp_oauth2_decision,
-    mcp_oauth2_error, mcp_oauth2_header, mcp_oauth2_pending, mcp_oauth2_result, out, slice, test_panic_hook, text,
-    write_out, Result,
+    mcp_oauth2_error, mcp_oauth2_header, mcp_oauth2_pending, mcp_oauth2_result, mcp_oauth2_str, out, slice,
+    system_time, test_panic_hook, text, write_out, Result,
 };
-use crate::{Config, Request, Step, UreqTransport, Validator};
+use crate::{Config, Policy, Request, UreqTransport, Validator};
 
 /// A validator for one configuration, with its caches. Created by
 /// `mcp_oauth2_validator_new`, owned by the host, freed with `mcp_oauth2_validator_free`.
@@ -162,14 +163,18 @@ pub unsafe extern "C" fn mcp_oauth2_validator_free(validator: *mut *mut mcp_oaut
     boundary_void(|| unsafe { free_handle(validator) });
 }
 
-/// Starts deciding one request, without I/O (the sans-I/O flow). On success exactly one of
-/// the two outputs is non-NULL:
+/// Starts deciding one request at `now_unix_ms` (the host's clock, Unix milliseconds), without
+/// I/O (the sans-I/O flow). On success exactly one of the two outputs is non-NULL:
 ///
 /// - `*decision_out`: the decision is made (metadata document, no token, malformed
 ///   request, cache hit, ...). The host owns it; free it with `mcp_oauth2_decision_free`.
-/// - `*pending_out`: the host must perform the HTTP request it describes
-///   (`mcp_oauth2_pending_method`, `_url`, `_header`, `_body`, `_timeout_ms`) and then call
-///   `mcp_oauth2_pending_resume` or `mcp_oauth2_pending_fail`. The host owns it; free it with
+/// - `*pending_out`: read `mcp_oauth2_pending_state`. `MCP_OAUTH2_PENDING_STATE_HTTP`: the
+///   host performs the HTTP request it describes (`mcp_oauth2_pending_method`, `_url`,
+///   `_header`, `_body`, `_timeout_ms`) and calls `mcp_oauth2_pending_resume` or
+///   `mcp_oauth2_pending_fail`. `MCP_OAUTH2_PENDING_STATE_WAIT`: another request is already
+///   asking the authorization server about this token; the host waits for it
+///   (`mcp_oauth2_pending_wait`, `_is_ready` or `_on_ready`) and calls
+///   `mcp_oauth2_pending_continue`. The host owns the pending; free it with
 ///   `mcp_oauth2_pending_free` (also after resuming).
 ///
 /// `request` and everything it points to are borrowed for this call only.
@@ -188,6 +193,7 @@ pub unsafe extern "C" fn mcp_oauth2_validator_free(validator: *mut *mut mcp_oaut
 pub unsafe extern "C" fn mcp_oauth2_validator_begin(
     validator: *const mcp_oauth2_validator,
     request: *const mcp_oauth2_request,
+    now_unix_ms: u64,
     decision_out: *mut *mut mcp_oauth2_decision,
     pending_out: *mut *mut mcp_oauth2_pending,
 ) -> mcp_oauth2_result {
@@ -197,10 +203,7 @@ pub unsafe extern "C" fn mcp_oauth2_validator_begin(
         let (decision_out, pending_out) = (out(decision_out)?, out(pending_out)?);
         // SAFETY: caller contract for the request's pointers.
         let request = unsafe { request.as_core() }?;
-        let (decision, pending) = match validator.validator.begin(&request) {
-            Step::Done(d) => (into_handle(mcp_oauth2_decision::new(d)), std::ptr::null_mut()),
-            Step::Need(http, p) => (std::ptr::null_mut(), into_handle(mcp_oauth2_pending::new(http, p))),
-        };
+        let (decision, pending) = first_step(validator.validator.begin(&request, system_time(now_unix_ms)));
         // SAFETY: both checked by `out`; writable per the caller contract.
         unsafe {
             write_out(decision_out, decision);
@@ -303,4 +306,173 @@ pub unsafe extern "C" fn mcp_oauth2_validator_metadata_document(
         unsafe { write_out(document_out, mcp_oauth2_bytes::of(validator.validator.metadata_document())) };
         Ok(())
     })
+}
+
+/// Bits of `mcp_oauth2_validator_reads`: decisions read the request body of a POST
+/// (`method_scopes` are configured); buffer it, up to `mcp_oauth2_validator_max_request_body_size`.
+pub const MCP_OAUTH2_READS_BODY: u32 = 1;
+/// Bits of `mcp_oauth2_validator_reads`: decisions read the peer address and the
+/// `X-Forwarded-*` headers (`trusted_proxies` is set).
+pub const MCP_OAUTH2_READS_FORWARDED: u32 = 2;
+/// Bits of `mcp_oauth2_validator_reads`: decisions read `Origin` and
+/// `Access-Control-Request-Method` (`allowed_origins` is set).
+pub const MCP_OAUTH2_READS_ORIGIN: u32 = 4;
+
+/// Reads the validator's compiled policy, NULL-checked.
+///
+/// # Safety
+/// `validator` is NULL or live.
+unsafe fn policy_of<'a>(validator: *const mcp_oauth2_validator) -> Result<&'a Policy> {
+    // SAFETY: forwarded caller contract.
+    Ok(unsafe { borrow(validator) }?.validator.policy())
+}
+
+/// The shared body of the policy accessors that return one value.
+///
+/// # Safety
+/// `validator` is NULL or live; `value_out` is NULL or writable.
+unsafe fn policy_get<T>(
+    validator: *const mcp_oauth2_validator,
+    value_out: *mut T,
+    value: impl FnOnce(&Policy) -> Result<T>,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: forwarded caller contract.
+        let policy = unsafe { policy_of(validator) }?;
+        let value_out = out(value_out)?;
+        let value = value(policy)?;
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(value_out, value) };
+        Ok(())
+    })
+}
+
+/// Which parts of a request decisions read beyond its method, path and `Authorization`
+/// headers: a bitwise OR of `MCP_OAUTH2_READS_BODY`, `MCP_OAUTH2_READS_FORWARDED` and
+/// `MCP_OAUTH2_READS_ORIGIN`. 0: every request is decided from those three alone, and a
+/// host may pass nothing else.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `validator` is NULL or live; `reads_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same validator.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_reads(
+    validator: *const mcp_oauth2_validator,
+    reads_out: *mut u32,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        policy_get(validator, reads_out, |p| {
+            let bit = |on: bool, b: u32| if on { b } else { 0 };
+            Ok(bit(p.reads_body(), MCP_OAUTH2_READS_BODY)
+                | bit(p.reads_forwarded_headers(), MCP_OAUTH2_READS_FORWARDED)
+                | bit(p.reads_origin(), MCP_OAUTH2_READS_ORIGIN))
+        })
+    }
+}
+
+/// `max_request_body_size` in bytes (0 = unlimited): with `MCP_OAUTH2_READS_BODY`, buffer
+/// at most this many bytes plus one (one more byte lets the validator answer 413).
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `validator` is NULL or live; `size_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same validator.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_max_request_body_size(
+    validator: *const mcp_oauth2_validator,
+    size_out: *mut u64,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { policy_get(validator, size_out, |p| Ok(p.max_request_body_size())) }
+}
+
+/// The number of header names every allowed request removes (`Authorization` unless
+/// `passthrough_credentials`, then every claim header): the same list as
+/// `mcp_oauth2_decision_remove_header`, known before any request.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `validator` is NULL or live; `count_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same validator.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_remove_header_count(
+    validator: *const mcp_oauth2_validator,
+    count_out: *mut usize,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { policy_get(validator, count_out, |p| Ok(p.remove_headers().len())) }
+}
+
+/// Header name number `index` (from 0) that every allowed request removes.
+///
+/// `name_out` receives a view into `validator`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_OUT_OF_RANGE`, `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `validator` is NULL or live; `name_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same validator.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_remove_header(
+    validator: *const mcp_oauth2_validator,
+    index: usize,
+    name_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        policy_get(validator, name_out, |p| {
+            p.remove_headers().nth(index).map(mcp_oauth2_str::of).ok_or(mcp_oauth2_result::OutOfRange)
+        })
+    }
+}
+
+/// The number of configured claim headers (`claim_to_header` or `upstream_headers`).
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `validator` is NULL or live; `count_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same validator.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_claim_header_count(
+    validator: *const mcp_oauth2_validator,
+    count_out: *mut usize,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { policy_get(validator, count_out, |p| Ok(p.claim_headers().len())) }
+}
+
+/// Claim header name number `index` (from 0), in configuration order: the order of
+/// `mcp_oauth2_decision_claim_header_value`.
+///
+/// `name_out` receives a view into `validator`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_OUT_OF_RANGE`, `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `validator` is NULL or live; `name_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same validator.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_claim_header(
+    validator: *const mcp_oauth2_validator,
+    index: usize,
+    name_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        policy_get(validator, name_out, |p| {
+            p.claim_headers().nth(index).map(mcp_oauth2_str::of).ok_or(mcp_oauth2_result::OutOfRange)
+        })
+    }
 }

@@ -1,0 +1,42 @@
+//! The one interface of every way to validate a token (introspection, local JWT): start,
+//! then resume with each HTTP response it asked for, until it yields claims or an outcome.
+//! The validator is a small begin/resume machine over it.
+
+use serde_json::{Map, Value};
+
+use crate::clock::UnixMs;
+use crate::jwt::JwtStep;
+use crate::policy::Outcome;
+use crate::request::{HttpRequest, HttpResponse, TransportError};
+
+/// The result of one HTTP exchange the host performed.
+pub(crate) type HttpResult = Result<HttpResponse, TransportError>;
+
+/// Where a validation stands after a step.
+pub(crate) enum Progress {
+    /// The token is genuine and active: the policy's token rules apply to these claims.
+    Claims(Map<String, Value>),
+    /// Decided without claims (rejected, or the authorization server failed).
+    Done(Outcome),
+    /// Perform this request, then resume with the state.
+    Need(HttpRequest, MethodState),
+}
+
+/// What a validation waits for (the state of every method, so that a pending validation
+/// is one type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MethodState {
+    /// The introspection response.
+    Introspect,
+    /// Authorization-server metadata or a key set for local JWT validation.
+    Jwt(JwtStep),
+}
+
+/// A way to validate a token.
+pub(crate) trait TokenValidation: Send + Sync {
+    /// Starts validating `token` at `now`.
+    fn start(&self, token: &str, now: UnixMs) -> Progress;
+
+    /// Continues after the HTTP request of `state`, with its result.
+    fn resume(&self, token: &str, state: MethodState, result: HttpResult, now: UnixMs) -> Progress;
+}
