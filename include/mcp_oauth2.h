@@ -601,6 +601,34 @@ mcp_oauth2_result mcp_oauth2_decision_consumer_group(const struct mcp_oauth2_dec
                                                      size_t index,
                                                      struct mcp_oauth2_str *group_out);
 
+// For a host that refuses an allowed request itself (consumer mapping): a new decision
+// holding the response to send instead (403 or 503, the library's JSON body, CORS
+// headers when the request had an allowed `Origin`). `refusal` is one of
+// `mcp_oauth2_refusal`. The host owns the new decision; `decision` is unchanged.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_ABSENT` if `decision` is not allowed; `MCP_OAUTH2_RESULT_INVALID_ARGUMENT`
+// for an unknown `refusal`; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `decision` is NULL or live; `refused_out` is NULL or a writable pointer variable.
+// Thread safety: safe to call concurrently on the same decision.
+mcp_oauth2_result mcp_oauth2_decision_refuse(const struct mcp_oauth2_decision *decision,
+                                             uint32_t refusal,
+                                             struct mcp_oauth2_decision **refused_out);
+
+// A new decision holding the 500 response a host sends when it could not get a decision
+// at all (e.g. a call returned `MCP_OAUTH2_RESULT_PANIC`): the library's JSON body. Hosts
+// may build it once at start-up and reuse its parts. The host owns it.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `decision_out` is NULL or a writable pointer variable.
+// Thread safety: safe to call from any thread.
+mcp_oauth2_result mcp_oauth2_decision_internal_error(struct mcp_oauth2_decision **decision_out);
+
 // Frees a decision and sets `*decision` to NULL. `decision` NULL or `*decision` NULL:
 // no-op, so calling it twice on the same variable is safe. Views obtained from it become
 // invalid.
@@ -1036,6 +1064,25 @@ mcp_oauth2_result mcp_oauth2_validator_evict(const struct mcp_oauth2_validator *
                                              const uint8_t *token,
                                              size_t token_len,
                                              bool *evicted_out);
+
+// The cache key of a token: 64 lowercase hex digits, as `mcp_oauth2_pending_cache_key`
+// gives for its introspection (never the token itself). Hosts with a cache shared between
+// processes use it to drop a revoked token's entry there too.
+//
+// `token`, `token_len`: the bare token (without `Bearer `), borrowed for the call.
+// `key_out` points to 64 writable bytes; they receive the key (not NUL-terminated).
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_INVALID_ARGUMENT` (token not UTF-8).
+//
+// # Safety
+// `validator` is NULL or live; `token` points to `token_len` readable bytes or is NULL
+// with length 0; `key_out` is NULL or points to 64 writable bytes.
+// Thread safety: safe to call concurrently on the same validator.
+mcp_oauth2_result mcp_oauth2_validator_token_cache_key(const struct mcp_oauth2_validator *validator,
+                                                       const uint8_t *token,
+                                                       size_t token_len,
+                                                       uint8_t *key_out);
 
 // The Protected Resource Metadata document (RFC 9728) this validator serves, as JSON.
 // `begin`/`authorize` already answer the metadata paths; this is for hosts that serve it

@@ -71,6 +71,8 @@ pub enum Reason {
     ConsumerGroupsNotFound,
     /// The host's consumer look-up failed (503; the Kong plugin's database).
     ConsumerLookupFailed,
+    /// The host could not get a decision (a bug caught at the boundary): 500.
+    InternalError,
     /// The authorization server failed: unreachable, timeout, non-200, non-JSON,
     /// oversize (503).
     AuthorizationServerUnavailable,
@@ -106,6 +108,7 @@ impl Reason {
             Reason::ConsumerNotFound => "consumer_not_found",
             Reason::ConsumerGroupsNotFound => "consumer_groups_not_found",
             Reason::ConsumerLookupFailed => "consumer_lookup_failed",
+            Reason::InternalError => "internal_error",
             Reason::AuthorizationServerUnavailable => "authorization_server_unavailable",
         }
     }
@@ -227,6 +230,18 @@ impl Response {
     pub fn detail(&self) -> Option<&str> {
         self.detail.as_deref()
     }
+
+    /// The 500 a host sends when it cannot get a decision at all (the validator panicked
+    /// or could not be built): a JSON body in the library's format, never forwarded.
+    pub fn internal_error() -> Response {
+        Answer { resource_metadata: "", cors_origin: None }.json_error(
+            500,
+            Reason::InternalError,
+            None,
+            "server_error",
+            "Internal error in the authorization module",
+        )
+    }
 }
 
 impl fmt::Debug for Response {
@@ -304,6 +319,20 @@ pub struct Forward {
     pub(crate) cache_ttl: Option<Duration>,
     /// When the validator's cached answer for this token ages out (`None`: not cached).
     pub(crate) recheck_at: Option<UnixMs>,
+    /// The request's allowed `Origin`, for the CORS headers of a refusal by the host.
+    pub(crate) cors_origin: Option<Box<str>>,
+}
+
+/// Why a host refuses a request the validator allowed (the Kong plugin's consumer mapping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// No consumer matches the token's `consumer_claim` value (403).
+    ConsumerNotFound,
+    /// None of the token's consumer groups exists (403).
+    ConsumerGroupsNotFound,
+    /// The consumer look-up itself failed (503).
+    ConsumerLookupFailed,
 }
 
 impl Forward {
@@ -350,6 +379,18 @@ impl Forward {
     /// [`Forward::valid_until`] as Unix seconds.
     pub fn valid_until_unix(&self) -> Option<i64> {
         self.grant.exp
+    }
+
+    /// The response for a host that refuses this allowed request itself (consumer
+    /// mapping): status, body and headers in the library's format, CORS included.
+    pub fn refuse(&self, refusal: Refusal) -> Response {
+        let reason = match refusal {
+            Refusal::ConsumerNotFound => Reason::ConsumerNotFound,
+            Refusal::ConsumerGroupsNotFound => Reason::ConsumerGroupsNotFound,
+            Refusal::ConsumerLookupFailed => Reason::ConsumerLookupFailed,
+        };
+        // The challenge is not needed (these are 403/503 without one).
+        Answer { resource_metadata: "", cors_origin: self.cors_origin.as_deref() }.refused(reason)
     }
 
     /// When the validator's cached answer for this token ages out, if it keeps one. A host

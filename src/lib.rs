@@ -88,7 +88,7 @@ mod validator;
 
 pub use crate::claims::MAX_HEADER_VALUE_LEN;
 pub use crate::config::Config;
-pub use crate::decision::{Decision, Forward, Identity, Reason, Response};
+pub use crate::decision::{Decision, Forward, Identity, Reason, Refusal, Response};
 pub use crate::error::{Error, ErrorKind};
 pub use crate::policy::Policy;
 pub use crate::request::{

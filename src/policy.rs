@@ -346,6 +346,7 @@ impl Policy {
             grant: Arc::clone(grant),
             cache_ttl,
             recheck_at: expires,
+            cors_origin: ctx.cors_origin.as_deref().map(Box::from),
         })
     }
 

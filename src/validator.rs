@@ -221,6 +221,12 @@ impl Validator {
         self.shared.cache.as_ref().is_some_and(|c| c.remove(&key))
     }
 
+    /// The cache key of a token (64 hex digits, as [`Pending::cache_key`] of its
+    /// introspection): where a host's shared cache keeps its answer (to evict it there too).
+    pub fn token_cache_key(&self, token: &str) -> String {
+        hex(&self.shared.policy.cache_key(AccessToken(token)))
+    }
+
     /// Number of cached validation results (live or not yet purged).
     pub fn cached_entries(&self) -> usize {
         self.shared.cache.as_ref().map_or(0, TtlCache::len)

@@ -1,10 +1,10 @@
 //! The decision handle and its accessors.
 
 use super::{
-    borrow, boundary, boundary_void, bytes, free_handle, mcp_oauth2_bytes, mcp_oauth2_result, mcp_oauth2_str, out,
+    borrow, boundary, boundary_void, bytes, free_handle, into_handle, mcp_oauth2_bytes, mcp_oauth2_result, mcp_oauth2_str, out,
     text, unix_ms, write_out, write_pair, Result,
 };
-use crate::{Decision, Forward, Identity, Response};
+use crate::{Decision, Forward, Identity, Refusal, Response};
 
 /// The verdict on one request: either answer the client (`allowed` false: status, headers,
 /// body) or forward upstream (`allowed` true: headers to remove and set, identity,
@@ -624,6 +624,75 @@ pub unsafe extern "C" fn mcp_oauth2_decision_consumer_group(
             groups.get(index).map(|g| mcp_oauth2_str::of(g)).ok_or(mcp_oauth2_result::OutOfRange)
         })
     }
+}
+
+/// Why a host refuses a request the validator allowed (for
+/// `mcp_oauth2_decision_refuse`, passed as a `uint32_t`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum mcp_oauth2_refusal {
+    /// No consumer matches the token's `consumer_claim` value (403).
+    ConsumerNotFound = 1,
+    /// None of the token's consumer groups exists (403).
+    ConsumerGroupsNotFound = 2,
+    /// The host's consumer look-up itself failed (503).
+    ConsumerLookupFailed = 3,
+}
+
+/// For a host that refuses an allowed request itself (consumer mapping): a new decision
+/// holding the response to send instead (403 or 503, the library's JSON body, CORS
+/// headers when the request had an allowed `Origin`). `refusal` is one of
+/// `mcp_oauth2_refusal`. The host owns the new decision; `decision` is unchanged.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` if `decision` is not allowed; `MCP_OAUTH2_RESULT_INVALID_ARGUMENT`
+/// for an unknown `refusal`; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `refused_out` is NULL or a writable pointer variable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_refuse(
+    decision: *const mcp_oauth2_decision,
+    refusal: u32,
+    refused_out: *mut *mut mcp_oauth2_decision,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        get(decision, refused_out, |d| {
+            let refusal = match refusal {
+                1 => Refusal::ConsumerNotFound,
+                2 => Refusal::ConsumerGroupsNotFound,
+                3 => Refusal::ConsumerLookupFailed,
+                _ => return Err(mcp_oauth2_result::InvalidArgument),
+            };
+            let response = forward(d)?.refuse(refusal);
+            Ok(into_handle(mcp_oauth2_decision::new(Decision::Respond(response))))
+        })
+    }
+}
+
+/// A new decision holding the 500 response a host sends when it could not get a decision
+/// at all (e.g. a call returned `MCP_OAUTH2_RESULT_PANIC`): the library's JSON body. Hosts
+/// may build it once at start-up and reuse its parts. The host owns it.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision_out` is NULL or a writable pointer variable.
+/// Thread safety: safe to call from any thread.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_internal_error(
+    decision_out: *mut *mut mcp_oauth2_decision,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        let decision_out = out(decision_out)?;
+        let decision = into_handle(mcp_oauth2_decision::new(Decision::Respond(Response::internal_error())));
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(decision_out, decision) };
+        Ok(())
+    })
 }
 
 /// Frees a decision and sets `*decision` to NULL. `decision` NULL or `*decision` NULL:

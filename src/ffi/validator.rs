@@ -281,6 +281,39 @@ pub unsafe extern "C" fn mcp_oauth2_validator_evict(
     })
 }
 
+/// The cache key of a token: 64 lowercase hex digits, as `mcp_oauth2_pending_cache_key`
+/// gives for its introspection (never the token itself). Hosts with a cache shared between
+/// processes use it to drop a revoked token's entry there too.
+///
+/// `token`, `token_len`: the bare token (without `Bearer `), borrowed for the call.
+/// `key_out` points to 64 writable bytes; they receive the key (not NUL-terminated).
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_INVALID_ARGUMENT` (token not UTF-8).
+///
+/// # Safety
+/// `validator` is NULL or live; `token` points to `token_len` readable bytes or is NULL
+/// with length 0; `key_out` is NULL or points to 64 writable bytes.
+/// Thread safety: safe to call concurrently on the same validator.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_token_cache_key(
+    validator: *const mcp_oauth2_validator,
+    token: *const u8,
+    token_len: usize,
+    key_out: *mut u8,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract: NULL or a live validator; token bytes readable.
+        let (validator, token) = unsafe { (borrow(validator)?, text(token, token_len)?) };
+        let key_out = out(key_out)?;
+        let key = validator.validator.token_cache_key(token);
+        // SAFETY: `key_out` points to 64 writable bytes per the caller contract, and the key
+        // is 64 ASCII hex digits; the regions cannot overlap (the key is ours).
+        unsafe { std::ptr::copy_nonoverlapping(key.as_ptr(), key_out, 64) };
+        Ok(())
+    })
+}
+
 /// The Protected Resource Metadata document (RFC 9728) this validator serves, as JSON.
 /// `begin`/`authorize` already answer the metadata paths; this is for hosts that serve it
 /// elsewhere.
