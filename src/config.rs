@@ -222,15 +222,18 @@ pub struct TokenExchangeRequest {
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct TokenExchangeCache {
-    #[serde(default = "yes")]
+    #[serde(default = "default_token_exchange_cache_enabled")]
     pub enabled: bool,
-    #[serde(default = "d_3600")]
+    #[serde(default = "default_token_exchange_cache_ttl_secs")]
     pub ttl: u64,
 }
 
 impl Default for TokenExchangeCache {
     fn default() -> Self {
-        TokenExchangeCache { enabled: true, ttl: 3600 }
+        TokenExchangeCache {
+            enabled: default_token_exchange_cache_enabled(),
+            ttl: default_token_exchange_cache_ttl_secs(),
+        }
     }
 }
 
@@ -279,34 +282,59 @@ impl<'de> Deserialize<'de> for ClientJwk {
     }
 }
 
-fn yes() -> bool {
-    true
-}
-fn d_3600() -> u64 {
-    3600
-}
-fn d_max_body() -> u64 {
+// Defaults, one function per meaning (two fields sharing a value still get their own), so a
+// change to one default never silently moves another. `Config::new` and every parse read
+// them through the serde attributes below.
+
+fn default_max_request_body_size_bytes() -> u64 {
     1024 * 1024
 }
-fn d_retry() -> u32 {
+fn default_cache_introspection() -> bool {
+    true
+}
+fn default_jwks_cache_ttl_secs() -> u64 {
+    3600
+}
+fn default_metadata_discovery_retry() -> u32 {
     3
 }
-fn d_timeout() -> u64 {
+fn default_metadata_cache_ttl_secs() -> u64 {
+    3600
+}
+fn default_tls_client_auth_ssl_verify() -> bool {
+    true
+}
+fn default_ssl_verify() -> bool {
+    true
+}
+fn default_timeout_ms() -> u64 {
     10_000
 }
-fn d_consumer_by() -> Vec<ConsumerBy> {
+fn default_keepalive() -> bool {
+    true
+}
+fn default_consumer_by() -> Vec<ConsumerBy> {
     vec![ConsumerBy::CustomId, ConsumerBy::Username]
 }
-fn d_credential_claim() -> ClaimPath {
+fn default_credential_claim() -> ClaimPath {
     ClaimPath::claim("sub")
 }
-fn d_audiences_denied() -> Vec<String> {
+fn default_token_exchange_cache_enabled() -> bool {
+    true
+}
+fn default_token_exchange_cache_ttl_secs() -> u64 {
+    3600
+}
+fn default_audiences_denied() -> Vec<String> {
     vec!["account".to_owned()]
 }
-fn d_cache_max_entries() -> usize {
+fn default_cache_max_entries() -> usize {
     10_000
 }
-fn d_cache_ttl_negative() -> u64 {
+fn default_cache_ttl_max_secs() -> u64 {
+    3600
+}
+fn default_cache_ttl_negative_secs() -> u64 {
     5
 }
 
@@ -323,14 +351,14 @@ pub struct Config {
     pub scopes_supported: Option<Vec<String>>,
     #[serde(default)]
     pub insecure_relaxed_audience_validation: bool,
-    #[serde(default = "d_max_body")]
+    #[serde(default = "default_max_request_body_size_bytes")]
     pub max_request_body_size: u64,
 
     #[serde(default)]
     pub introspection_endpoint: Option<String>,
     #[serde(default)]
     pub mtls_introspection_endpoint: Option<String>,
-    #[serde(default = "yes")]
+    #[serde(default = "default_cache_introspection")]
     pub cache_introspection: bool,
     #[serde(default)]
     pub introspection_format: Option<IntrospectionFormat>,
@@ -341,15 +369,15 @@ pub struct Config {
 
     #[serde(default)]
     pub jwks_endpoint: Option<String>,
-    #[serde(default = "d_3600")]
+    #[serde(default = "default_jwks_cache_ttl_secs")]
     pub jwks_cache_ttl: u64,
     #[serde(default)]
     pub jwt_claims_leeway: u64,
     #[serde(default)]
     pub metadata_discovery_endpoint: Option<String>,
-    #[serde(default = "d_retry")]
+    #[serde(default = "default_metadata_discovery_retry")]
     pub metadata_discovery_retry: u32,
-    #[serde(default = "d_3600")]
+    #[serde(default = "default_metadata_cache_ttl_secs")]
     pub metadata_cache_ttl: u64,
 
     #[serde(default)]
@@ -366,13 +394,13 @@ pub struct Config {
     pub tls_client_auth_cert: Option<String>,
     #[serde(default)]
     pub tls_client_auth_key: Option<Secret>,
-    #[serde(default = "yes")]
+    #[serde(default = "default_tls_client_auth_ssl_verify")]
     pub tls_client_auth_ssl_verify: bool,
-    #[serde(default = "yes")]
+    #[serde(default = "default_ssl_verify")]
     pub ssl_verify: bool,
-    #[serde(default = "d_timeout")]
+    #[serde(default = "default_timeout_ms")]
     pub timeout: u64,
-    #[serde(default = "yes")]
+    #[serde(default = "default_keepalive")]
     pub keepalive: bool,
     #[serde(default)]
     pub http_version: HttpVersion,
@@ -396,7 +424,7 @@ pub struct Config {
 
     #[serde(default)]
     pub consumer_claim: Option<ClaimPath>,
-    #[serde(default = "d_consumer_by")]
+    #[serde(default = "default_consumer_by")]
     pub consumer_by: Vec<ConsumerBy>,
     #[serde(default)]
     pub consumer_optional: bool,
@@ -404,7 +432,7 @@ pub struct Config {
     pub consumer_groups_claim: Option<ClaimPath>,
     #[serde(default)]
     pub consumer_groups_optional: bool,
-    #[serde(default = "d_credential_claim")]
+    #[serde(default = "default_credential_claim")]
     pub credential_claim: ClaimPath,
 
     #[serde(default)]
@@ -417,17 +445,17 @@ pub struct Config {
     pub method_scopes: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub audiences: Vec<String>,
-    #[serde(default = "d_audiences_denied")]
+    #[serde(default = "default_audiences_denied")]
     pub audiences_denied: Vec<String>,
     #[serde(default)]
     pub access_token_type: AccessTokenType,
     #[serde(default)]
     pub algorithms: Option<Vec<String>>,
-    #[serde(default = "d_cache_max_entries")]
+    #[serde(default = "default_cache_max_entries")]
     pub cache_max_entries: usize,
-    #[serde(default = "d_3600")]
+    #[serde(default = "default_cache_ttl_max_secs")]
     pub cache_ttl_max: u64,
-    #[serde(default = "d_cache_ttl_negative")]
+    #[serde(default = "default_cache_ttl_negative_secs")]
     pub cache_ttl_negative: u64,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -1094,6 +1122,27 @@ mod tests {
         assert_eq!(c.upstream_headers[0].path.0, vec!["groups", "0"]);
         assert_eq!(c.consumer_claim, Some(ClaimPath::claim("sub")));
         assert_eq!(c.http_version, HttpVersion::Http10);
+    }
+
+    #[test]
+    fn config_new_has_every_documented_default() {
+        let c = Config::new("https://mcp.example.com/mcp", vec!["https://as.example.com".into()]);
+        assert_eq!(c.max_request_body_size, 1_048_576);
+        assert!(c.cache_introspection && c.tls_client_auth_ssl_verify && c.ssl_verify && c.keepalive);
+        assert_eq!((c.jwks_cache_ttl, c.metadata_cache_ttl, c.cache_ttl_max), (3600, 3600, 3600));
+        assert_eq!((c.metadata_discovery_retry, c.timeout, c.jwt_claims_leeway), (3, 10_000, 0));
+        assert_eq!(c.http_version, HttpVersion::Http11);
+        assert_eq!(c.consumer_by, vec![ConsumerBy::CustomId, ConsumerBy::Username]);
+        assert_eq!(c.credential_claim, ClaimPath::claim("sub"));
+        assert_eq!(c.audiences_denied, vec!["account"]);
+        assert_eq!(c.access_token_type, AccessTokenType::Any);
+        assert_eq!((c.cache_max_entries, c.cache_ttl_negative), (10_000, 5));
+        assert!(!c.insecure_relaxed_audience_validation && !c.passthrough_credentials);
+        assert!(c.token_exchange.is_none() && c.allowed_origins.is_none() && c.issuers.is_none());
+        // The record's Default and its serde defaults are the same values.
+        let te: TokenExchange = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(te.cache, TokenExchangeCache::default());
+        assert_eq!(te.cache, TokenExchangeCache { enabled: true, ttl: 3600 });
     }
 
     #[test]
