@@ -563,6 +563,28 @@ impl Config {
     /// Checks every field and every cross-field rule. Called by [`Config::from_value`] and
     /// by [`Validator::new`](crate::Validator::new).
     pub fn validate(&self) -> Result<(), Error> {
+        // The order of the checks is part of the behaviour: with several mistakes, the
+        // first one in this order is reported.
+        self.validate_resource()?;
+        self.validate_scopes()?;
+        self.validate_outbound_urls()?;
+        self.validate_introspection_extras()?;
+        self.validate_client_credentials()?;
+        self.validate_client_alg()?;
+        self.validate_outbound_limits()?;
+        self.validate_claim_headers()?;
+        self.validate_identity_claims()?;
+        self.validate_token_exchange()?;
+        self.validate_audiences()?;
+        self.validate_algorithms()?;
+        self.validate_cache_limits()?;
+        self.validate_trusted_proxies()?;
+        self.validate_issuers()?;
+        self.validate_allowed_origins()
+    }
+
+    /// `resource`, `authorization_servers` and `metadata_endpoint`: what PRM advertises.
+    fn validate_resource(&self) -> Result<(), Error> {
         check_url("resource", &self.resource)?;
         if url::Url::parse(&self.resource).is_ok_and(|u| u.fragment().is_some()) {
             return Err(Error::config("resource", "must not contain a fragment"));
@@ -581,6 +603,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Every scope list and map: each scope is an RFC 6749 scope-token.
+    fn validate_scopes(&self) -> Result<(), Error> {
         check_scopes("scopes_supported", self.scopes_supported.as_deref().unwrap_or(&[]))?;
         check_scopes("scopes_required", &self.scopes_required)?;
         for (method, scopes) in &self.method_scopes {
@@ -593,7 +620,11 @@ impl Config {
             check_scopes("scope_implies", std::slice::from_ref(scope))?;
             check_scopes(&format!("scope_implies.{scope}"), implied)?;
         }
+        Ok(())
+    }
 
+    /// The URLs of outbound calls: authorization-server endpoints and forward proxies.
+    fn validate_outbound_urls(&self) -> Result<(), Error> {
         for (field, value) in [
             ("introspection_endpoint", &self.introspection_endpoint),
             ("mtls_introspection_endpoint", &self.mtls_introspection_endpoint),
@@ -606,7 +637,12 @@ impl Config {
                 check_url(field, u)?;
             }
         }
+        Ok(())
+    }
 
+    /// `args` and `headers`: extras on the introspection request may not override what the
+    /// library itself sends.
+    fn validate_introspection_extras(&self) -> Result<(), Error> {
         for key in self.args.keys() {
             if key.is_empty() {
                 return Err(Error::config("args", "form field names must not be empty"));
@@ -640,66 +676,78 @@ impl Config {
                 return Err(Error::config(path, "value must not contain control characters"));
             }
         }
+        Ok(())
+    }
 
+    /// The credentials each client authentication method needs.
+    fn validate_client_credentials(&self) -> Result<(), Error> {
+        let auth = self.effective_client_auth();
+        let required = |field: &str| Error::config(field, format!("is required by client_auth {}", auth.as_str()));
         match auth {
             ClientAuth::ClientSecretBasic | ClientAuth::ClientSecretPost | ClientAuth::ClientSecretJwt => {
                 if self.client_id.as_deref().is_none_or(str::is_empty) {
-                    return Err(Error::config("client_id", format!("is required by client_auth {}", auth.as_str())));
+                    return Err(required("client_id"));
                 }
                 if self.client_secret.as_ref().is_none_or(|s| s.expose().is_empty()) {
-                    return Err(Error::config(
-                        "client_secret",
-                        format!("is required by client_auth {}", auth.as_str()),
-                    ));
+                    return Err(required("client_secret"));
                 }
             }
             ClientAuth::PrivateKeyJwt => {
                 if self.client_id.as_deref().is_none_or(str::is_empty) {
-                    return Err(Error::config("client_id", "is required by client_auth private_key_jwt"));
+                    return Err(required("client_id"));
                 }
                 if self.client_jwk.is_none() {
-                    return Err(Error::config("client_jwk", "is required by client_auth private_key_jwt"));
+                    return Err(required("client_jwk"));
                 }
             }
             ClientAuth::TlsClientAuth | ClientAuth::SelfSignedTlsClientAuth => {
                 if self.tls_client_auth_cert.is_none() {
-                    return Err(Error::config(
-                        "tls_client_auth_cert",
-                        format!("is required by client_auth {}", auth.as_str()),
-                    ));
+                    return Err(required("tls_client_auth_cert"));
                 }
                 if self.tls_client_auth_key.is_none() {
-                    return Err(Error::config(
-                        "tls_client_auth_key",
-                        format!("is required by client_auth {}", auth.as_str()),
-                    ));
+                    return Err(required("tls_client_auth_key"));
                 }
             }
             ClientAuth::None => {}
         }
-        if let Some(alg) = &self.client_alg {
-            let ok = match auth {
-                ClientAuth::ClientSecretJwt => matches!(alg.as_str(), "HS256" | "HS384" | "HS512"),
-                ClientAuth::PrivateKeyJwt => matches!(
-                    alg.as_str(),
-                    "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "ES512" | "EdDSA"
-                ),
-                _ => DEFAULT_ALGORITHMS.contains(&alg.as_str()) || alg.starts_with("HS"),
-            };
-            if !ok {
-                return Err(Error::config(
-                    "client_alg",
-                    format!("is not a JWS algorithm usable with client_auth {}", auth.as_str()),
-                ));
-            }
+        Ok(())
+    }
+
+    /// `client_alg` must suit the client authentication method.
+    fn validate_client_alg(&self) -> Result<(), Error> {
+        let Some(alg) = &self.client_alg else { return Ok(()) };
+        let auth = self.effective_client_auth();
+        let ok = match auth {
+            ClientAuth::ClientSecretJwt => matches!(alg.as_str(), "HS256" | "HS384" | "HS512"),
+            ClientAuth::PrivateKeyJwt => matches!(
+                alg.as_str(),
+                "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "ES512" | "EdDSA"
+            ),
+            _ => DEFAULT_ALGORITHMS.contains(&alg.as_str()) || alg.starts_with("HS"),
+        };
+        if !ok {
+            return Err(Error::config(
+                "client_alg",
+                format!("is not a JWS algorithm usable with client_auth {}", auth.as_str()),
+            ));
         }
+        Ok(())
+    }
+
+    /// `timeout` and `metadata_discovery_retry`: every outbound call is bounded and tried.
+    fn validate_outbound_limits(&self) -> Result<(), Error> {
         if self.timeout == 0 {
             return Err(Error::config("timeout", "must be at least 1 ms (there is no \"no timeout\")"));
         }
         if self.metadata_discovery_retry == 0 {
             return Err(Error::config("metadata_discovery_retry", "must be at least 1"));
         }
+        Ok(())
+    }
 
+    /// `claim_to_header` / `upstream_headers`: one of them, valid and distinct header names
+    /// that are not reserved, and non-empty claim paths.
+    fn validate_claim_headers(&self) -> Result<(), Error> {
         if !self.claim_to_header.is_empty() && !self.upstream_headers.is_empty() {
             return Err(Error::config("upstream_headers", "cannot be combined with claim_to_header; use one of them"));
         }
@@ -728,7 +776,11 @@ impl Config {
             check_header(format!("upstream_headers[{i}].header"), &m.header)?;
             check_path(&format!("upstream_headers[{i}].path"), &m.path)?;
         }
+        Ok(())
+    }
 
+    /// The identity outputs: consumer, groups and credential claims, `consumer_by`.
+    fn validate_identity_claims(&self) -> Result<(), Error> {
         if let Some(p) = &self.consumer_claim {
             check_path("consumer_claim", p)?;
         }
@@ -739,27 +791,32 @@ impl Config {
         if self.consumer_by.is_empty() {
             return Err(Error::config("consumer_by", "must list at least one of id, username, custom_id"));
         }
+        Ok(())
+    }
 
-        if let Some(te) = &self.token_exchange {
-            if te.enabled {
-                match &te.token_endpoint {
-                    Some(u) => check_url("token_exchange.token_endpoint", u)?,
-                    None => {
-                        return Err(Error::config(
-                            "token_exchange.token_endpoint",
-                            "is required when token exchange is enabled",
-                        ))
-                    }
-                }
-                if !self.passthrough_credentials {
-                    return Err(Error::config(
-                        "token_exchange.enabled",
-                        "requires passthrough_credentials: true (upstream receives the exchanged token)",
-                    ));
-                }
+    /// An enabled `token_exchange` needs its endpoint and `passthrough_credentials` (Kong's rule).
+    fn validate_token_exchange(&self) -> Result<(), Error> {
+        let Some(te) = self.token_exchange.as_ref().filter(|te| te.enabled) else { return Ok(()) };
+        match &te.token_endpoint {
+            Some(u) => check_url("token_exchange.token_endpoint", u)?,
+            None => {
+                return Err(Error::config(
+                    "token_exchange.token_endpoint",
+                    "is required when token exchange is enabled",
+                ))
             }
         }
+        if !self.passthrough_credentials {
+            return Err(Error::config(
+                "token_exchange.enabled",
+                "requires passthrough_credentials: true (upstream receives the exchanged token)",
+            ));
+        }
+        Ok(())
+    }
 
+    /// `audiences` and `audiences_denied`: no empty values, and `resource` is never denied.
+    fn validate_audiences(&self) -> Result<(), Error> {
         for (field, values) in [("audiences", &self.audiences), ("audiences_denied", &self.audiences_denied)] {
             if values.iter().any(String::is_empty) {
                 return Err(Error::config(field, "values must not be empty"));
@@ -768,40 +825,63 @@ impl Config {
         if self.audiences_denied.contains(&self.resource) {
             return Err(Error::config("audiences_denied", "must not contain the resource itself"));
         }
-        if let Some(algs) = &self.algorithms {
-            if algs.is_empty() {
-                return Err(Error::config("algorithms", "must list at least one algorithm"));
-            }
-            for (i, a) in algs.iter().enumerate() {
-                if !DEFAULT_ALGORITHMS.contains(&a.as_str()) {
-                    return Err(Error::config(
-                        format!("algorithms[{i}]"),
-                        format!("{a:?} is not allowed (allowed: {}; never none or HS*)", DEFAULT_ALGORITHMS.join(", ")),
-                    ));
-                }
+        Ok(())
+    }
+
+    /// `algorithms`: a non-empty subset of [`DEFAULT_ALGORITHMS`] (never `none` or HS*).
+    fn validate_algorithms(&self) -> Result<(), Error> {
+        let Some(algs) = &self.algorithms else { return Ok(()) };
+        if algs.is_empty() {
+            return Err(Error::config("algorithms", "must list at least one algorithm"));
+        }
+        for (i, a) in algs.iter().enumerate() {
+            if !DEFAULT_ALGORITHMS.contains(&a.as_str()) {
+                return Err(Error::config(
+                    format!("algorithms[{i}]"),
+                    format!("{a:?} is not allowed (allowed: {}; never none or HS*)", DEFAULT_ALGORITHMS.join(", ")),
+                ));
             }
         }
+        Ok(())
+    }
+
+    /// `cache_max_entries`: the cache holds at least one entry.
+    fn validate_cache_limits(&self) -> Result<(), Error> {
         if self.cache_max_entries == 0 {
             return Err(Error::config("cache_max_entries", "must be at least 1"));
         }
+        Ok(())
+    }
+
+    /// `trusted_proxies`: IP addresses or CIDR blocks.
+    fn validate_trusted_proxies(&self) -> Result<(), Error> {
         for (i, p) in self.trusted_proxies.iter().enumerate() {
             if parse_cidr(p).is_none() {
                 return Err(Error::config(format!("trusted_proxies[{i}]"), "must be an IP address or CIDR"));
             }
         }
+        Ok(())
+    }
+
+    /// `issuers`, when set: a non-empty list of non-empty identifiers.
+    fn validate_issuers(&self) -> Result<(), Error> {
         if let Some(issuers) = &self.issuers {
             if issuers.is_empty() || issuers.iter().any(String::is_empty) {
                 return Err(Error::config("issuers", "must list non-empty issuer identifiers"));
             }
         }
-        if let Some(origins) = &self.allowed_origins {
-            for (i, o) in origins.iter().enumerate() {
-                if !is_origin(o) {
-                    return Err(Error::config(
-                        format!("allowed_origins[{i}]"),
-                        "must be an origin: scheme://host[:port], without path",
-                    ));
-                }
+        Ok(())
+    }
+
+    /// `allowed_origins`, when set: bare origins (`scheme://host[:port]`).
+    fn validate_allowed_origins(&self) -> Result<(), Error> {
+        let Some(origins) = &self.allowed_origins else { return Ok(()) };
+        for (i, o) in origins.iter().enumerate() {
+            if !is_origin(o) {
+                return Err(Error::config(
+                    format!("allowed_origins[{i}]"),
+                    "must be an origin: scheme://host[:port], without path",
+                ));
             }
         }
         Ok(())
