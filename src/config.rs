@@ -569,8 +569,9 @@ pub struct Config {
     pub no_proxy: Option<String>,
 
     /// `claim_to_header`: array of `{"claim": name, "header": name}`; default `[]`. Sets an
-    /// upstream request header from a top-level claim (client-sent copies are removed first).
-    /// Exclusive with `upstream_headers`. All surfaces.
+    /// upstream request header from a top-level claim (client-sent copies are removed first;
+    /// value rules: docs/configuration.md, section 8). Exclusive with `upstream_headers`. All
+    /// surfaces.
     #[serde(default)]
     pub claim_to_header: Vec<ClaimToHeader>,
     /// `upstream_headers`: array of `{"header": name, "path": [elements]}`; default `[]`. Like
@@ -627,8 +628,8 @@ pub struct Config {
     pub scopes_required: Vec<String>,
     /// `method_scopes` (extension): object mapping a JSON-RPC method (`"tools/list"`) or
     /// `"tools/call:<tool>"` to scope strings; default `{}`. A POST also needs the scopes of
-    /// the method(s) in its body; reading it is bounded by `max_request_body_size`. All
-    /// surfaces (the host must pass the body).
+    /// the method(s) in its body; reading it is bounded by `max_request_body_size`
+    /// (docs/configuration.md, section 5.6). All surfaces (the host must pass the body).
     #[serde(default)]
     pub method_scopes: BTreeMap<String, Vec<String>>,
     /// `audiences` (extension): array of strings; default `[]`. Further `aud` values accepted
@@ -657,7 +658,7 @@ pub struct Config {
     pub cache_max_entries: usize,
     /// `cache_ttl_max` (extension): integer, seconds; default 3600. Longest life of a cached
     /// positive result (a token's `exp` shortens it) and the bound on a decision's
-    /// `valid_until`. All surfaces.
+    /// `valid_until` (docs/configuration.md, section 6). All surfaces.
     #[serde(default = "default_cache_ttl_max_secs")]
     pub cache_ttl_max: u64,
     /// `cache_ttl_negative` (extension): integer, seconds; default 5; 0 = never. How long a
@@ -666,7 +667,8 @@ pub struct Config {
     pub cache_ttl_negative: u64,
     /// `trusted_proxies` (extension): array of IP addresses or CIDR blocks; default `[]`.
     /// Peers whose `X-Forwarded-Proto`/`-Host`/`-Port`/`-Prefix` build the `resource_metadata`
-    /// URL of challenges. All surfaces (the host passes the peer address).
+    /// URL of challenges (docs/configuration.md, section 3). All surfaces (the host passes
+    /// the peer address).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     /// `issuers` (extension): array of strings; default unset, meaning
@@ -681,7 +683,8 @@ pub struct Config {
     pub scope_implies: BTreeMap<String, Vec<String>>,
     /// `allowed_origins` (extension): array of origins (`scheme://host[:port]`); default
     /// unset (no origin check). A request whose `Origin` is present and not listed gets 403;
-    /// listed origins get CORS headers and preflight answers. All surfaces.
+    /// listed origins get CORS headers and preflight answers (docs/configuration.md,
+    /// section 7.4). All surfaces.
     #[serde(default)]
     pub allowed_origins: Option<Vec<String>>,
 }
