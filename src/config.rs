@@ -1,5 +1,7 @@
 //! The configuration: Kong `ai-mcp-oauth2` field names and defaults, plus our additive
-//! extensions (behaviour.md §1).
+//! extensions. Every field of [`Config`] documents its JSON type, default, effect and the
+//! surfaces that honour it; `docs/configuration.md` in the repository is the reference for
+//! users (fields, responses, caching).
 //!
 //! Parse it from JSON with [`Config::from_json`] (or a [`serde_json::Value`] with
 //! [`Config::from_value`]), or build it in Rust with [`Config::new`] and struct update syntax.
@@ -192,65 +194,106 @@ pub enum ActorTokenSource {
     Config,
 }
 
-/// `token_exchange.request`.
+/// `token_exchange.request`: the parameters of the RFC 8693 exchange request.
+///
+/// Parsed and checked only: token exchange is refused with
+/// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) until implemented, so no field
+/// here has an effect yet on any surface.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
 pub struct TokenExchangeRequest {
+    /// `subject_token_type`: string (an RFC 8693 token-type URI); default unset. Sent as the
+    /// type of the token being exchanged.
     #[serde(default)]
     pub subject_token_type: Option<String>,
+    /// `requested_token_type`: string (an RFC 8693 token-type URI); default unset. The type of
+    /// token asked for.
     #[serde(default)]
     pub requested_token_type: Option<String>,
+    /// `actor_token_source`: `"none"`, `"header"` or `"config"`; default unset. Where an actor
+    /// token comes from: nowhere, a client request header, or `actor_token` below.
     #[serde(default)]
     pub actor_token_source: Option<ActorTokenSource>,
+    /// `actor_token_header`: string (header name); default unset. The client request header
+    /// holding the actor token when `actor_token_source` is `header`.
     #[serde(default)]
     pub actor_token_header: Option<String>,
+    /// `actor_token`: string (secret: redacted in `Debug`); default unset. The actor token when
+    /// `actor_token_source` is `config`.
     #[serde(default)]
     pub actor_token: Option<Secret>,
+    /// `actor_token_type`: string (an RFC 8693 token-type URI); default unset. The type of the
+    /// actor token.
     #[serde(default)]
     pub actor_token_type: Option<String>,
+    /// `audience`: array of strings; default `[]`. One `audience` parameter per value.
     #[serde(default)]
     pub audience: Vec<String>,
+    /// `scopes`: array of strings; default `[]`. Sent space-joined as the `scope` parameter.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// `resource`: string (URI); default unset. Sent as the `resource` parameter.
     #[serde(default)]
     pub resource: Option<String>,
 }
 
-/// `token_exchange.cache`.
+/// `token_exchange.cache`: caching of exchanged tokens (no effect until token exchange is
+/// implemented).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
 pub struct TokenExchangeCache {
-    #[serde(default = "yes")]
+    /// `enabled`: boolean; default `true`. Keep an exchanged token for reuse by later requests
+    /// carrying the same client token.
+    #[serde(default = "default_token_exchange_cache_enabled")]
     pub enabled: bool,
-    #[serde(default = "d_3600")]
+    /// `ttl`: integer seconds; default 3600. How long an exchanged token is kept when the
+    /// token endpoint's answer has no `expires_in`.
+    #[serde(default = "default_token_exchange_cache_ttl_secs")]
     pub ttl: u64,
 }
 
 impl Default for TokenExchangeCache {
     fn default() -> Self {
-        TokenExchangeCache { enabled: true, ttl: 3600 }
+        TokenExchangeCache {
+            enabled: default_token_exchange_cache_enabled(),
+            ttl: default_token_exchange_cache_ttl_secs(),
+        }
     }
 }
 
-/// `token_exchange` (RFC 8693). Parsed and validated; not implemented yet.
+/// `token_exchange` (RFC 8693): exchange the validated token at the authorization server for
+/// one meant for the upstream.
+///
+/// Parsed and checked (an enabled exchange needs `token_endpoint` and
+/// `passthrough_credentials: true`), but `enabled: true` is refused with
+/// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) until implemented: today no
+/// field here has an effect on any surface.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
 pub struct TokenExchange {
+    /// `enabled`: boolean; default `false`. Turns the exchange on (refused until implemented,
+    /// see above).
     #[serde(default)]
     pub enabled: bool,
+    /// `token_endpoint`: URL string; required when `enabled`. Where the exchange is requested.
     #[serde(default)]
     pub token_endpoint: Option<String>,
+    /// `client_auth`: `"client_secret_basic"`, `"client_secret_post"`, `"inherit"` or
+    /// `"none"`; default unset. How the gateway authenticates at `token_endpoint`; `inherit`
+    /// reuses the top-level `client_id`, `client_secret` and `client_auth`.
     #[serde(default)]
     pub client_auth: Option<ExchangeClientAuth>,
+    /// `client_id`: string; default unset. The gateway's client id for the exchange.
     #[serde(default)]
     pub client_id: Option<String>,
+    /// `client_secret`: string (secret: redacted in `Debug`); default unset. The gateway's
+    /// client secret for the exchange.
     #[serde(default)]
     pub client_secret: Option<Secret>,
+    /// `request`: object; default: every member unset. See [`TokenExchangeRequest`].
     #[serde(default)]
     pub request: TokenExchangeRequest,
+    /// `cache`: object; default `{"enabled": true, "ttl": 3600}`. See [`TokenExchangeCache`].
     #[serde(default)]
     pub cache: TokenExchangeCache,
 }
@@ -279,162 +322,369 @@ impl<'de> Deserialize<'de> for ClientJwk {
     }
 }
 
-fn yes() -> bool {
-    true
-}
-fn d_3600() -> u64 {
-    3600
-}
-fn d_max_body() -> u64 {
+// Defaults, one function per meaning (two fields sharing a value still get their own), so a
+// change to one default never silently moves another. `Config::new` and every parse read
+// them through the serde attributes below.
+
+fn default_max_request_body_size_bytes() -> u64 {
     1024 * 1024
 }
-fn d_retry() -> u32 {
+fn default_cache_introspection() -> bool {
+    true
+}
+fn default_jwks_cache_ttl_secs() -> u64 {
+    3600
+}
+fn default_metadata_discovery_retry() -> u32 {
     3
 }
-fn d_timeout() -> u64 {
+fn default_metadata_cache_ttl_secs() -> u64 {
+    3600
+}
+fn default_tls_client_auth_ssl_verify() -> bool {
+    true
+}
+fn default_ssl_verify() -> bool {
+    true
+}
+fn default_timeout_ms() -> u64 {
     10_000
 }
-fn d_consumer_by() -> Vec<ConsumerBy> {
+fn default_keepalive() -> bool {
+    true
+}
+fn default_consumer_by() -> Vec<ConsumerBy> {
     vec![ConsumerBy::CustomId, ConsumerBy::Username]
 }
-fn d_credential_claim() -> ClaimPath {
+fn default_credential_claim() -> ClaimPath {
     ClaimPath::claim("sub")
 }
-fn d_audiences_denied() -> Vec<String> {
+fn default_token_exchange_cache_enabled() -> bool {
+    true
+}
+fn default_token_exchange_cache_ttl_secs() -> u64 {
+    3600
+}
+fn default_audiences_denied() -> Vec<String> {
     vec!["account".to_owned()]
 }
-fn d_cache_max_entries() -> usize {
+fn default_cache_max_entries() -> usize {
     10_000
 }
-fn d_cache_ttl_negative() -> u64 {
+fn default_cache_ttl_max_secs() -> u64 {
+    3600
+}
+fn default_cache_ttl_negative_secs() -> u64 {
     5
 }
 
-/// The plugin configuration. Field names, types and defaults are Kong's (behaviour.md §1).
+/// The plugin configuration: Kong `ai-mcp-oauth2` field names, JSON types and defaults, plus
+/// this library's additive extensions.
+///
+/// Each field's Rust name is its configuration (Kong) name. Every front end — Rust, the C
+/// ABI, the Lua module and `resty.mcp_oauth2`, the Kong plugin and the demo proxy — hands
+/// this same object to the core, so a field marked "all surfaces" behaves the same on each;
+/// where a surface differs, the field says so. The user-facing reference, with the responses
+/// each setting leads to, is `docs/configuration.md` in the repository.
+///
+/// A `Config` built in Rust is checked by [`Config::validate`], which
+/// [`Validator::new`](crate::Validator::new) calls; [`Config::from_json`] and
+/// [`Config::from_value`] check on parse.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-#[allow(missing_docs)] // every field is documented in behaviour.md §1 and the README
 pub struct Config {
+    /// `resource`: string, an absolute `http(s)` URL without fragment or credentials;
+    /// required. The canonical URI of the protected MCP server: the `resource` of the
+    /// metadata document and the audience every token must carry. Its origin is the default
+    /// host of the `resource_metadata` URL in challenges. All surfaces.
     pub resource: String,
+    /// `authorization_servers`: array of URL strings, at least one; required. The issuers
+    /// advertised in the metadata document; for local JWT validation also where AS metadata
+    /// is discovered and the default accepted `iss` values. All surfaces.
     pub authorization_servers: Vec<String>,
+    /// `metadata_endpoint`: string, an absolute path without query or fragment; default: the
+    /// path of `resource` followed by `/.well-known/oauth-protected-resource`
+    /// ([`Config::effective_metadata_endpoint`]). The metadata document is served here and at
+    /// the RFC 9728 path-insert form; challenges point here. All surfaces (nginx and Kong
+    /// must route both paths to the handler).
     #[serde(default)]
     pub metadata_endpoint: Option<String>,
+    /// `scopes_supported`: array of scope strings; default unset. Advertised in the metadata
+    /// document, and the `scope` of a no-credentials challenge when the request needs no
+    /// scope in particular. Not enforced (see `scopes_required`). All surfaces.
     #[serde(default)]
     pub scopes_supported: Option<Vec<String>>,
+    /// `insecure_relaxed_audience_validation`: boolean; default `false`. `true` skips the
+    /// audience check (for servers without RFC 8707 resource indicators), so a token issued
+    /// for any other resource of the same server is accepted too. All surfaces.
     #[serde(default)]
     pub insecure_relaxed_audience_validation: bool,
-    #[serde(default = "d_max_body")]
+    /// `max_request_body_size`: integer, bytes; default 1048576; 0 = no limit. Only with
+    /// `method_scopes`: a POST body larger than this gets 413. Rust and C hosts pass the body
+    /// themselves; the demo proxy and `resty.mcp_oauth2` read it; the Kong plugin passes only
+    /// a body nginx kept in memory (otherwise every method scope is required).
+    #[serde(default = "default_max_request_body_size_bytes")]
     pub max_request_body_size: u64,
 
+    /// `introspection_endpoint`: URL string; default unset. The RFC 7662 endpoint. When set,
+    /// every token is introspected (JWTs too, even with `jwks_endpoint`); when unset, tokens
+    /// are validated locally as JWTs. All surfaces.
     #[serde(default)]
     pub introspection_endpoint: Option<String>,
+    /// `mtls_introspection_endpoint`: URL string; default unset. The endpoint for the
+    /// mutual-TLS `client_auth` methods, which are refused with
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) until implemented: checked as
+    /// a URL, no effect yet.
     #[serde(default)]
     pub mtls_introspection_endpoint: Option<String>,
-    #[serde(default = "yes")]
+    /// `cache_introspection`: boolean; default `true`. Cache each token's validation result
+    /// (introspection and local JWT alike, see `cache_ttl_max`); `false` validates every
+    /// request anew, while AS metadata and keys stay cached. All surfaces (nginx and Kong:
+    /// the shared dict too).
+    #[serde(default = "default_cache_introspection")]
     pub cache_introspection: bool,
+    /// `introspection_format`: `"string"`, `"base64"` or `"base64url"`; default unset.
+    /// Accepted for Kong compatibility; it has no effect on any surface today.
     #[serde(default)]
     pub introspection_format: Option<IntrospectionFormat>,
+    /// `args`: object, string to string; default `{}`. Extra form fields on every
+    /// introspection request; `token`, `client_id`, `client_secret` and `client_assertion*`
+    /// are refused. All surfaces.
     #[serde(default)]
     pub args: BTreeMap<String, String>,
+    /// `headers`: object, string to string; default `{}`. Extra headers on every
+    /// introspection request; the headers the library sets itself are refused
+    /// (`Content-Type`, `Content-Length`, `Host`, `Transfer-Encoding`, `Connection`, and
+    /// `Authorization` with `client_secret_basic`). All surfaces, except `resty.mcp_oauth2`
+    /// with `ngx.location.capture`, which refuses them (set them in the internal location).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
 
+    /// `jwks_endpoint`: URL string; default unset (keys come from the AS metadata's
+    /// `jwks_uri`). The key set for local JWT validation; unused when
+    /// `introspection_endpoint` is set. All surfaces.
     #[serde(default)]
     pub jwks_endpoint: Option<String>,
-    #[serde(default = "d_3600")]
+    /// `jwks_cache_ttl`: integer, seconds; default 3600. How long a fetched key set is used;
+    /// an unknown `kid` refetches earlier, at most once per 60 s per URL. All surfaces.
+    #[serde(default = "default_jwks_cache_ttl_secs")]
     pub jwks_cache_ttl: u64,
+    /// `jwt_claims_leeway`: integer, seconds; default 0. Clock skew allowed when checking
+    /// `exp` and `nbf` (both validation paths) and `iat` (local JWT). All surfaces.
     #[serde(default)]
     pub jwt_claims_leeway: u64,
+    /// `metadata_discovery_endpoint`: URL string; default unset. An explicit AS metadata URL
+    /// for local JWT validation, used instead of the URLs derived from
+    /// `authorization_servers`; the issuer it names is accepted unless `issuers` is set. All
+    /// surfaces.
     #[serde(default)]
     pub metadata_discovery_endpoint: Option<String>,
-    #[serde(default = "d_retry")]
+    /// `metadata_discovery_retry`: integer ≥ 1; default 3. Attempts per metadata URL when a
+    /// fetch fails transiently (connection, timeout, 5xx, 408, 429). All surfaces.
+    #[serde(default = "default_metadata_discovery_retry")]
     pub metadata_discovery_retry: u32,
-    #[serde(default = "d_3600")]
+    /// `metadata_cache_ttl`: integer, seconds; default 3600. How long discovered AS metadata
+    /// (its `jwks_uri` and issuer) is kept. All surfaces.
+    #[serde(default = "default_metadata_cache_ttl_secs")]
     pub metadata_cache_ttl: u64,
 
+    /// `client_id`: string; default unset. The gateway's client id at the authorization
+    /// server; required by `client_secret_basic` and `client_secret_post`, and sent in the
+    /// form with `none` when set. All surfaces.
     #[serde(default)]
     pub client_id: Option<String>,
+    /// `client_secret`: string, secret (redacted in `Debug` and errors); default unset.
+    /// Required by `client_secret_basic` and `client_secret_post`; setting it makes
+    /// `client_secret_basic` the default `client_auth`. All surfaces.
     #[serde(default)]
     pub client_secret: Option<Secret>,
+    /// `client_auth`: string, one of [`ClientAuth`]; default `client_secret_basic` when
+    /// `client_secret` is set, else `none` ([`Config::effective_client_auth`]). How the
+    /// gateway authenticates to the introspection endpoint. The JWT and mutual-TLS methods
+    /// are refused with `ErrorKind::Unsupported` until implemented. All surfaces.
     #[serde(default)]
     pub client_auth: Option<ClientAuth>,
+    /// `client_alg`: string, a JWS algorithm; default unset. Signs the JWT client assertion
+    /// (HS* for `client_secret_jwt`; RS*, PS*, ES*, EdDSA for `private_key_jwt`). Checked
+    /// against `client_auth`; no effect until those methods are implemented.
     #[serde(default)]
     pub client_alg: Option<String>,
+    /// `client_jwk`: a JWK, as a JSON object or a JSON string holding one; secret; default
+    /// unset. The private key for `private_key_jwt`, which is refused with
+    /// `ErrorKind::Unsupported` until implemented: checked to be a JWK, no effect yet.
     #[serde(default)]
     pub client_jwk: Option<ClientJwk>,
+    /// `tls_client_auth_cert`: string, PEM certificate; default unset. The client certificate
+    /// for the mutual-TLS methods, which are refused with `ErrorKind::Unsupported` until
+    /// implemented: no effect yet.
     #[serde(default)]
     pub tls_client_auth_cert: Option<String>,
+    /// `tls_client_auth_key`: string, PEM private key, secret; default unset. The key of
+    /// `tls_client_auth_cert`; no effect until the mutual-TLS methods are implemented.
     #[serde(default)]
     pub tls_client_auth_key: Option<Secret>,
-    #[serde(default = "yes")]
+    /// `tls_client_auth_ssl_verify`: boolean; default `true`. Verify the AS certificate on
+    /// mutual-TLS connections; no effect until the mutual-TLS methods are implemented.
+    #[serde(default = "default_tls_client_auth_ssl_verify")]
     pub tls_client_auth_ssl_verify: bool,
-    #[serde(default = "yes")]
+    /// `ssl_verify`: boolean; default `true`. Verify the AS certificate on https calls.
+    /// Honoured by the built-in ureq transport (Rust `authorize`, the C ABI's blocking call,
+    /// the demo proxy) and by `resty.http` (OpenResty, Kong); with `ngx.location.capture`
+    /// (`proxy_ssl_verify`) or a host's own HTTP client, the host decides.
+    #[serde(default = "default_ssl_verify")]
     pub ssl_verify: bool,
-    #[serde(default = "d_timeout")]
+    /// `timeout`: integer, milliseconds ≥ 1; default 10000. Bound on each call to the AS,
+    /// carried on every [`HttpRequest`](crate::HttpRequest); there is no "no timeout".
+    /// Honoured by the ureq transport and `resty.http`; sans-I/O hosts apply it themselves;
+    /// with `ngx.location.capture`, nginx's `proxy_*_timeout` directives apply instead.
+    #[serde(default = "default_timeout_ms")]
     pub timeout: u64,
-    #[serde(default = "yes")]
+    /// `keepalive`: boolean; default `true`. Reuse connections to the AS. Honoured by the
+    /// ureq transport and `resty.http`; other hosts manage their own connections.
+    #[serde(default = "default_keepalive")]
     pub keepalive: bool,
+    /// `http_version`: number or string, `1.0` or `1.1`; default `1.1`. HTTP version of AS
+    /// calls; `1.0` is refused with `ErrorKind::Unsupported` until implemented.
     #[serde(default)]
     pub http_version: HttpVersion,
+    /// `http_proxy`: URL string; default unset. Forward proxy for `http://` AS calls; refused
+    /// with `ErrorKind::Unsupported` until implemented.
     #[serde(default)]
     pub http_proxy: Option<String>,
+    /// `http_proxy_authorization`: string, secret; default unset. `Proxy-Authorization` for
+    /// `http_proxy`; refused with `ErrorKind::Unsupported` until implemented.
     #[serde(default)]
     pub http_proxy_authorization: Option<Secret>,
+    /// `https_proxy`: URL string; default unset. Forward proxy for `https://` AS calls;
+    /// refused with `ErrorKind::Unsupported` until implemented.
     #[serde(default)]
     pub https_proxy: Option<String>,
+    /// `https_proxy_authorization`: string, secret; default unset. `Proxy-Authorization` for
+    /// `https_proxy`; refused with `ErrorKind::Unsupported` until implemented.
     #[serde(default)]
     pub https_proxy_authorization: Option<Secret>,
+    /// `no_proxy`: string, comma-separated hosts; default unset. Hosts that bypass the forward
+    /// proxies. Accepted, but without effect while forward proxies are not implemented.
     #[serde(default)]
     pub no_proxy: Option<String>,
 
+    /// `claim_to_header`: array of `{"claim": name, "header": name}`; default `[]`. Sets an
+    /// upstream request header from a top-level claim (client-sent copies are removed first;
+    /// value rules: docs/configuration.md, section 8). Exclusive with `upstream_headers`. All
+    /// surfaces.
     #[serde(default)]
     pub claim_to_header: Vec<ClaimToHeader>,
+    /// `upstream_headers`: array of `{"header": name, "path": [elements]}`; default `[]`. Like
+    /// `claim_to_header`, from a path into nested claims (numeric elements index arrays).
+    /// Exclusive with `claim_to_header`. All surfaces.
     #[serde(default)]
     pub upstream_headers: Vec<UpstreamHeader>,
+    /// `passthrough_credentials`: boolean; default `false`. `true` keeps the client's
+    /// `Authorization` header on the upstream request; by default it is removed. All surfaces.
     #[serde(default)]
     pub passthrough_credentials: bool,
 
+    /// `consumer_claim`: claim name (string) or path (array); default unset. The claim naming
+    /// the consumer, exposed as [`Identity::consumer`](crate::Identity::consumer); when set, not
+    /// optional and absent, 403. Only the Kong plugin maps it to a Kong consumer (by
+    /// `consumer_by`); other hosts read it from the decision's identity.
     #[serde(default)]
     pub consumer_claim: Option<ClaimPath>,
-    #[serde(default = "d_consumer_by")]
+    /// `consumer_by`: array of `"id"`, `"username"`, `"custom_id"`; default
+    /// `["custom_id", "username"]`. The Kong consumer fields `consumer_claim` is matched
+    /// against, in order. Used by the Kong plugin only.
+    #[serde(default = "default_consumer_by")]
     pub consumer_by: Vec<ConsumerBy>,
+    /// `consumer_optional`: boolean; default `false`. `true` lets through a token without the
+    /// consumer claim (all surfaces) and, in the Kong plugin, one that matches no consumer.
     #[serde(default)]
     pub consumer_optional: bool,
+    /// `consumer_groups_claim`: claim name or path; default unset. The claim listing consumer
+    /// groups (an array of strings, or one string), exposed as
+    /// [`Identity::consumer_groups`](crate::Identity::consumer_groups); when set, not optional
+    /// and absent or empty, 403. Only the Kong plugin maps the names to Kong consumer groups.
     #[serde(default)]
     pub consumer_groups_claim: Option<ClaimPath>,
+    /// `consumer_groups_optional`: boolean; default `false`. `true` lets through a token
+    /// without groups (all surfaces) and, in the Kong plugin, one naming no known group.
     #[serde(default)]
     pub consumer_groups_optional: bool,
-    #[serde(default = "d_credential_claim")]
+    /// `credential_claim`: claim name or path; default `["sub"]`. Exposed as
+    /// [`Identity::credential`](crate::Identity::credential); the Kong plugin authenticates it
+    /// as the credential id, other hosts read it from the decision's identity.
+    #[serde(default = "default_credential_claim")]
     pub credential_claim: ClaimPath,
 
+    /// `token_exchange`: object, see [`TokenExchange`]; default unset. RFC 8693 exchange of
+    /// the validated token. Parsed and checked; `enabled: true` is refused with
+    /// `ErrorKind::Unsupported` until implemented.
     #[serde(default)]
     pub token_exchange: Option<TokenExchange>,
 
     // ---- extensions (additive; a Kong config never needs them) ----
+    /// `scopes_required` (extension): array of scope strings; default `[]`. Every request
+    /// needs all of them (403 `insufficient_scope` otherwise). All surfaces.
     #[serde(default)]
     pub scopes_required: Vec<String>,
+    /// `method_scopes` (extension): object mapping a JSON-RPC method (`"tools/list"`) or
+    /// `"tools/call:<tool>"` to scope strings; default `{}`. A POST also needs the scopes of
+    /// the method(s) in its body; reading it is bounded by `max_request_body_size`
+    /// (docs/configuration.md, section 5.6). All surfaces (the host must pass the body).
     #[serde(default)]
     pub method_scopes: BTreeMap<String, Vec<String>>,
+    /// `audiences` (extension): array of strings; default `[]`. Further `aud` values accepted
+    /// besides `resource` (e.g. a client id an IdP puts in `aud`). All surfaces.
     #[serde(default)]
     pub audiences: Vec<String>,
-    #[serde(default = "d_audiences_denied")]
+    /// `audiences_denied` (extension): array of strings; default `["account"]` (Keycloak's
+    /// default audience). Values that never count as a match, even when listed in
+    /// `audiences`; may not contain `resource`. All surfaces.
+    #[serde(default = "default_audiences_denied")]
     pub audiences_denied: Vec<String>,
+    /// `access_token_type` (extension): `"any"` or `"at+jwt"`; default `"any"`. `at+jwt`
+    /// requires a local JWT's JOSE `typ` to be `at+jwt` (RFC 9068); no effect on
+    /// introspection. All surfaces.
     #[serde(default)]
     pub access_token_type: AccessTokenType,
+    /// `algorithms` (extension): array of JWS algorithm names; default
+    /// [`DEFAULT_ALGORITHMS`]. What local JWT validation accepts; a non-empty subset of the
+    /// default (never `none`, never HS*). All surfaces.
     #[serde(default)]
     pub algorithms: Option<Vec<String>>,
-    #[serde(default = "d_cache_max_entries")]
+    /// `cache_max_entries` (extension): integer ≥ 1; default 10000. Capacity of the
+    /// validation cache (LRU). One cache per validator: per process for Rust, C and the demo
+    /// proxy, per worker in nginx and Kong (which also share results in a shared dict).
+    #[serde(default = "default_cache_max_entries")]
     pub cache_max_entries: usize,
-    #[serde(default = "d_3600")]
+    /// `cache_ttl_max` (extension): integer, seconds; default 3600. Longest life of a cached
+    /// positive result (a token's `exp` shortens it) and the bound on a decision's
+    /// `valid_until` (docs/configuration.md, section 6). All surfaces.
+    #[serde(default = "default_cache_ttl_max_secs")]
     pub cache_ttl_max: u64,
-    #[serde(default = "d_cache_ttl_negative")]
+    /// `cache_ttl_negative` (extension): integer, seconds; default 5; 0 = never. How long a
+    /// token rejection is cached; AS failures are never cached. All surfaces.
+    #[serde(default = "default_cache_ttl_negative_secs")]
     pub cache_ttl_negative: u64,
+    /// `trusted_proxies` (extension): array of IP addresses or CIDR blocks; default `[]`.
+    /// Peers whose `X-Forwarded-Proto`/`-Host`/`-Port`/`-Prefix` build the `resource_metadata`
+    /// URL of challenges (docs/configuration.md, section 3). All surfaces (the host passes
+    /// the peer address).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// `issuers` (extension): array of strings; default unset, meaning
+    /// `authorization_servers` plus the issuer named by discovered metadata. The `iss` values
+    /// local JWT validation accepts; when set, it replaces that default. All surfaces.
     #[serde(default)]
     pub issuers: Option<Vec<String>>,
+    /// `scope_implies` (extension): object mapping a scope to the scopes it covers; default
+    /// `{}`. Applied transitively when checking required scopes; nothing is implied by name.
+    /// All surfaces.
     #[serde(default)]
     pub scope_implies: BTreeMap<String, Vec<String>>,
+    /// `allowed_origins` (extension): array of origins (`scheme://host[:port]`); default
+    /// unset (no origin check). A request whose `Origin` is present and not listed gets 403;
+    /// listed origins get CORS headers and preflight answers (docs/configuration.md,
+    /// section 7.4). All surfaces.
     #[serde(default)]
     pub allowed_origins: Option<Vec<String>>,
 }
@@ -535,6 +785,28 @@ impl Config {
     /// Checks every field and every cross-field rule. Called by [`Config::from_value`] and
     /// by [`Validator::new`](crate::Validator::new).
     pub fn validate(&self) -> Result<(), Error> {
+        // The order of the checks is part of the behaviour: with several mistakes, the
+        // first one in this order is reported.
+        self.validate_resource()?;
+        self.validate_scopes()?;
+        self.validate_outbound_urls()?;
+        self.validate_introspection_extras()?;
+        self.validate_client_credentials()?;
+        self.validate_client_alg()?;
+        self.validate_outbound_limits()?;
+        self.validate_claim_headers()?;
+        self.validate_identity_claims()?;
+        self.validate_token_exchange()?;
+        self.validate_audiences()?;
+        self.validate_algorithms()?;
+        self.validate_cache_limits()?;
+        self.validate_trusted_proxies()?;
+        self.validate_issuers()?;
+        self.validate_allowed_origins()
+    }
+
+    /// `resource`, `authorization_servers` and `metadata_endpoint`: what PRM advertises.
+    fn validate_resource(&self) -> Result<(), Error> {
         check_url("resource", &self.resource)?;
         if url::Url::parse(&self.resource).is_ok_and(|u| u.fragment().is_some()) {
             return Err(Error::config("resource", "must not contain a fragment"));
@@ -553,6 +825,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Every scope list and map: each scope is an RFC 6749 scope-token.
+    fn validate_scopes(&self) -> Result<(), Error> {
         check_scopes("scopes_supported", self.scopes_supported.as_deref().unwrap_or(&[]))?;
         check_scopes("scopes_required", &self.scopes_required)?;
         for (method, scopes) in &self.method_scopes {
@@ -565,7 +842,11 @@ impl Config {
             check_scopes("scope_implies", std::slice::from_ref(scope))?;
             check_scopes(&format!("scope_implies.{scope}"), implied)?;
         }
+        Ok(())
+    }
 
+    /// The URLs of outbound calls: authorization-server endpoints and forward proxies.
+    fn validate_outbound_urls(&self) -> Result<(), Error> {
         for (field, value) in [
             ("introspection_endpoint", &self.introspection_endpoint),
             ("mtls_introspection_endpoint", &self.mtls_introspection_endpoint),
@@ -578,7 +859,12 @@ impl Config {
                 check_url(field, u)?;
             }
         }
+        Ok(())
+    }
 
+    /// `args` and `headers`: extras on the introspection request may not override what the
+    /// library itself sends.
+    fn validate_introspection_extras(&self) -> Result<(), Error> {
         for key in self.args.keys() {
             if key.is_empty() {
                 return Err(Error::config("args", "form field names must not be empty"));
@@ -612,66 +898,78 @@ impl Config {
                 return Err(Error::config(path, "value must not contain control characters"));
             }
         }
+        Ok(())
+    }
 
+    /// The credentials each client authentication method needs.
+    fn validate_client_credentials(&self) -> Result<(), Error> {
+        let auth = self.effective_client_auth();
+        let required = |field: &str| Error::config(field, format!("is required by client_auth {}", auth.as_str()));
         match auth {
             ClientAuth::ClientSecretBasic | ClientAuth::ClientSecretPost | ClientAuth::ClientSecretJwt => {
                 if self.client_id.as_deref().is_none_or(str::is_empty) {
-                    return Err(Error::config("client_id", format!("is required by client_auth {}", auth.as_str())));
+                    return Err(required("client_id"));
                 }
                 if self.client_secret.as_ref().is_none_or(|s| s.expose().is_empty()) {
-                    return Err(Error::config(
-                        "client_secret",
-                        format!("is required by client_auth {}", auth.as_str()),
-                    ));
+                    return Err(required("client_secret"));
                 }
             }
             ClientAuth::PrivateKeyJwt => {
                 if self.client_id.as_deref().is_none_or(str::is_empty) {
-                    return Err(Error::config("client_id", "is required by client_auth private_key_jwt"));
+                    return Err(required("client_id"));
                 }
                 if self.client_jwk.is_none() {
-                    return Err(Error::config("client_jwk", "is required by client_auth private_key_jwt"));
+                    return Err(required("client_jwk"));
                 }
             }
             ClientAuth::TlsClientAuth | ClientAuth::SelfSignedTlsClientAuth => {
                 if self.tls_client_auth_cert.is_none() {
-                    return Err(Error::config(
-                        "tls_client_auth_cert",
-                        format!("is required by client_auth {}", auth.as_str()),
-                    ));
+                    return Err(required("tls_client_auth_cert"));
                 }
                 if self.tls_client_auth_key.is_none() {
-                    return Err(Error::config(
-                        "tls_client_auth_key",
-                        format!("is required by client_auth {}", auth.as_str()),
-                    ));
+                    return Err(required("tls_client_auth_key"));
                 }
             }
             ClientAuth::None => {}
         }
-        if let Some(alg) = &self.client_alg {
-            let ok = match auth {
-                ClientAuth::ClientSecretJwt => matches!(alg.as_str(), "HS256" | "HS384" | "HS512"),
-                ClientAuth::PrivateKeyJwt => matches!(
-                    alg.as_str(),
-                    "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "ES512" | "EdDSA"
-                ),
-                _ => DEFAULT_ALGORITHMS.contains(&alg.as_str()) || alg.starts_with("HS"),
-            };
-            if !ok {
-                return Err(Error::config(
-                    "client_alg",
-                    format!("is not a JWS algorithm usable with client_auth {}", auth.as_str()),
-                ));
-            }
+        Ok(())
+    }
+
+    /// `client_alg` must suit the client authentication method.
+    fn validate_client_alg(&self) -> Result<(), Error> {
+        let Some(alg) = &self.client_alg else { return Ok(()) };
+        let auth = self.effective_client_auth();
+        let ok = match auth {
+            ClientAuth::ClientSecretJwt => matches!(alg.as_str(), "HS256" | "HS384" | "HS512"),
+            ClientAuth::PrivateKeyJwt => matches!(
+                alg.as_str(),
+                "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "ES512" | "EdDSA"
+            ),
+            _ => DEFAULT_ALGORITHMS.contains(&alg.as_str()) || alg.starts_with("HS"),
+        };
+        if !ok {
+            return Err(Error::config(
+                "client_alg",
+                format!("is not a JWS algorithm usable with client_auth {}", auth.as_str()),
+            ));
         }
+        Ok(())
+    }
+
+    /// `timeout` and `metadata_discovery_retry`: every outbound call is bounded and tried.
+    fn validate_outbound_limits(&self) -> Result<(), Error> {
         if self.timeout == 0 {
             return Err(Error::config("timeout", "must be at least 1 ms (there is no \"no timeout\")"));
         }
         if self.metadata_discovery_retry == 0 {
             return Err(Error::config("metadata_discovery_retry", "must be at least 1"));
         }
+        Ok(())
+    }
 
+    /// `claim_to_header` / `upstream_headers`: one of them, valid and distinct header names
+    /// that are not reserved, and non-empty claim paths.
+    fn validate_claim_headers(&self) -> Result<(), Error> {
         if !self.claim_to_header.is_empty() && !self.upstream_headers.is_empty() {
             return Err(Error::config("upstream_headers", "cannot be combined with claim_to_header; use one of them"));
         }
@@ -700,7 +998,11 @@ impl Config {
             check_header(format!("upstream_headers[{i}].header"), &m.header)?;
             check_path(&format!("upstream_headers[{i}].path"), &m.path)?;
         }
+        Ok(())
+    }
 
+    /// The identity outputs: consumer, groups and credential claims, `consumer_by`.
+    fn validate_identity_claims(&self) -> Result<(), Error> {
         if let Some(p) = &self.consumer_claim {
             check_path("consumer_claim", p)?;
         }
@@ -711,27 +1013,32 @@ impl Config {
         if self.consumer_by.is_empty() {
             return Err(Error::config("consumer_by", "must list at least one of id, username, custom_id"));
         }
+        Ok(())
+    }
 
-        if let Some(te) = &self.token_exchange {
-            if te.enabled {
-                match &te.token_endpoint {
-                    Some(u) => check_url("token_exchange.token_endpoint", u)?,
-                    None => {
-                        return Err(Error::config(
-                            "token_exchange.token_endpoint",
-                            "is required when token exchange is enabled",
-                        ))
-                    }
-                }
-                if !self.passthrough_credentials {
-                    return Err(Error::config(
-                        "token_exchange.enabled",
-                        "requires passthrough_credentials: true (upstream receives the exchanged token)",
-                    ));
-                }
+    /// An enabled `token_exchange` needs its endpoint and `passthrough_credentials` (Kong's rule).
+    fn validate_token_exchange(&self) -> Result<(), Error> {
+        let Some(te) = self.token_exchange.as_ref().filter(|te| te.enabled) else { return Ok(()) };
+        match &te.token_endpoint {
+            Some(u) => check_url("token_exchange.token_endpoint", u)?,
+            None => {
+                return Err(Error::config(
+                    "token_exchange.token_endpoint",
+                    "is required when token exchange is enabled",
+                ))
             }
         }
+        if !self.passthrough_credentials {
+            return Err(Error::config(
+                "token_exchange.enabled",
+                "requires passthrough_credentials: true (upstream receives the exchanged token)",
+            ));
+        }
+        Ok(())
+    }
 
+    /// `audiences` and `audiences_denied`: no empty values, and `resource` is never denied.
+    fn validate_audiences(&self) -> Result<(), Error> {
         for (field, values) in [("audiences", &self.audiences), ("audiences_denied", &self.audiences_denied)] {
             if values.iter().any(String::is_empty) {
                 return Err(Error::config(field, "values must not be empty"));
@@ -740,40 +1047,63 @@ impl Config {
         if self.audiences_denied.contains(&self.resource) {
             return Err(Error::config("audiences_denied", "must not contain the resource itself"));
         }
-        if let Some(algs) = &self.algorithms {
-            if algs.is_empty() {
-                return Err(Error::config("algorithms", "must list at least one algorithm"));
-            }
-            for (i, a) in algs.iter().enumerate() {
-                if !DEFAULT_ALGORITHMS.contains(&a.as_str()) {
-                    return Err(Error::config(
-                        format!("algorithms[{i}]"),
-                        format!("{a:?} is not allowed (allowed: {}; never none or HS*)", DEFAULT_ALGORITHMS.join(", ")),
-                    ));
-                }
+        Ok(())
+    }
+
+    /// `algorithms`: a non-empty subset of [`DEFAULT_ALGORITHMS`] (never `none` or HS*).
+    fn validate_algorithms(&self) -> Result<(), Error> {
+        let Some(algs) = &self.algorithms else { return Ok(()) };
+        if algs.is_empty() {
+            return Err(Error::config("algorithms", "must list at least one algorithm"));
+        }
+        for (i, a) in algs.iter().enumerate() {
+            if !DEFAULT_ALGORITHMS.contains(&a.as_str()) {
+                return Err(Error::config(
+                    format!("algorithms[{i}]"),
+                    format!("{a:?} is not allowed (allowed: {}; never none or HS*)", DEFAULT_ALGORITHMS.join(", ")),
+                ));
             }
         }
+        Ok(())
+    }
+
+    /// `cache_max_entries`: the cache holds at least one entry.
+    fn validate_cache_limits(&self) -> Result<(), Error> {
         if self.cache_max_entries == 0 {
             return Err(Error::config("cache_max_entries", "must be at least 1"));
         }
+        Ok(())
+    }
+
+    /// `trusted_proxies`: IP addresses or CIDR blocks.
+    fn validate_trusted_proxies(&self) -> Result<(), Error> {
         for (i, p) in self.trusted_proxies.iter().enumerate() {
             if parse_cidr(p).is_none() {
                 return Err(Error::config(format!("trusted_proxies[{i}]"), "must be an IP address or CIDR"));
             }
         }
+        Ok(())
+    }
+
+    /// `issuers`, when set: a non-empty list of non-empty identifiers.
+    fn validate_issuers(&self) -> Result<(), Error> {
         if let Some(issuers) = &self.issuers {
             if issuers.is_empty() || issuers.iter().any(String::is_empty) {
                 return Err(Error::config("issuers", "must list non-empty issuer identifiers"));
             }
         }
-        if let Some(origins) = &self.allowed_origins {
-            for (i, o) in origins.iter().enumerate() {
-                if !is_origin(o) {
-                    return Err(Error::config(
-                        format!("allowed_origins[{i}]"),
-                        "must be an origin: scheme://host[:port], without path",
-                    ));
-                }
+        Ok(())
+    }
+
+    /// `allowed_origins`, when set: bare origins (`scheme://host[:port]`).
+    fn validate_allowed_origins(&self) -> Result<(), Error> {
+        let Some(origins) = &self.allowed_origins else { return Ok(()) };
+        for (i, o) in origins.iter().enumerate() {
+            if !is_origin(o) {
+                return Err(Error::config(
+                    format!("allowed_origins[{i}]"),
+                    "must be an origin: scheme://host[:port], without path",
+                ));
             }
         }
         Ok(())
@@ -1094,6 +1424,27 @@ mod tests {
         assert_eq!(c.upstream_headers[0].path.0, vec!["groups", "0"]);
         assert_eq!(c.consumer_claim, Some(ClaimPath::claim("sub")));
         assert_eq!(c.http_version, HttpVersion::Http10);
+    }
+
+    #[test]
+    fn config_new_has_every_documented_default() {
+        let c = Config::new("https://mcp.example.com/mcp", vec!["https://as.example.com".into()]);
+        assert_eq!(c.max_request_body_size, 1_048_576);
+        assert!(c.cache_introspection && c.tls_client_auth_ssl_verify && c.ssl_verify && c.keepalive);
+        assert_eq!((c.jwks_cache_ttl, c.metadata_cache_ttl, c.cache_ttl_max), (3600, 3600, 3600));
+        assert_eq!((c.metadata_discovery_retry, c.timeout, c.jwt_claims_leeway), (3, 10_000, 0));
+        assert_eq!(c.http_version, HttpVersion::Http11);
+        assert_eq!(c.consumer_by, vec![ConsumerBy::CustomId, ConsumerBy::Username]);
+        assert_eq!(c.credential_claim, ClaimPath::claim("sub"));
+        assert_eq!(c.audiences_denied, vec!["account"]);
+        assert_eq!(c.access_token_type, AccessTokenType::Any);
+        assert_eq!((c.cache_max_entries, c.cache_ttl_negative), (10_000, 5));
+        assert!(!c.insecure_relaxed_audience_validation && !c.passthrough_credentials);
+        assert!(c.token_exchange.is_none() && c.allowed_origins.is_none() && c.issuers.is_none());
+        // The record's Default and its serde defaults are the same values.
+        let te: TokenExchange = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(te.cache, TokenExchangeCache::default());
+        assert_eq!(te.cache, TokenExchangeCache { enabled: true, ttl: 3600 });
     }
 
     #[test]
