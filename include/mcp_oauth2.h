@@ -85,6 +85,28 @@ typedef uint32_t mcp_oauth2_result;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// What an outbound call is for (`mcp_oauth2_pending_purpose`, as a `uint32_t`).
+enum mcp_oauth2_purpose
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // RFC 7662 token introspection: the answer is about this token alone, and a cache
+  // shared between processes may keep it for the decision's `mcp_oauth2_decision_cache_ttl_ms`.
+  MCP_OAUTH2_PURPOSE_INTROSPECTION = 1,
+  // RFC 8414 / OpenID Connect authorization-server metadata (to find the keys).
+  MCP_OAUTH2_PURPOSE_DISCOVERY = 2,
+  // The authorization server's JSON Web Key Set, for local JWT validation.
+  MCP_OAUTH2_PURPOSE_JWKS = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum mcp_oauth2_purpose mcp_oauth2_purpose;
+#else
+typedef uint32_t mcp_oauth2_purpose;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // What a pending validation waits for (`mcp_oauth2_pending_state`, as a `uint32_t`).
 enum mcp_oauth2_pending_state
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -690,6 +712,18 @@ void mcp_oauth2_error_free(struct mcp_oauth2_error **error);
 // Thread safety: see `mcp_oauth2_pending`.
 mcp_oauth2_result mcp_oauth2_pending_method(const struct mcp_oauth2_pending *pending,
                                             struct mcp_oauth2_str *method_out);
+
+// What the HTTP request is for.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE`.
+//
+// # Safety
+// `pending` is NULL or live; `purpose_out` is NULL or writable.
+// Thread safety: see `mcp_oauth2_pending`.
+mcp_oauth2_result mcp_oauth2_pending_purpose(const struct mcp_oauth2_pending *pending,
+                                             mcp_oauth2_purpose *purpose_out);
 
 // The absolute URL to call (the introspection endpoint; in JWT mode an AS metadata or JWKS URL).
 //

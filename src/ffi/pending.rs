@@ -9,7 +9,7 @@ use super::{
     mcp_oauth2_decision, mcp_oauth2_header, mcp_oauth2_result, mcp_oauth2_str, out, slice, system_time, write_out,
     write_pair, Result,
 };
-use crate::{Decision, HttpRequest, HttpResponse, Pending, Step, Ticket, TransportError, TransportErrorKind};
+use crate::{Decision, HttpRequest, HttpResponse, Pending, Purpose, Step, Ticket, TransportError, TransportErrorKind};
 
 /// How an HTTP exchange failed, for `mcp_oauth2_pending_fail` (passed as a `uint32_t`).
 #[repr(u32)]
@@ -177,6 +177,48 @@ pub unsafe extern "C" fn mcp_oauth2_pending_method(
         let method_out = out(method_out)?;
         // SAFETY: checked by `out`; writable per the caller contract.
         unsafe { write_out(method_out, mcp_oauth2_str::of(http.method)) };
+        Ok(())
+    })
+}
+
+/// What an outbound call is for (`mcp_oauth2_pending_purpose`, as a `uint32_t`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum mcp_oauth2_purpose {
+    /// RFC 7662 token introspection: the answer is about this token alone, and a cache
+    /// shared between processes may keep it for the decision's `mcp_oauth2_decision_cache_ttl_ms`.
+    Introspection = 1,
+    /// RFC 8414 / OpenID Connect authorization-server metadata (to find the keys).
+    Discovery = 2,
+    /// The authorization server's JSON Web Key Set, for local JWT validation.
+    Jwks = 3,
+}
+
+/// What the HTTP request is for.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE`.
+///
+/// # Safety
+/// `pending` is NULL or live; `purpose_out` is NULL or writable.
+/// Thread safety: see `mcp_oauth2_pending`.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_pending_purpose(
+    pending: *const mcp_oauth2_pending,
+    purpose_out: *mut mcp_oauth2_purpose,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let http = unsafe { http_of(pending) }?;
+        let purpose_out = out(purpose_out)?;
+        let purpose = match http.purpose {
+            Purpose::Introspection => mcp_oauth2_purpose::Introspection,
+            Purpose::Discovery => mcp_oauth2_purpose::Discovery,
+            Purpose::Jwks => mcp_oauth2_purpose::Jwks,
+        };
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(purpose_out, purpose) };
         Ok(())
     })
 }
