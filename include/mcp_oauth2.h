@@ -52,9 +52,11 @@ enum mcp_oauth2_result
   // A required pointer parameter was NULL (or a `(ptr, len)` pair had a NULL `ptr` and a
   // non-zero `len`). Nothing was written or consumed.
   MCP_OAUTH2_RESULT_NULL_PARAMETER = 1,
-  // A Rust panic was caught inside the function: a bug in mcp-oauth2. The call had no
-  // effect that the host can observe through `*_out`; objects passed in stay usable and
-  // must still be freed. The host process is never aborted.
+  // A Rust panic was caught inside the function: a bug in mcp-oauth2. Nothing was
+  // written to `*_out`; objects passed in stay safe to use and must still be freed. A
+  // pending whose `_resume`, `_resume_cached`, `_fail` or `_continue` panicked is spent
+  // (later calls return `MCP_OAUTH2_RESULT_ALREADY_RESUMED`) and requests waiting on it
+  // get a 503. The host process is never aborted.
   MCP_OAUTH2_RESULT_PANIC = 2,
   // The configuration is invalid. `mcp_oauth2_validator_new` returns an error object
   // naming the field.
@@ -1117,6 +1119,34 @@ mcp_oauth2_result mcp_oauth2_validator_token_cache_key(const struct mcp_oauth2_v
                                                        const uint8_t *token,
                                                        size_t token_len,
                                                        uint8_t *key_out);
+
+// The number of warnings about the configuration (plain-http endpoints off loopback,
+// disabled certificate checks): the host logs each once, at start-up
+// (`mcp_oauth2_validator_warning`).
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `validator` is NULL or live; `count_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same validator.
+mcp_oauth2_result mcp_oauth2_validator_warning_count(const struct mcp_oauth2_validator *validator,
+                                                     size_t *count_out);
+
+// Warning number `index` (from 0), e.g. `introspection_endpoint: plain http: ...`. Never
+// contains a secret.
+//
+// `warning_out` receives a view into `validator`, valid until it is freed.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_OUT_OF_RANGE`, `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `validator` is NULL or live; `warning_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same validator.
+mcp_oauth2_result mcp_oauth2_validator_warning(const struct mcp_oauth2_validator *validator,
+                                               size_t index,
+                                               struct mcp_oauth2_str *warning_out);
 
 // The Protected Resource Metadata document (RFC 9728) this validator serves, as JSON.
 // `begin`/`authorize` already answer the metadata paths; this is for hosts that serve it

@@ -54,6 +54,24 @@ pub(crate) fn is_safe_header_value(v: &str) -> bool {
     v.len() <= MAX_HEADER_VALUE_LEN && !v.bytes().any(|b| (b.is_ascii_control() && b != b'\t') || b == 0x7f)
 }
 
+/// False for a token that is not an access token although it may look valid: an ID token
+/// (`nonce`), a logout token (a back-channel logout event), or one whose `typ` or
+/// `token_type` claim names another kind (Keycloak's `ID`, `Refresh`, `Offline`, `Logout`;
+/// `refresh_token`, `id_token`). Applied to introspection responses and verified JWTs alike.
+pub(crate) fn is_access_token(claims: &Map<String, Value>) -> bool {
+    let is = |name: &str, values: &[&str]| {
+        claims.get(name).and_then(Value::as_str).is_some_and(|v| values.iter().any(|x| v.eq_ignore_ascii_case(x)))
+    };
+    let logout_event = claims
+        .get("events")
+        .and_then(Value::as_object)
+        .is_some_and(|e| e.contains_key("http://schemas.openid.net/event/backchannel-logout"));
+    !(claims.contains_key("nonce")
+        || logout_event
+        || is("typ", &["ID", "Refresh", "Offline", "Logout"])
+        || is("token_type", &["refresh_token", "Refresh", "id_token"]))
+}
+
 /// A string claim (or nothing when absent or not a string).
 pub(crate) fn string_claim<'v>(claims: &'v Map<String, Value>, name: &str) -> Option<&'v str> {
     claims.get(name).and_then(Value::as_str)

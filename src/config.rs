@@ -53,7 +53,7 @@ impl ClientAuth {
         }
     }
 
-    fn is_tls(self) -> bool {
+    pub(crate) fn is_tls(self) -> bool {
         matches!(self, ClientAuth::TlsClientAuth | ClientAuth::SelfSignedTlsClientAuth)
     }
 }
@@ -449,16 +449,18 @@ pub struct Config {
     pub introspection_format: Option<IntrospectionFormat>,
     /// `args`: object, string to string; default `{}`. Extra form fields on every
     /// introspection request; `token`, `client_id`, `client_secret` and `client_assertion*`
-    /// are refused. All surfaces.
+    /// are refused. Values may be credentials (an API key): they are treated as secrets
+    /// (redacted in `Debug`, never in errors). All surfaces.
     #[serde(default)]
-    pub args: BTreeMap<String, String>,
+    pub args: BTreeMap<String, Secret>,
     /// `headers`: object, string to string; default `{}`. Extra headers on every
     /// introspection request; the headers the library sets itself are refused
     /// (`Content-Type`, `Content-Length`, `Host`, `Transfer-Encoding`, `Connection`, and
-    /// `Authorization` with `client_secret_basic`). All surfaces, except `resty.mcp_oauth2`
-    /// with `ngx.location.capture`, which refuses them (set them in the internal location).
+    /// `Authorization` with `client_secret_basic`). Values are treated as secrets, as for
+    /// `args`. All surfaces, except `resty.mcp_oauth2` with `ngx.location.capture`, which
+    /// refuses them (set them in the internal location).
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
 
     /// `jwks_endpoint`: URL string; default unset (keys come from the AS metadata's
     /// `jwks_uri`). The key set for local JWT validation; unused when
@@ -673,9 +675,19 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     /// `issuers` (extension): array of strings; default unset, meaning
     /// `authorization_servers` plus the issuer named by discovered metadata. The `iss` values
-    /// local JWT validation accepts; when set, it replaces that default. All surfaces.
+    /// local JWT validation accepts; when set, it replaces that default. Every accepted issuer
+    /// is bound to one authorization server's keys: with several `authorization_servers`, an
+    /// entry that is not one of them must be bound in `issuer_aliases` (else a configuration
+    /// error). All surfaces.
     #[serde(default)]
     pub issuers: Option<Vec<String>>,
+    /// `issuer_aliases` (extension): object mapping an issuer to the authorization server
+    /// (one of `authorization_servers`) whose keys verify its tokens; default `{}`. For an
+    /// authorization server that signs tokens with another `iss` than its metadata names
+    /// (Entra ID's v1 `https://sts.windows.net/<tenant>/` beside v2 metadata). Aliases are
+    /// accepted issuers. All surfaces.
+    #[serde(default)]
+    pub issuer_aliases: BTreeMap<String, String>,
     /// `scope_implies` (extension): object mapping a scope to the scopes it covers; default
     /// `{}`. Applied transitively when checking required scopes; nothing is implied by name.
     /// All surfaces.
@@ -894,7 +906,7 @@ impl Config {
                     "conflicts with client_auth client_secret_basic, which sets Authorization",
                 ));
             }
-            if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+            if value.expose().bytes().any(|b| b.is_ascii_control() && b != b'\t') {
                 return Err(Error::config(path, "value must not contain control characters"));
             }
         }
@@ -1085,11 +1097,46 @@ impl Config {
         Ok(())
     }
 
-    /// `issuers`, when set: a non-empty list of non-empty identifiers.
+    /// `issuers` and `issuer_aliases`: every accepted issuer is bound to exactly one key
+    /// source. With one authorization server (or `jwks_endpoint`) every issuer is bound to
+    /// it; with several, an issuer is one of them or an alias naming one of them.
     fn validate_issuers(&self) -> Result<(), Error> {
         if let Some(issuers) = &self.issuers {
             if issuers.is_empty() || issuers.iter().any(String::is_empty) {
                 return Err(Error::config("issuers", "must list non-empty issuer identifiers"));
+            }
+        }
+        for (alias, server) in &self.issuer_aliases {
+            if alias.is_empty() {
+                return Err(Error::config("issuer_aliases", "issuer names must not be empty"));
+            }
+            if !self.authorization_servers.contains(server) {
+                return Err(Error::config(format!("issuer_aliases.{alias}"), "must be one of authorization_servers"));
+            }
+            if self.authorization_servers.iter().any(|s| s == alias && s != server) {
+                return Err(Error::config(
+                    format!("issuer_aliases.{alias}"),
+                    "is itself one of authorization_servers: it cannot be bound to another one",
+                ));
+            }
+        }
+        let several = self.authorization_servers.len() > 1 && self.jwks_endpoint.is_none();
+        if several {
+            if self.metadata_discovery_endpoint.is_some() {
+                return Err(Error::config(
+                    "metadata_discovery_endpoint",
+                    "names one authorization server's metadata: with several authorization_servers leave it unset \
+                     (each server's metadata is discovered)",
+                ));
+            }
+            for (i, iss) in self.issuers.iter().flatten().enumerate() {
+                if !self.authorization_servers.contains(iss) && !self.issuer_aliases.contains_key(iss) {
+                    return Err(Error::config(
+                        format!("issuers[{i}]"),
+                        "is not one of authorization_servers: with several, bind it to the server whose keys \
+                         verify it in issuer_aliases",
+                    ));
+                }
             }
         }
         Ok(())

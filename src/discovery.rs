@@ -143,6 +143,11 @@ pub(crate) fn read_metadata(result: Result<HttpResponse, TransportError>, candid
     if !usable {
         return Fetched::Absent("discovery: jwks_uri is not an absolute http(s) URL".into());
     }
+    // Metadata that came over https names https endpoints: a downgrade to http would let
+    // anyone on the path substitute the keys.
+    if candidate.url.starts_with("https://") && !jwks_uri.starts_with("https://") {
+        return Fetched::Absent("discovery: metadata fetched over https names a plain-http jwks_uri".into());
+    }
     Fetched::Found(AsMetadata { issuer: issuer.to_owned(), jwks_uri: jwks_uri.to_owned() })
 }
 
@@ -196,6 +201,11 @@ mod tests {
         assert!(matches!(read_metadata(ok(no_jwks), &cand), Fetched::Absent(_)));
         let bad_uri = json!({"issuer": "https://as.example", "jwks_uri": "file:///etc/passwd"});
         assert!(matches!(read_metadata(ok(bad_uri), &cand), Fetched::Absent(_)));
+        let https = Candidate { url: "https://as.example/.well-known/openid-configuration".into(), ..cand.clone() };
+        let downgrade = json!({"issuer": "https://as.example", "jwks_uri": "http://as.example/jwks"});
+        assert!(matches!(read_metadata(ok(downgrade.clone()), &https), Fetched::Absent(d) if d.contains("plain-http")));
+        let plain = Candidate { url: "http://as.example/.well-known/openid-configuration".into(), ..cand.clone() };
+        assert!(matches!(read_metadata(ok(downgrade), &plain), Fetched::Found(_)), "http metadata may name http keys");
         assert!(matches!(read_metadata(Ok(HttpResponse::new(404, "text/html", "no")), &cand), Fetched::Absent(_)));
         assert!(matches!(read_metadata(Ok(HttpResponse::new(502, "text/html", "no")), &cand), Fetched::Failed(_)));
         let err = TransportError::new(TransportErrorKind::Connect, "refused");

@@ -5,9 +5,10 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use base64::Engine as _;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use url::form_urlencoded;
 
+use crate::claims;
 use crate::clock::UnixMs;
 use crate::config::ClientAuth;
 use crate::decision::Reason;
@@ -26,8 +27,8 @@ pub(crate) struct Introspector {
     client_secret: Option<Secret>,
     /// `Authorization: Basic …` computed once.
     basic: Option<Secret>,
-    args: Vec<(String, String)>,
-    headers: Vec<(String, String)>,
+    args: Vec<(String, Secret)>,
+    headers: Vec<(String, Secret)>,
     timeout: Duration,
 }
 
@@ -74,7 +75,7 @@ impl Introspector {
             _ => {}
         }
         for (k, v) in &self.args {
-            form.append_pair(k, v);
+            form.append_pair(k, v.expose());
         }
         let mut headers = Vec::with_capacity(3 + self.headers.len());
         headers.push(("Content-Type".to_owned(), "application/x-www-form-urlencoded".to_owned()));
@@ -82,7 +83,7 @@ impl Introspector {
         if let Some(b) = &self.basic {
             headers.push(("Authorization".to_owned(), b.expose().to_owned()));
         }
-        headers.extend(self.headers.iter().cloned());
+        headers.extend(self.headers.iter().map(|(k, v)| (k.clone(), v.expose().to_owned())));
         HttpRequest {
             method: "POST",
             url: self.url.clone(),
@@ -141,20 +142,10 @@ pub(crate) fn read_response(result: HttpResult) -> Progress {
         Err(_) => return failed("introspection: response is not valid JSON"),
     };
     match claims.get("active") {
-        Some(Value::Bool(true)) if !is_other_token_type(&claims) => Progress::Claims(claims),
+        Some(Value::Bool(true)) if claims::is_access_token(&claims) => Progress::Claims(claims),
         Some(Value::Bool(true)) => Progress::Done(Outcome::invalid(Reason::TokenTypeInvalid)),
         _ => Progress::Done(Outcome::invalid(Reason::TokenInactive)),
     }
-}
-
-/// Some authorization servers introspect refresh and ID tokens as active too (Keycloak marks
-/// them with `typ` `Refresh`, `Offline` or `ID`; others with `token_type: refresh_token`).
-/// Such a token must never pass as a bearer access token, even with a relaxed audience.
-pub(crate) fn is_other_token_type(claims: &Map<String, Value>) -> bool {
-    let is = |name: &str, values: &[&str]| {
-        claims.get(name).and_then(Value::as_str).is_some_and(|v| values.iter().any(|x| v.eq_ignore_ascii_case(x)))
-    };
-    is("typ", &["Refresh", "Offline", "ID", "Logout"]) || is("token_type", &["refresh_token", "Refresh", "id_token"])
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`).

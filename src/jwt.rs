@@ -8,7 +8,7 @@
 //! [`JwtStep`]. Every time (cache expiry, the refetch limit) is the caller's `now`.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +44,6 @@ enum Source {
 struct CachedKeys {
     url: String,
     set: Arc<KeySet>,
-    fetched: UnixMs,
     expires: UnixMs,
 }
 
@@ -58,10 +57,10 @@ pub(crate) struct JoseHeader {
 /// What a pending fetch is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum JwtStep {
-    /// Metadata candidate `candidate`, attempt `attempt` (from 1); `transient` is the last
-    /// transient failure seen for this authorization server; `only` limits discovery to
-    /// one server (the token's issuer).
-    Discover { candidate: usize, attempt: u32, transient: Option<Cow<'static, str>>, only: Option<usize> },
+    /// Metadata candidate `candidate` (of the one authorization server bound to the
+    /// token's issuer), attempt `attempt` (from 1); `transient` is the last transient
+    /// failure seen for that server.
+    Discover { candidate: usize, attempt: u32, transient: Option<Cow<'static, str>> },
     /// The key set at `url` (cache miss or expiry), for key slot `slot`.
     FetchKeys { slot: usize, url: String },
     /// The key set at `url` again, because the token's `kid` is not in the cached set.
@@ -72,8 +71,7 @@ pub(crate) enum JwtStep {
 pub(crate) struct LocalJwt {
     /// One `jsonwebtoken` validation per allowed algorithm, built once.
     validations: Vec<(Algorithm, Validation)>,
-    issuers: Option<Vec<String>>,
-    authorization_servers: Vec<String>,
+    issuers: IssuerBinding,
     require_at_jwt: bool,
     leeway: i64,
     timeout: Duration,
@@ -89,7 +87,14 @@ pub(crate) struct LocalJwt {
     keys: Mutex<Vec<Option<CachedKeys>>>,
     /// When each JWKS URL was last refetched for an unknown `kid` (ordinary fetches on a
     /// cache miss do not count: a key rotated just after a fetch must still be found).
-    last_refetch: Mutex<HashMap<String, UnixMs>>,
+    last_refetch: Mutex<HashMap<String, Refetch>>,
+}
+
+/// The last refetch of a key set for an unknown `kid`.
+#[derive(Debug, Clone, Copy)]
+struct Refetch {
+    started: UnixMs,
+    answered: bool,
 }
 
 impl LocalJwt {
@@ -117,8 +122,7 @@ impl LocalJwt {
         };
         LocalJwt {
             validations,
-            issuers: config.issuers.clone(),
-            authorization_servers: config.authorization_servers.clone(),
+            issuers: IssuerBinding::new(config),
             require_at_jwt: config.access_token_type == AccessTokenType::AtJwt,
             leeway: i64::try_from(config.jwt_claims_leeway).unwrap_or(i64::MAX),
             timeout: Duration::from_millis(config.timeout),
@@ -133,12 +137,13 @@ impl LocalJwt {
     }
 
     fn resume_step(&self, token: &str, step: JwtStep, result: HttpResult, now: UnixMs) -> Progress {
+        let refetch = matches!(step, JwtStep::RefetchKeys { .. });
         let header = match self.parse_header(token) {
             Ok(h) => h,
             Err(reason) => return invalid(reason),
         };
         match step {
-            JwtStep::Discover { candidate, attempt, transient, only } => {
+            JwtStep::Discover { candidate, attempt, transient } => {
                 let Source::Discovery(candidates) = &self.source else {
                     return unavailable("jwt: unexpected discovery step");
                 };
@@ -155,96 +160,82 @@ impl LocalJwt {
                     }
                     Fetched::Failed(detail) if attempt < self.retry => need(
                         discovery::get_request(&current.url, self.timeout, Purpose::Discovery),
-                        JwtStep::Discover { candidate, attempt: attempt + 1, transient: Some(detail), only },
+                        JwtStep::Discover { candidate, attempt: attempt + 1, transient: Some(detail) },
                     ),
-                    Fetched::Failed(detail) => {
-                        self.next_candidate(candidates, candidate, Some(detail.clone()), detail, only)
-                    }
-                    Fetched::Absent(detail) => self.next_candidate(candidates, candidate, transient, detail, only),
+                    Fetched::Failed(detail) => self.next_candidate(candidates, candidate, Some(detail.clone()), detail),
+                    Fetched::Absent(detail) => self.next_candidate(candidates, candidate, transient, detail),
                 }
             }
             JwtStep::FetchKeys { slot, url } | JwtStep::RefetchKeys { slot, url } => {
+                if refetch {
+                    if let Some(r) = self.last_refetch.lock().get_mut(&url) {
+                        r.answered = true;
+                    }
+                }
                 // A fresh set is authoritative: an unknown kid now is a 401, not another fetch.
                 let set = match read_jwks(result) {
                     Ok(set) => Arc::new(set),
                     Err(detail) => return Progress::Done(Outcome::Unavailable(detail)),
                 };
-                let (fetched, expires) = (now, now.plus(self.jwks_ttl));
                 if let Some(cached) = self.keys.lock().get_mut(slot) {
-                    *cached = Some(CachedKeys { url, set: Arc::clone(&set), fetched, expires });
+                    *cached = Some(CachedKeys { url, set: Arc::clone(&set), expires: now.plus(self.jwks_ttl) });
                 }
-                self.verify_with(token, &header, &set, now)
+                self.verify_with(token, &header, &set, slot, now)
             }
         }
     }
 
-    /// After candidate `after`: the next candidate of the same authorization server; at a
-    /// server boundary, stop with 503 if that server failed transiently (its keys must not
-    /// be silently replaced by another server's), else go on with the next server. `last`
-    /// is why candidate `after` did not do. With `only`, discovery ends with that server.
+    /// After candidate `after`: the next candidate of the same authorization server. At
+    /// the end of that server's candidates discovery fails (503): a token is verified only
+    /// with the keys of the server its issuer is bound to, never another server's. `last`
+    /// is why candidate `after` did not do; `transient` the last transient failure.
     fn next_candidate(
         &self,
         candidates: &[Candidate],
         after: usize,
         transient: Option<Cow<'static, str>>,
         last: Cow<'static, str>,
-        only: Option<usize>,
     ) -> Progress {
         let next = after + 1;
-        let same_server = candidates.get(next).is_some_and(|c| c.server == candidates[after].server);
-        if !same_server {
-            if let Some(detail) = transient {
-                return Progress::Done(Outcome::Unavailable(detail));
-            }
-            if only.is_some() {
-                return unavailable(format!("{last}; no usable metadata for the token's issuer"));
-            }
-        }
-        match candidates.get(next) {
+        match candidates.get(next).filter(|c| c.server == candidates[after].server) {
             Some(c) => need(
                 discovery::get_request(&c.url, self.timeout, Purpose::Discovery),
-                JwtStep::Discover {
-                    candidate: next,
-                    attempt: 1,
-                    transient: if same_server { transient } else { None },
-                    only,
-                },
+                JwtStep::Discover { candidate: next, attempt: 1, transient },
             ),
-            None => unavailable(format!("{last}; no usable authorization server metadata")),
+            None => match transient {
+                Some(detail) => Progress::Done(Outcome::Unavailable(detail)),
+                None => unavailable(format!("{last}; no usable metadata for the token's issuer")),
+            },
         }
     }
 
-    /// The JWKS URL (and key slot) for `token`, or what to do to find it. With several
-    /// authorization servers and a token whose `iss` names one of them, only that server's
-    /// metadata and keys are used; otherwise the first server whose metadata is found.
+    /// The key slot and JWKS URL for `token`, or what to do to find them: the slot is the
+    /// one authorization server its (unverified) issuer is bound to, so a token is never
+    /// verified with another server's keys; a token whose issuer is bound to no server is
+    /// rejected without any call.
     fn jwks_url(&self, token: &str, now: UnixMs) -> Result<(usize, String), Box<Progress>> {
+        let Some(slot) = self.issuers.key_slot(unverified_issuer(token).as_deref()) else {
+            return Err(Box::new(invalid(Reason::IssuerMismatch)));
+        };
         let candidates = match &self.source {
             Source::Jwks(url) => return Ok((0, url.clone())),
             Source::Discovery(candidates) => candidates,
         };
-        let only = match self.authorization_servers.len() {
-            0 | 1 => None,
-            _ => unverified_issuer(token).and_then(|iss| self.authorization_servers.iter().position(|s| *s == iss)),
-        };
-        let first = {
+        let known = {
             let metadata = self.metadata.lock();
-            let fresh = |i: usize| metadata.get(i).and_then(Option::as_ref).filter(|(_, expires)| *expires > now);
-            let found = match only {
-                Some(i) => fresh(i).map(|(m, _)| (i, m.jwks_uri.clone())),
-                None => (0..metadata.len()).find_map(|i| fresh(i).map(|(m, _)| (i, m.jwks_uri.clone()))),
-            };
-            if let Some((slot, url)) = found {
-                return Ok((slot, url));
-            }
-            match only {
-                Some(i) => candidates.iter().position(|c| c.server == i),
-                None => (!candidates.is_empty()).then_some(0),
-            }
+            metadata
+                .get(slot)
+                .and_then(Option::as_ref)
+                .filter(|(_, expires)| *expires > now)
+                .map(|(m, _)| m.jwks_uri.clone())
         };
-        Err(Box::new(match first {
+        if let Some(url) = known {
+            return Ok((slot, url));
+        }
+        Err(Box::new(match candidates.iter().position(|c| c.server == slot) {
             Some(candidate) => need(
                 discovery::get_request(&candidates[candidate].url, self.timeout, Purpose::Discovery),
-                JwtStep::Discover { candidate, attempt: 1, transient: None, only },
+                JwtStep::Discover { candidate, attempt: 1, transient: None },
             ),
             None => unavailable("discovery: no metadata URL can be derived"),
         }))
@@ -259,18 +250,18 @@ impl LocalJwt {
         let cached = {
             let keys = self.keys.lock();
             let cached = keys.get(slot).and_then(Option::as_ref);
-            cached.filter(|k| k.url == url && k.expires > now).map(|k| (Arc::clone(&k.set), k.fetched))
+            cached.filter(|k| k.url == url && k.expires > now).map(|k| Arc::clone(&k.set))
         };
-        let Some((set, fetched)) = cached else {
+        let Some(set) = cached else {
             return need(self.jwks_request(&url), JwtStep::FetchKeys { slot, url });
         };
         if let Selected::UnknownKid = set.select(header.kid.as_deref(), header.alg) {
-            if self.may_refetch(&url, fetched, now) {
+            if self.may_refetch(&url, now) {
                 return need(self.jwks_request(&url), JwtStep::RefetchKeys { slot, url });
             }
             return key_unknown(&set);
         }
-        self.verify_with(token, header, &set, now)
+        self.verify_with(token, header, &set, slot, now)
     }
 
     fn jwks_request(&self, url: &str) -> HttpRequest {
@@ -278,22 +269,22 @@ impl LocalJwt {
     }
 
     /// True (and the refetch is recorded) if `url` was not refetched in the last 60 s.
-    /// Also true while that refetch is still in flight (its set, unlike the cached one
-    /// fetched at `fetched`, is not stored yet, and its timeout has not passed): a burst of
-    /// tokens with a newly rotated `kid` then waits for it instead of getting 401s. The
-    /// blocking driver joins the in-flight call; it is not a second fetch.
-    fn may_refetch(&self, url: &str, fetched: UnixMs, now: UnixMs) -> bool {
+    /// Also true while that refetch is still in flight (not answered, and its timeout has
+    /// not passed): a burst of tokens with a newly rotated `kid` then waits for it instead
+    /// of getting 401s. The validator joins them to the in-flight call (single flight); it
+    /// is not a second fetch.
+    fn may_refetch(&self, url: &str, now: UnixMs) -> bool {
         let mut last = self.last_refetch.lock();
         match last.get(url) {
-            Some(t) if now < t.plus(REFETCH_INTERVAL) => *t > fetched && now < t.plus(self.timeout),
+            Some(r) if now < r.started.plus(REFETCH_INTERVAL) => !r.answered && now < r.started.plus(self.timeout),
             _ => {
-                last.insert(url.to_owned(), now);
+                last.insert(url.to_owned(), Refetch { started: now, answered: false });
                 true
             }
         }
     }
 
-    fn verify_with(&self, token: &str, header: &JoseHeader, set: &KeySet, now: UnixMs) -> Progress {
+    fn verify_with(&self, token: &str, header: &JoseHeader, set: &KeySet, slot: usize, now: UnixMs) -> Progress {
         let key = match set.select(header.kid.as_deref(), header.alg) {
             Selected::Key(k) => k,
             Selected::UnknownKid | Selected::NoFit => return key_unknown(set),
@@ -302,7 +293,7 @@ impl LocalJwt {
             Ok(c) => c,
             Err(reason) => return invalid(reason),
         };
-        match self.check_claims(&claims, now.secs()) {
+        match self.check_claims(&claims, slot, now.secs()) {
             Ok(()) => Progress::Claims(claims),
             Err(reason) => invalid(reason),
         }
@@ -364,10 +355,11 @@ impl LocalJwt {
         }
     }
 
-    /// The JWT-only claim rules: not an ID token, `exp` present, `iat` not in the future,
-    /// `iss` accepted. (`exp`/`nbf` times and `aud` are checked by the shared policy.)
-    fn check_claims(&self, claims: &Map<String, Value>, now: i64) -> Result<(), Reason> {
-        if claims.contains_key("nonce") {
+    /// The JWT-only claim rules: an access token (not an ID, refresh or logout token),
+    /// `exp` present, `iat` not in the future, `iss` accepted and bound to the key slot
+    /// that verified the signature. (`exp`/`nbf` times and `aud` are checked by the policy.)
+    fn check_claims(&self, claims: &Map<String, Value>, slot: usize, now: i64) -> Result<(), Reason> {
+        if !claims::is_access_token(claims) {
             return Err(Reason::TokenTypeInvalid);
         }
         match claims::numeric_date(claims, "exp") {
@@ -382,19 +374,66 @@ impl LocalJwt {
         let Some(iss) = claims::string_claim(claims, "iss") else {
             return Err(Reason::IssuerMismatch);
         };
-        if !self.issuer_accepted(iss) {
+        let discovered = || {
+            let metadata = self.metadata.lock();
+            metadata.get(slot).and_then(Option::as_ref).is_some_and(|(m, _)| m.issuer == iss)
+        };
+        if self.issuers.key_slot(Some(iss)) != Some(slot) || !self.issuers.accepts(iss, discovered) {
             return Err(Reason::IssuerMismatch);
         }
         Ok(())
     }
+}
 
-    /// `issuers` if configured; else `authorization_servers` plus the discovered issuer.
-    fn issuer_accepted(&self, iss: &str) -> bool {
-        if let Some(issuers) = &self.issuers {
-            return issuers.iter().any(|i| i == iss);
+/// Which issuers are accepted, and the one key slot each is bound to (behaviour: every
+/// accepted issuer belongs to exactly one authorization server).
+#[derive(Debug)]
+struct IssuerBinding {
+    servers: Vec<String>,
+    /// Alias → index of its authorization server.
+    aliases: BTreeMap<String, usize>,
+    /// `issuers` when configured.
+    accepted: Option<Vec<String>>,
+    /// One key source (`jwks_endpoint`, or a single authorization server): every issuer is
+    /// bound to slot 0.
+    single: bool,
+}
+
+impl IssuerBinding {
+    fn new(config: &Config) -> Self {
+        let servers = config.authorization_servers.clone();
+        let aliases = config
+            .issuer_aliases
+            .iter()
+            .filter_map(|(alias, server)| Some((alias.clone(), servers.iter().position(|s| s == server)?)))
+            .collect();
+        IssuerBinding {
+            single: config.jwks_endpoint.is_some() || servers.len() <= 1,
+            accepted: config.issuers.clone(),
+            aliases,
+            servers,
         }
-        self.authorization_servers.iter().any(|i| i == iss)
-            || self.metadata.lock().iter().flatten().any(|(m, _)| m.issuer == iss)
+    }
+
+    /// The key slot of the server `iss` is bound to (`None`: bound to none).
+    fn key_slot(&self, iss: Option<&str>) -> Option<usize> {
+        if self.single {
+            return Some(0);
+        }
+        let iss = iss?;
+        self.servers.iter().position(|s| s == iss).or_else(|| self.aliases.get(iss).copied())
+    }
+
+    /// `issuers` plus the aliases if configured; else the authorization servers, the
+    /// aliases and the issuer the slot's discovered metadata names.
+    fn accepts(&self, iss: &str, discovered: impl FnOnce() -> bool) -> bool {
+        if self.aliases.contains_key(iss) {
+            return true;
+        }
+        match &self.accepted {
+            Some(issuers) => issuers.iter().any(|i| i == iss),
+            None => self.servers.iter().any(|s| s == iss) || discovered(),
+        }
     }
 }
 

@@ -53,6 +53,7 @@ pub struct Policy {
     key_seed: Sha256,
     leeway: i64,
     allowed_origins: Option<Vec<String>>,
+    warnings: Vec<String>,
 }
 
 /// Request-scoped facts a decision needs.
@@ -96,8 +97,16 @@ impl Policy {
             key_seed: identity_seed(&config),
             leeway: i64::try_from(config.jwt_claims_leeway).unwrap_or(i64::MAX),
             allowed_origins: config.allowed_origins.clone(),
+            warnings: construction_warnings(&config),
             config,
         }
+    }
+
+    /// What an operator should know about this configuration although it is valid: every
+    /// plain-http endpoint off loopback (tokens and credentials cross the network in the
+    /// clear) and every disabled certificate check. Hosts log them once, at start-up.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The configuration it was compiled from.
@@ -396,6 +405,64 @@ fn authorization_values<'a>(req: &Request<'a>) -> ([&'a [u8]; 2], usize) {
     (values, count.min(2))
 }
 
+fn construction_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let jwt_discovery = config.introspection_endpoint.is_none()
+        && config.jwks_endpoint.is_none()
+        && config.metadata_discovery_endpoint.is_none();
+    let mut urls: Vec<(String, &str)> = vec![];
+    for (field, url) in [
+        ("introspection_endpoint", &config.introspection_endpoint),
+        ("mtls_introspection_endpoint", &config.mtls_introspection_endpoint),
+        ("jwks_endpoint", &config.jwks_endpoint),
+        ("metadata_discovery_endpoint", &config.metadata_discovery_endpoint),
+    ] {
+        if let Some(u) = url {
+            urls.push((field.to_owned(), u));
+        }
+    }
+    if let Some(te) = config.token_exchange.as_ref().filter(|t| t.enabled) {
+        if let Some(u) = &te.token_endpoint {
+            urls.push(("token_exchange.token_endpoint".to_owned(), u));
+        }
+    }
+    if jwt_discovery {
+        for (i, u) in config.authorization_servers.iter().enumerate() {
+            urls.push((format!("authorization_servers[{i}]"), u));
+        }
+    }
+    for (field, url) in urls {
+        let plain_remote = url::Url::parse(url).is_ok_and(|u| u.scheme() == "http" && !is_loopback(&u));
+        if plain_remote {
+            warnings.push(format!(
+                "{field}: plain http: tokens and the gateway's credentials cross the network unencrypted"
+            ));
+        }
+    }
+    if !config.ssl_verify {
+        warnings.push(
+            "ssl_verify: false: the authorization server's certificate is not verified; anyone on the path can \
+             answer for it"
+                .to_owned(),
+        );
+    }
+    if !config.tls_client_auth_ssl_verify && config.effective_client_auth().is_tls() {
+        warnings.push(
+            "tls_client_auth_ssl_verify: false: the certificate of the mutual-TLS endpoint is not verified".to_owned(),
+        );
+    }
+    warnings
+}
+
+fn is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
 /// The identity of a configuration for cache keys: its whole JSON form (secrets print
 /// redacted there) plus every secret's value, so two configurations that differ in
 /// anything, a credential included, never share a key.
@@ -412,7 +479,8 @@ fn identity_seed(config: &Config) -> Sha256 {
         exchange.and_then(|t| t.client_secret.as_ref()),
         exchange.and_then(|t| t.request.actor_token.as_ref()),
     ];
-    for s in secrets {
+    let extras = config.args.values().chain(config.headers.values()).map(Some);
+    for s in secrets.into_iter().chain(extras) {
         let v = s.map_or(&[][..], |s| s.expose().as_bytes());
         h.update((v.len() as u64).to_le_bytes());
         h.update(v);

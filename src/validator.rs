@@ -145,6 +145,11 @@ impl Validator {
         self.shared.policy.metadata_document()
     }
 
+    /// Warnings about the configuration for the host to log once (see [`Policy::warnings`]).
+    pub fn warnings(&self) -> &[String] {
+        self.shared.policy.warnings()
+    }
+
     /// Starts deciding one request at `now` (the host's clock). Never blocks and never
     /// performs I/O.
     pub fn begin(&self, req: &Request<'_>, now: SystemTime) -> Step {

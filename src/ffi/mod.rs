@@ -49,9 +49,11 @@ pub enum mcp_oauth2_result {
     /// A required pointer parameter was NULL (or a `(ptr, len)` pair had a NULL `ptr` and a
     /// non-zero `len`). Nothing was written or consumed.
     NullParameter = 1,
-    /// A Rust panic was caught inside the function: a bug in mcp-oauth2. The call had no
-    /// effect that the host can observe through `*_out`; objects passed in stay usable and
-    /// must still be freed. The host process is never aborted.
+    /// A Rust panic was caught inside the function: a bug in mcp-oauth2. Nothing was
+    /// written to `*_out`; objects passed in stay safe to use and must still be freed. A
+    /// pending whose `_resume`, `_resume_cached`, `_fail` or `_continue` panicked is spent
+    /// (later calls return `MCP_OAUTH2_RESULT_ALREADY_RESUMED`) and requests waiting on it
+    /// get a 503. The host process is never aborted.
     Panic = 2,
     /// The configuration is invalid. `mcp_oauth2_validator_new` returns an error object
     /// naming the field.

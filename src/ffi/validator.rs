@@ -314,6 +314,50 @@ pub unsafe extern "C" fn mcp_oauth2_validator_token_cache_key(
     })
 }
 
+/// The number of warnings about the configuration (plain-http endpoints off loopback,
+/// disabled certificate checks): the host logs each once, at start-up
+/// (`mcp_oauth2_validator_warning`).
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `validator` is NULL or live; `count_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same validator.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_warning_count(
+    validator: *const mcp_oauth2_validator,
+    count_out: *mut usize,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { policy_get(validator, count_out, |p| Ok(p.warnings().len())) }
+}
+
+/// Warning number `index` (from 0), e.g. `introspection_endpoint: plain http: ...`. Never
+/// contains a secret.
+///
+/// `warning_out` receives a view into `validator`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_OUT_OF_RANGE`, `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `validator` is NULL or live; `warning_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same validator.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_warning(
+    validator: *const mcp_oauth2_validator,
+    index: usize,
+    warning_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        policy_get(validator, warning_out, |p| {
+            p.warnings().get(index).map(|w| mcp_oauth2_str::of(w)).ok_or(mcp_oauth2_result::OutOfRange)
+        })
+    }
+}
+
 /// The Protected Resource Metadata document (RFC 9728) this validator serves, as JSON.
 /// `begin`/`authorize` already answer the metadata paths; this is for hosts that serve it
 /// elsewhere.
