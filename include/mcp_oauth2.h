@@ -100,6 +100,9 @@ enum mcp_oauth2_purpose
   MCP_OAUTH2_PURPOSE_DISCOVERY = 2,
   // The authorization server's JSON Web Key Set, for local JWT validation.
   MCP_OAUTH2_PURPOSE_JWKS = 3,
+  // RFC 8693 token exchange (`token_exchange`): the answer is about this token (and the
+  // actor token) alone, like an introspection answer.
+  MCP_OAUTH2_PURPOSE_TOKEN_EXCHANGE = 4,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -66,6 +66,7 @@ pub mod config;
 mod decision;
 mod discovery;
 mod error;
+mod exchange;
 #[cfg(feature = "ffi")]
 #[allow(unsafe_code)]
 #[doc(hidden)]

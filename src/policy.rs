@@ -18,7 +18,7 @@ use crate::cache::Key;
 use crate::claims;
 use crate::clock::UnixMs;
 use crate::config::ClaimPath;
-use crate::decision::{Answer, Decision, Forward, Grant, Identity, Reason, Response};
+use crate::decision::{Answer, Decision, Exchanged, Forward, Grant, Identity, Reason, Response};
 use crate::headers::HeaderPlan;
 use crate::metadata::Metadata;
 use crate::request::Request;
@@ -260,6 +260,13 @@ impl Policy {
         if !self.audience.audience_matches(claims.get("aud")) {
             return Outcome::invalid(Reason::AudienceMismatch);
         }
+        Outcome::Valid(self.project(claims, exp, nbf))
+    }
+
+    /// What a request forwarded with these claims carries: the claim header values, the
+    /// identity, a refusal (consumer or groups claim missing, a claim that cannot be a
+    /// header) and the claims as compact JSON, rendered once.
+    pub(crate) fn project(&self, claims: &Map<String, Value>, exp: Option<i64>, nbf: Option<i64>) -> Arc<Grant> {
         let (header_values, header_invalid) = match self.headers.render(claims) {
             Ok(values) => (values, false),
             Err(_) => (Box::default(), true),
@@ -297,7 +304,30 @@ impl Policy {
         } else {
             None
         };
-        Outcome::Valid(Arc::new(Grant { exp, nbf, identity, header_values, refusal }))
+        let claims_json = serde_json::to_string(claims).expect("a JSON map serializes").into_boxed_str();
+        Arc::new(Grant { exp, nbf, identity, header_values, refusal, claims_json })
+    }
+
+    /// An allowed request once its token is exchanged: the upstream gets the exchanged
+    /// token; claim headers and identity come from it when it is a JWT (which may still
+    /// refuse the request: a consumer claim missing from it).
+    pub(crate) fn with_exchange(&self, ctx: &Ctx<'_>, mut forward: Forward, exchanged: Arc<Exchanged>) -> Decision {
+        if let Some(reason) = exchanged.projection.as_ref().and_then(|g| g.refusal) {
+            return Decision::Respond(ctx.answer().refused(reason));
+        }
+        forward.exchanged = Some(exchanged);
+        Decision::Forward(forward)
+    }
+
+    /// A 503 for an authorization-server failure after the token was validated (the
+    /// exchange): never a 401, never the client's token forwarded.
+    pub(crate) fn unavailable(&self, ctx: &Ctx<'_>, detail: Cow<'static, str>) -> Decision {
+        Decision::Respond(ctx.answer().unavailable(detail))
+    }
+
+    /// A 400 for a request the exchange cannot be made for (the actor-token header).
+    pub(crate) fn invalid_request(&self, ctx: &Ctx<'_>, description: &str) -> Decision {
+        Decision::Respond(ctx.answer().invalid_request(description))
     }
 
     /// The cache rule: until when an outcome first fetched at `fetched_at` may be kept
@@ -356,6 +386,7 @@ impl Policy {
             cache_ttl,
             recheck_at: expires,
             cors_origin: ctx.cors_origin.as_deref().map(Box::from),
+            exchanged: None,
         })
     }
 

@@ -817,15 +817,14 @@ fn unsupported_features_are_named_errors() {
     for (extra, field) in [
         (json!({"client_auth": "private_key_jwt", "client_jwk": {"kty": "RSA"}}), "client_auth"),
         (json!({"http_proxy": "http://proxy:3128"}), "http_proxy"),
-        (
-            json!({"passthrough_credentials": true, "token_exchange": {"enabled": true, "token_endpoint": "http://as/token"}}),
-            "token_exchange.enabled",
-        ),
     ] {
         let err = Validator::new(base(extra.clone())).unwrap_err();
         assert_eq!(err.kind(), mcp_oauth2::ErrorKind::Unsupported, "{extra}");
         assert_eq!(err.field(), Some(field), "{err}");
     }
+    // Token exchange (issue 11) is implemented.
+    let exchange = json!({"passthrough_credentials": true, "token_exchange": {"enabled": true, "token_endpoint": "http://as/token"}});
+    assert!(Validator::new(base(exchange)).is_ok());
     // Local JWT validation (branch jwt) lifted the former introspection_endpoint requirement.
     assert!(Validator::new(base(json!({"introspection_endpoint": null, "jwks_endpoint": "http://as/jwks"}))).is_ok());
 }

@@ -192,6 +192,9 @@ pub enum mcp_oauth2_purpose {
     Discovery = 2,
     /// The authorization server's JSON Web Key Set, for local JWT validation.
     Jwks = 3,
+    /// RFC 8693 token exchange (`token_exchange`): the answer is about this token (and the
+    /// actor token) alone, like an introspection answer.
+    TokenExchange = 4,
 }
 
 /// What the HTTP request is for.
@@ -216,6 +219,7 @@ pub unsafe extern "C" fn mcp_oauth2_pending_purpose(
             Purpose::Introspection => mcp_oauth2_purpose::Introspection,
             Purpose::Discovery => mcp_oauth2_purpose::Discovery,
             Purpose::Jwks => mcp_oauth2_purpose::Jwks,
+            Purpose::TokenExchange => mcp_oauth2_purpose::TokenExchange,
         };
         // SAFETY: checked by `out`; writable per the caller contract.
         unsafe { write_out(purpose_out, purpose) };
