@@ -554,6 +554,36 @@ mcp_oauth2_result mcp_oauth2_decision_claim_header_value(const struct mcp_oauth2
                                                          size_t index,
                                                          struct mcp_oauth2_str *value_out);
 
+// The claims, as compact JSON, for what runs next (later plugins, access rules): of the
+// validated token, or of the exchanged token when `token_exchange` got a JWT.
+//
+// `claims_out` receives a view into `decision`, valid until it is freed.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `decision` is NULL or live; `claims_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same decision.
+mcp_oauth2_result mcp_oauth2_decision_claims_json(const struct mcp_oauth2_decision *decision,
+                                                  struct mcp_oauth2_str *claims_out);
+
+// With `token_exchange`: the upstream's `Authorization` value, `Bearer <exchanged token>`.
+// Set it (replacing the client's, which is among the headers to remove). It is a
+// credential: never log it.
+//
+// `value_out` receives a view into `decision`, valid until it is freed.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_ABSENT` without an exchange or for a denied decision;
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `decision` is NULL or live; `value_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same decision.
+mcp_oauth2_result mcp_oauth2_decision_upstream_authorization(const struct mcp_oauth2_decision *decision,
+                                                             struct mcp_oauth2_str *value_out);
+
 // The token's `sub` claim.
 //
 // `subject_out` receives a view into `decision`, valid until it is freed.
@@ -1148,6 +1178,26 @@ mcp_oauth2_result mcp_oauth2_validator_token_cache_key(const struct mcp_oauth2_v
                                                        const uint8_t *token,
                                                        size_t token_len,
                                                        uint8_t *key_out);
+
+// How long, in milliseconds, a cache shared between processes may keep the answer it
+// stored under `key` (a `mcp_oauth2_pending_cache_key` of an introspection or token-exchange
+// step, whose answer the host just resumed with), at `now_unix_ms`: what is left of the
+// validator's own entry, which never outlives the first answer's expiry.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_ABSENT` when the answer must not be kept (not cached: a failure, a
+// document step, caching off, or expired); `MCP_OAUTH2_RESULT_INVALID_ARGUMENT` (not a key);
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `validator` is NULL or live; `key` points to `key_len` readable bytes; `ttl_ms_out` is
+// NULL or writable.
+// Thread safety: safe to call concurrently on the same validator.
+mcp_oauth2_result mcp_oauth2_validator_cache_ttl_ms(const struct mcp_oauth2_validator *validator,
+                                                    const uint8_t *key,
+                                                    size_t key_len,
+                                                    uint64_t now_unix_ms,
+                                                    uint64_t *ttl_ms_out);
 
 // The number of warnings about the configuration (plain-http endpoints off loopback,
 // disabled certificate checks): the host logs each once, at start-up
