@@ -201,6 +201,15 @@ typedef struct mcp_oauth2_decision mcp_oauth2_decision;
 // threads at once. Its message never contains a secret or a token.
 typedef struct mcp_oauth2_error mcp_oauth2_error;
 
+// The counters of a validator at one moment (decisions, cache look-ups and evictions,
+// authorization-server calls and their latency, single-flight waits). Created by
+// `mcp_oauth2_validator_metrics` or `mcp_oauth2_metrics_from_bytes`, owned by the host,
+// freed with `mcp_oauth2_metrics_free`.
+//
+// Thread safety: the readers may run concurrently; `mcp_oauth2_metrics_merge` must not run
+// concurrently with anything else on the same snapshot.
+typedef struct mcp_oauth2_metrics mcp_oauth2_metrics;
+
 // A validation waiting for something: the HTTP request the host must perform
 // (`MCP_OAUTH2_PENDING_STATE_HTTP`) or another request's authorization-server call
 // (`MCP_OAUTH2_PENDING_STATE_WAIT`). Created by `mcp_oauth2_validator_begin`, owned by the
@@ -584,6 +593,21 @@ mcp_oauth2_result mcp_oauth2_decision_claims_json(const struct mcp_oauth2_decisi
 mcp_oauth2_result mcp_oauth2_decision_upstream_authorization(const struct mcp_oauth2_decision *decision,
                                                              struct mcp_oauth2_str *value_out);
 
+// How loudly to log this decision: 0 debug (allowed, metadata, preflight), 1 info (a
+// refused request), 2 warn (the authorization server failed or refused the gateway's own
+// credentials: a 503), 3 error (an internal error). Log every decision at or above the
+// level the operator chose, with `mcp_oauth2_decision_reason` and `_detail` (which never
+// hold a token, a secret or the authorization server's text).
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `decision` is NULL or live; `level_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same decision.
+mcp_oauth2_result mcp_oauth2_decision_log_level(const struct mcp_oauth2_decision *decision,
+                                                uint32_t *level_out);
+
 // The token's `sub` claim.
 //
 // `subject_out` receives a view into `decision`, valid until it is freed.
@@ -756,6 +780,92 @@ mcp_oauth2_result mcp_oauth2_error_field(const struct mcp_oauth2_error *error,
 // library that has not been freed through another variable.
 // Thread safety: no other thread may use the error during or after this call.
 void mcp_oauth2_error_free(struct mcp_oauth2_error **error);
+
+// A snapshot of the validator's counters now.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `validator` is NULL or live; `metrics_out` is NULL or a writable pointer variable.
+// Thread safety: safe to call concurrently on the same validator.
+mcp_oauth2_result mcp_oauth2_validator_metrics(const struct mcp_oauth2_validator *validator,
+                                               struct mcp_oauth2_metrics **metrics_out);
+
+// Counts one look-up in the host's own cache shared between processes (the nginx shared
+// dict): `hit` true when the answer came from there instead of the authorization server.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `validator` is NULL or live.
+// Thread safety: safe to call concurrently on the same validator.
+mcp_oauth2_result mcp_oauth2_validator_record_shared_cache(const struct mcp_oauth2_validator *validator,
+                                                           bool hit);
+
+// The snapshot as bytes, to store where other processes read it (a shared dict) and
+// rebuild it with `mcp_oauth2_metrics_from_bytes` (same library build).
+//
+// `bytes_out` receives a view into `metrics`, valid until it is freed or merged into.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `metrics` is NULL or live; `bytes_out` is NULL or writable.
+// Thread safety: see `mcp_oauth2_metrics`.
+mcp_oauth2_result mcp_oauth2_metrics_bytes(const struct mcp_oauth2_metrics *metrics,
+                                           struct mcp_oauth2_bytes *bytes_out);
+
+// A snapshot from `mcp_oauth2_metrics_bytes` of this library build (any process).
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_INVALID_ARGUMENT` for bytes of another build or length;
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `data` points to `len` readable bytes (or is NULL with length 0); `metrics_out` is NULL
+// or a writable pointer variable.
+// Thread safety: safe to call from any thread.
+mcp_oauth2_result mcp_oauth2_metrics_from_bytes(const uint8_t *data,
+                                                size_t len,
+                                                struct mcp_oauth2_metrics **metrics_out);
+
+// Adds `other`'s counters to `into`'s (e.g. every nginx worker's into one). Views from
+// `into` (`_bytes`, `_text`) become invalid.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `into` is NULL or live and not used concurrently; `other` is NULL or live, and not
+// `into`.
+// Thread safety: see `mcp_oauth2_metrics`.
+mcp_oauth2_result mcp_oauth2_metrics_merge(struct mcp_oauth2_metrics *into,
+                                           const struct mcp_oauth2_metrics *other);
+
+// The snapshot in the Prometheus text exposition format (version 0.0.4), for a scrape
+// endpoint (`Content-Type: text/plain; version=0.0.4`).
+//
+// `text_out` receives a view into `metrics`, valid until it is freed or merged into.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `metrics` is NULL or live; `text_out` is NULL or writable.
+// Thread safety: see `mcp_oauth2_metrics`.
+mcp_oauth2_result mcp_oauth2_metrics_text(const struct mcp_oauth2_metrics *metrics,
+                                          struct mcp_oauth2_str *text_out);
+
+// Frees a snapshot and sets `*metrics` to NULL (no-op for NULL, so twice is safe).
+//
+// # Safety
+// `metrics` is NULL or points to a variable holding NULL or a snapshot from this library
+// not freed through another variable.
+// Thread safety: no other thread may use the snapshot during or after this call.
+void mcp_oauth2_metrics_free(struct mcp_oauth2_metrics **metrics);
 
 // The HTTP method to use: `POST` or `GET`.
 //

@@ -18,6 +18,14 @@ struct Entry<V> {
 
 type Shard<V> = Mutex<LruCache<Key, Entry<V>>>;
 
+/// What a look-up found.
+pub(crate) enum Lookup<V> {
+    Hit(V, UnixMs),
+    Miss,
+    /// An entry past its expiry (now removed).
+    Expired,
+}
+
 /// An LRU cache with a per-entry expiry, split into shards to keep lock hold times and
 /// contention low for threaded hosts.
 pub(crate) struct TtlCache<V> {
@@ -38,26 +46,35 @@ impl<V: Clone> TtlCache<V> {
         &self.shards[usize::from(key[31]) % self.shards.len()]
     }
 
-    /// The live value for `key` and its expiry; an expired entry is removed and reported
-    /// as a miss.
-    pub(crate) fn get(&self, key: &Key, now: UnixMs) -> Option<(V, UnixMs)> {
+    /// The live value for `key` and its expiry; an expired entry is removed.
+    pub(crate) fn lookup(&self, key: &Key, now: UnixMs) -> Lookup<V> {
         let mut shard = self.shard(key).lock();
         match shard.get(key) {
-            Some(e) if e.expires > now => Some((e.value.clone(), e.expires)),
+            Some(e) if e.expires > now => Lookup::Hit(e.value.clone(), e.expires),
             Some(_) => {
                 shard.pop(key);
-                None
+                Lookup::Expired
             }
-            None => None,
+            None => Lookup::Miss,
         }
     }
 
-    /// Stores `value` until `expires`; an expiry not after `now` stores nothing.
-    pub(crate) fn insert(&self, key: Key, value: V, expires: UnixMs, now: UnixMs) {
-        if expires <= now {
-            return;
+    /// [`TtlCache::lookup`], hits only.
+    pub(crate) fn get(&self, key: &Key, now: UnixMs) -> Option<(V, UnixMs)> {
+        match self.lookup(key, now) {
+            Lookup::Hit(v, expires) => Some((v, expires)),
+            Lookup::Miss | Lookup::Expired => None,
         }
-        self.shard(&key).lock().put(key, Entry { value, expires });
+    }
+
+    /// Stores `value` until `expires`; an expiry not after `now` stores nothing. True if
+    /// another entry had to leave to make room.
+    pub(crate) fn insert(&self, key: Key, value: V, expires: UnixMs, now: UnixMs) -> bool {
+        if expires <= now {
+            return false;
+        }
+        let pushed_out = self.shard(&key).lock().push(key, Entry { value, expires });
+        pushed_out.is_some_and(|(k, _)| k != key)
     }
 
     /// Removes `key`; true if it was present.
@@ -83,8 +100,8 @@ mod tests {
         c.insert([2; 32], 2, UnixMs(2_000), t0);
         assert_eq!(c.get(&[1; 32], t0), Some((1, UnixMs(11_000))));
         assert_eq!(c.get(&[2; 32], UnixMs(2_000)), None, "expired at its expiry");
-        c.insert([3; 32], 3, UnixMs(11_000), t0);
-        c.insert([4; 32], 4, UnixMs(11_000), t0);
+        assert!(!c.insert([3; 32], 3, UnixMs(11_000), t0), "the expired entry made room");
+        assert!(c.insert([4; 32], 4, UnixMs(11_000), t0), "a live entry had to leave");
         assert_eq!(c.len(), 2);
         assert_eq!(c.get(&[1; 32], t0), None, "least recently used was evicted");
         assert!(c.remove(&[4; 32]));

@@ -80,6 +80,50 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (`Reason::X as usize` indexes it).
+    pub(crate) const ALL: [Reason; 28] = [
+        Reason::Allowed,
+        Reason::Metadata,
+        Reason::Preflight,
+        Reason::MethodNotAllowed,
+        Reason::OriginNotAllowed,
+        Reason::NoCredentials,
+        Reason::InvalidRequest,
+        Reason::RequestBodyTooLarge,
+        Reason::TokenTooLong,
+        Reason::TokenInactive,
+        Reason::TokenExpired,
+        Reason::TokenNotYetValid,
+        Reason::TokenMalformed,
+        Reason::AudienceMismatch,
+        Reason::TokenAlgorithmNotAllowed,
+        Reason::TokenKeyUnknown,
+        Reason::TokenSignatureInvalid,
+        Reason::IssuerMismatch,
+        Reason::TokenTypeInvalid,
+        Reason::InsufficientScope,
+        Reason::ConsumerMissing,
+        Reason::ConsumerGroupsMissing,
+        Reason::ClaimHeaderInvalid,
+        Reason::ConsumerNotFound,
+        Reason::ConsumerGroupsNotFound,
+        Reason::ConsumerLookupFailed,
+        Reason::InternalError,
+        Reason::AuthorizationServerUnavailable,
+    ];
+
+    /// What kind of outcome a decision with this reason is, for metrics and logs:
+    /// `allow` (forwarded, or the library answered a request that needs no token: the
+    /// metadata document, a preflight), `deny` (refused), or `error` (the authorization
+    /// server or the host failed: 503/500).
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Reason::Allowed | Reason::Metadata | Reason::Preflight => "allow",
+            Reason::AuthorizationServerUnavailable | Reason::ConsumerLookupFailed | Reason::InternalError => "error",
+            _ => "deny",
+        }
+    }
+
     /// A stable snake_case name, e.g. `token_inactive`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -173,6 +217,14 @@ impl Decision {
         }
     }
 
+    /// How loudly a host logs this decision (see [`Response::log_level`]).
+    pub fn log_level(&self) -> LogLevel {
+        match self {
+            Decision::Respond(r) => r.log_level(),
+            Decision::Forward(_) => LogLevel::Debug,
+        }
+    }
+
     /// The response, if this decision answers the client.
     pub fn as_response(&self) -> Option<&Response> {
         match self {
@@ -186,6 +238,33 @@ impl Decision {
         match self {
             Decision::Forward(f) => Some(f),
             Decision::Respond(_) => None,
+        }
+    }
+}
+
+/// How loudly a host logs a decision (see [`Response::log_level`]; an allowed request is
+/// [`LogLevel::Debug`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Routine: allowed requests, metadata, preflights.
+    Debug,
+    /// A refused request (401, 403, 400, 413).
+    Info,
+    /// The gateway cannot work as configured: the authorization server failed or refused
+    /// the gateway's credentials (503).
+    Warn,
+    /// A bug caught at a boundary (500).
+    Error,
+}
+
+impl LogLevel {
+    /// `debug`, `info`, `warn` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
         }
     }
 }
@@ -230,6 +309,21 @@ impl Response {
     /// A short, secret-free explanation for logs (e.g. which AS failure), if any.
     pub fn detail(&self) -> Option<&str> {
         self.detail.as_deref()
+    }
+
+    /// How loudly a host logs this response: [`LogLevel::Warn`] when the gateway cannot
+    /// work as configured (the authorization server refused the gateway's own credentials,
+    /// or failed), [`LogLevel::Error`] for an internal error, [`LogLevel::Info`] for a
+    /// refused request, [`LogLevel::Debug`] for the metadata document and preflights. Every
+    /// rejection and every 503 is meant to be logged once, with [`Response::reason`] and
+    /// [`Response::detail`] (which never hold a token, a secret or the AS's text).
+    pub fn log_level(&self) -> LogLevel {
+        match self.reason {
+            Reason::InternalError => LogLevel::Error,
+            Reason::AuthorizationServerUnavailable | Reason::ConsumerLookupFailed => LogLevel::Warn,
+            Reason::Metadata | Reason::Preflight => LogLevel::Debug,
+            _ => LogLevel::Info,
+        }
     }
 
     /// The 500 a host sends when it cannot get a decision at all (the validator panicked
@@ -641,6 +735,17 @@ impl Answer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reason_is_listed_once_in_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r}");
+        }
+        // The last variant closes the list: a new variant must be added to ALL.
+        assert_eq!(Reason::AuthorizationServerUnavailable as usize, Reason::ALL.len() - 1);
+        let names: std::collections::BTreeSet<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), Reason::ALL.len());
+    }
 
     #[test]
     fn quoting_escapes_quotes_and_backslashes() {

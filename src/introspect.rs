@@ -128,7 +128,13 @@ pub(crate) fn read_response(result: HttpResult) -> Progress {
         }
     };
     if response.status != 200 {
-        return failed(format!("introspection: HTTP {}", response.status));
+        let hint = match response.status {
+            400 | 401 | 403 => {
+                " (the authorization server refused the gateway itself: check client_id, client_secret and client_auth)"
+            }
+            _ => "",
+        };
+        return failed(format!("introspection: HTTP {}{hint}", response.status));
     }
     if response.body.len() > MAX_RESPONSE_BODY {
         return failed("introspection: response body over 1 MiB");

@@ -78,6 +78,7 @@ mod jwks;
 mod jwt;
 mod metadata;
 mod method;
+mod metrics;
 mod policy;
 mod request;
 mod scopes;
@@ -89,8 +90,9 @@ mod validator;
 
 pub use crate::claims::MAX_HEADER_VALUE_LEN;
 pub use crate::config::Config;
-pub use crate::decision::{Decision, Forward, Identity, Reason, Refusal, Response};
+pub use crate::decision::{Decision, Forward, Identity, LogLevel, Reason, Refusal, Response};
 pub use crate::error::{Error, ErrorKind};
+pub use crate::metrics::MetricsSnapshot;
 pub use crate::policy::Policy;
 pub use crate::request::{
     HttpRequest, HttpResponse, Purpose, Request, TransportError, TransportErrorKind, MAX_RESPONSE_BODY,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use crate::cache::{Key, TtlCache};
+use crate::cache::{Key, Lookup, TtlCache};
 use crate::clock::UnixMs;
 use crate::decision::{Decision, Exchanged, Forward};
 use crate::exchange::{Actor, Exchanger};
@@ -20,8 +20,9 @@ use crate::flight::{Flight, Flights, Joined, Lead};
 use crate::introspect::Introspector;
 use crate::jwt::{JwtStep, LocalJwt};
 use crate::method::{HttpResult, MethodState, Progress, TokenValidation};
+use crate::metrics::{CacheKind, Eviction, Metrics, MetricsSnapshot};
 use crate::policy::{Admission, Ctx, Outcome, Policy};
-use crate::request::{HttpRequest, Request, TransportError, TransportErrorKind};
+use crate::request::{HttpRequest, Purpose, Request, TransportError, TransportErrorKind};
 use crate::token::{hex, is_well_formed, AccessToken, Secret};
 use crate::transport::Transport;
 use crate::{Config, Error};
@@ -42,6 +43,7 @@ struct Shared {
     /// One fetch per shared document (metadata, key set) in flight, for different tokens.
     fetches: Flights<HttpResult>,
     exchange: Option<Exchange>,
+    metrics: Metrics,
 }
 
 /// What a token's validation settled on, as its followers receive it.
@@ -114,6 +116,9 @@ struct PendingStep {
     /// Set when the response is a document other validations wait for.
     fetch: Option<Lead<HttpResult>>,
     step_key: Key,
+    /// What the call is for and when it was handed to the host, for the metrics.
+    purpose: Purpose,
+    issued: UnixMs,
 }
 
 /// What a pending step is part of.
@@ -166,6 +171,7 @@ impl Validator {
             flights: Flights::new(),
             fetches: Flights::new(),
             exchange,
+            metrics: Metrics::new(),
         };
         Ok(Validator { shared: Arc::new(shared) })
     }
@@ -201,8 +207,11 @@ impl Validator {
     /// Starts deciding one request at `now` (the host's clock). Never blocks and never
     /// performs I/O.
     pub fn begin(&self, req: &Request<'_>, now: SystemTime) -> Step {
+        self.shared.observe(self.start(req, UnixMs::from_system(now)))
+    }
+
+    fn start(&self, req: &Request<'_>, now: UnixMs) -> Step {
         let shared = &self.shared;
-        let now = UnixMs::from_system(now);
         let (ctx, token) = match shared.policy.admit(req) {
             Admission::Decided(d) => return Step::Done(d),
             Admission::Token(ctx, token) => (ctx, token),
@@ -222,7 +231,7 @@ impl Validator {
         let key = shared.policy.cache_key(token);
         // A token found by its digest was checked when it was stored: a hit skips the
         // character scan.
-        if let Some(settled) = shared.cached(&key, now) {
+        if let Some(settled) = shared.lookup(&key, now) {
             let decision = shared.policy.decide(&ctx, &settled.outcome, settled.expires, now);
             return Shared::after_validation(shared, job(ctx, token, actor), decision, now);
         }
@@ -281,6 +290,17 @@ impl Validator {
         }
     }
 
+    /// The counters of this validator now (see [`MetricsSnapshot`]).
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    /// Counts a look-up in the host's own cache shared between processes (the nginx shared
+    /// dict): `hit` when it answered from there instead of calling the authorization server.
+    pub fn record_shared_cache(&self, hit: bool) {
+        self.shared.metrics.lookup(CacheKind::Shared, hit);
+    }
+
     /// Removes a token's cached result (after revocation), and its exchanged tokens' when
     /// the actor is fixed. True if its validation result was cached.
     pub fn evict(&self, token: &str) -> bool {
@@ -294,7 +314,9 @@ impl Validator {
                 cache.remove(&self.shared.exchange_key(token, actor));
             }
         }
-        self.shared.cache.as_ref().is_some_and(|c| c.remove(&key))
+        let evicted = self.shared.cache.as_ref().is_some_and(|c| c.remove(&key));
+        self.shared.metrics.evicted(Eviction::Revoked, u64::from(evicted));
+        evicted
     }
 
     /// The cache key of a token (64 hex digits, as [`Pending::cache_key`] of its
@@ -360,6 +382,36 @@ impl Shared {
         Some(Settled { outcome, expires: Some(expires) })
     }
 
+    /// [`Shared::cached`], counted: a request's first look at the token cache.
+    fn lookup(&self, key: &Key, now: UnixMs) -> Option<Settled> {
+        let cache = self.cache.as_ref()?;
+        match cache.lookup(key, now) {
+            Lookup::Hit(outcome, expires) => {
+                self.metrics.lookup(CacheKind::Token, true);
+                Some(Settled { outcome, expires: Some(expires) })
+            }
+            miss => {
+                self.metrics.evicted(Eviction::Expired, u64::from(matches!(miss, Lookup::Expired)));
+                self.metrics.lookup(CacheKind::Token, false);
+                None
+            }
+        }
+    }
+
+    /// Counts what a step hands the host: every decision by reason, every wait by kind.
+    fn observe(&self, step: Step) -> Step {
+        match &step {
+            Step::Done(d) => self.metrics.decision(d.reason()),
+            Step::Wait(t) => self.metrics.wait(match t.waiting {
+                Waiting::Token { .. } => 0,
+                Waiting::Fetch { .. } => 1,
+                Waiting::Exchange { .. } => 2,
+            }),
+            Step::Need(..) => {}
+        }
+        step
+    }
+
     /// Continues a flow after a method step: finish it, or hand the host the next request
     /// (or a ticket, when another validation is already fetching that document).
     fn advance(shared: &Arc<Shared>, flow: Box<Flow>, progress: Progress, fetched_at: UnixMs, now: UnixMs) -> Step {
@@ -382,8 +434,9 @@ impl Shared {
                         Joined::Lead(lead) => fetch = Some(lead),
                     }
                 }
-                let step =
-                    PendingStep { shared: Arc::clone(shared), stage: Stage::Validate { flow, state }, fetch, step_key };
+                let (purpose, issued) = (http.purpose, now);
+                let stage = Stage::Validate { flow, state };
+                let step = PendingStep { shared: Arc::clone(shared), stage, fetch, step_key, purpose, issued };
                 Step::Need(http, Pending { step: Box::new(step) })
             }
         }
@@ -393,7 +446,8 @@ impl Shared {
     fn finish(shared: &Arc<Shared>, flow: Box<Flow>, outcome: Outcome, fetched_at: UnixMs, now: UnixMs) -> Step {
         let expires = shared.policy.expiry(&outcome, fetched_at, now);
         if let (Some(cache), Some(until)) = (&shared.cache, expires) {
-            cache.insert(flow.key, outcome.clone(), until, now);
+            let pushed_out = cache.insert(flow.key, outcome.clone(), until, now);
+            shared.metrics.evicted(Eviction::Capacity, u64::from(pushed_out));
         }
         let decision = shared.policy.decide(&flow.job.ctx, &outcome, expires, now);
         let Flow { job, lead, .. } = *flow;
@@ -408,7 +462,11 @@ impl Shared {
             return Step::Done(decision);
         };
         let key = shared.exchange_key(job.token.expose(), job.actor.as_ref().map(Secret::expose));
-        if let Some((exchanged, _)) = ex.cache.as_ref().and_then(|c| c.get(&key, now)) {
+        let cached = ex.cache.as_ref().and_then(|c| c.get(&key, now));
+        if ex.cache.is_some() {
+            shared.metrics.lookup(CacheKind::Exchange, cached.is_some());
+        }
+        if let Some((exchanged, _)) = cached {
             return Step::Done(shared.policy.with_exchange(&job.ctx, forward.clone(), exchanged));
         }
         let abandoned = ExchangeSettled {
@@ -427,7 +485,9 @@ impl Shared {
         }
         let http = ex.exchanger.request(job.token.expose(), job.actor.as_ref().map(Secret::expose));
         let flow = Box::new(ExchangeFlow { job, forward: forward.clone(), key, lead });
-        let step = PendingStep { shared: Arc::clone(shared), stage: Stage::Exchange(flow), fetch: None, step_key: key };
+        let stage = Stage::Exchange(flow);
+        let (purpose, issued) = (http.purpose, now);
+        let step = PendingStep { shared: Arc::clone(shared), stage, fetch: None, step_key: key, purpose, issued };
         Step::Need(http, Pending { step: Box::new(step) })
     }
 
@@ -501,6 +561,9 @@ impl Pending {
     /// Continues with the result of the HTTP request from [`Step::Need`], at `now`.
     pub fn resume(self, result: Result<crate::HttpResponse, TransportError>, now: SystemTime) -> Step {
         let now = UnixMs::from_system(now);
+        let step = &self.step;
+        let outcome = result.as_ref().map(|r| r.status).map_err(|e| e.kind);
+        step.shared.metrics.request(step.purpose, outcome, now.after(step.issued));
         self.resume_at(result, now, now)
     }
 
@@ -521,13 +584,14 @@ impl Pending {
         if let Some(lead) = fetch {
             lead.complete(result.clone());
         }
-        match stage {
+        let step = match stage {
             Stage::Validate { flow, state } => {
                 let progress = shared.method.resume(flow.job.token.expose(), state, result, now);
                 Shared::advance(&shared, flow, progress, fetched_at, now)
             }
             Stage::Exchange(flow) => shared.finish_exchange(flow, result, fetched_at, now),
-        }
+        };
+        shared.observe(step)
     }
 
     /// A key for the response this step waits for, as 64 hex digits (a SHA-256 digest
@@ -620,7 +684,7 @@ impl Ticket {
     pub fn resume(self, now: SystemTime) -> Step {
         let now = UnixMs::from_system(now);
         let Ticket { shared, waiting } = self;
-        match waiting {
+        let step = match waiting {
             Waiting::Token { job, flight, .. } => {
                 let settled = flight.result().unwrap_or(Settled {
                     outcome: Outcome::Unavailable(Cow::Borrowed("validation: gave up waiting for a concurrent call")),
@@ -647,7 +711,8 @@ impl Ticket {
                     Err(detail) => shared.policy.unavailable(&job.ctx, detail),
                 })
             }
-        }
+        };
+        shared.observe(step)
     }
 }
 

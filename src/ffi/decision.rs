@@ -524,6 +524,27 @@ pub unsafe extern "C" fn mcp_oauth2_decision_upstream_authorization(
     }
 }
 
+/// How loudly to log this decision: 0 debug (allowed, metadata, preflight), 1 info (a
+/// refused request), 2 warn (the authorization server failed or refused the gateway's own
+/// credentials: a 503), 3 error (an internal error). Log every decision at or above the
+/// level the operator chose, with `mcp_oauth2_decision_reason` and `_detail` (which never
+/// hold a token, a secret or the authorization server's text).
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `level_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_log_level(
+    decision: *const mcp_oauth2_decision,
+    level_out: *mut u32,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { get(decision, level_out, |d| Ok(d.log_level() as u32)) }
+}
+
 /// The token's `sub` claim.
 ///
 /// `subject_out` receives a view into `decision`, valid until it is freed.

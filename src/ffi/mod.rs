@@ -27,6 +27,7 @@ compile_error!("the C ABI needs panic = \"unwind\" (a panic must become MCP_OAUT
 
 mod decision;
 mod error;
+mod metrics;
 mod pending;
 mod validator;
 
@@ -36,6 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use self::decision::*;
 pub use self::error::*;
+pub use self::metrics::*;
 pub use self::pending::*;
 pub use self::validator::*;
 
@@ -335,4 +337,5 @@ const _: () = {
     send_sync::<mcp_oauth2_decision>();
     send_sync::<mcp_oauth2_error>();
     send_sync::<mcp_oauth2_pending>();
+    send_sync::<mcp_oauth2_metrics>();
 };

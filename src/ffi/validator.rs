@@ -19,7 +19,7 @@ use crate::{Config, Policy, Request, UreqTransport, Validator};
 /// an `Arc` with internal locking). Decisions and pending validations keep what they need
 /// alive: they stay valid after the validator is freed.
 pub struct mcp_oauth2_validator {
-    validator: Validator,
+    pub(super) validator: Validator,
     /// Built at the first blocking call, so sans-I/O hosts never pay for a TLS setup.
     transport: OnceLock<UreqTransport>,
 }
