@@ -233,7 +233,7 @@ impl Policy {
     /// The cache key of a token: SHA-256 over the configuration's identity and the token.
     pub(crate) fn cache_key(&self, token: AccessToken<'_>) -> Key {
         let mut h = self.key_seed.clone();
-        h.update(token.0.as_bytes());
+        h.update(token.0);
         h.finalize().into()
     }
 
@@ -646,7 +646,7 @@ mod tests {
         let a = Policy::new(config(json!({"client_id": "c", "client_secret": "one"})));
         let b = Policy::new(config(json!({"client_id": "c", "client_secret": "two"})));
         let c = Policy::new(config(json!({"client_id": "c", "client_secret": "one"})));
-        let t = AccessToken("tok");
+        let t = AccessToken(b"tok");
         assert_ne!(a.cache_key(t), b.cache_key(t));
         assert_eq!(a.cache_key(t), c.cache_key(t));
         assert!(!format!("{a:?}").contains("one"));

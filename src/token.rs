@@ -60,9 +60,21 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// A bearer token taken from a request. `Debug` never prints it.
+/// A bearer token taken from a request, as its bytes (its characters are checked only
+/// when it is not found in the cache: see [`bearer_candidate`]). `Debug` never prints it.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct AccessToken<'a>(pub(crate) &'a str);
+pub(crate) struct AccessToken<'a>(pub(crate) &'a [u8]);
+
+impl<'a> AccessToken<'a> {
+    /// The token as text, if it is an RFC 6750 b64token (so ASCII).
+    pub(crate) fn well_formed(self) -> Option<&'a str> {
+        if is_b64token(self.0) {
+            std::str::from_utf8(self.0).ok()
+        } else {
+            None
+        }
+    }
+}
 
 impl fmt::Debug for AccessToken<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -87,7 +99,7 @@ pub(crate) enum Extracted<'a> {
 #[cfg(test)]
 pub(crate) fn extract_bearer<'a>(values: &[&'a [u8]]) -> Extracted<'a> {
     match bearer_candidate(values) {
-        Extracted::Bearer(t) if !is_well_formed(t) => Extracted::Malformed,
+        Extracted::Bearer(t) if t.well_formed().is_none() => Extracted::Malformed,
         other => other,
     }
 }
@@ -119,16 +131,7 @@ pub(crate) fn bearer_candidate<'a>(values: &[&'a [u8]]) -> Extracted<'a> {
     if token.len() > MAX_TOKEN_LEN {
         return Extracted::TooLong;
     }
-    // Not ASCII: never a b64token.
-    match std::str::from_utf8(token) {
-        Ok(t) => Extracted::Bearer(AccessToken(t)),
-        Err(_) => Extracted::Malformed,
-    }
-}
-
-/// True if the token is an RFC 6750 b64token.
-pub(crate) fn is_well_formed(token: AccessToken<'_>) -> bool {
-    is_b64token(token.0.as_bytes())
+    Extracted::Bearer(AccessToken(token))
 }
 
 fn trim_ows(mut v: &[u8]) -> &[u8] {
@@ -189,9 +192,9 @@ mod tests {
 
     #[test]
     fn bearer_scheme_is_case_insensitive_and_allows_several_spaces() {
-        assert_eq!(ex(&["Bearer abc"]), Extracted::Bearer(AccessToken("abc")));
-        assert_eq!(ex(&["bEaReR   abc=="]), Extracted::Bearer(AccessToken("abc==")));
-        assert_eq!(ex(&["BEARER a-b.c_d~e+f/g "]), Extracted::Bearer(AccessToken("a-b.c_d~e+f/g")));
+        assert_eq!(ex(&["Bearer abc"]), Extracted::Bearer(AccessToken(b"abc")));
+        assert_eq!(ex(&["bEaReR   abc=="]), Extracted::Bearer(AccessToken(b"abc==")));
+        assert_eq!(ex(&["BEARER a-b.c_d~e+f/g "]), Extracted::Bearer(AccessToken(b"a-b.c_d~e+f/g")));
     }
 
     #[test]
@@ -231,7 +234,7 @@ mod tests {
         let s = Secret::new("kong-secret");
         assert_eq!(format!("{s:?}"), "[redacted]");
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"[redacted]\"", "not even a digest of the value");
-        assert!(!format!("{:?}", AccessToken("tok123")).contains("tok123"));
+        assert!(!format!("{:?}", AccessToken(b"tok123")).contains("tok123"));
         let err = serde_json::from_str::<Secret>("12345678").unwrap_err().to_string();
         assert!(!err.contains("12345678"), "{err}");
     }

@@ -23,7 +23,7 @@ use crate::method::{HttpResult, MethodState, Progress, TokenValidation};
 use crate::metrics::{CacheKind, Eviction, Metrics, MetricsSnapshot};
 use crate::policy::{Admission, Ctx, Outcome, Policy};
 use crate::request::{HttpRequest, Purpose, Request, TransportError, TransportErrorKind};
-use crate::token::{hex, is_well_formed, AccessToken, Secret};
+use crate::token::{hex, AccessToken, Secret};
 use crate::transport::Transport;
 use crate::{Config, Error};
 
@@ -218,7 +218,7 @@ impl Validator {
         };
         let actor = match shared.exchange.as_ref().map(|e| e.exchanger.actor()) {
             Some(Actor::Header(name)) => match req.header_value(&name.to_ascii_lowercase()).map(std::str::from_utf8) {
-                Some(Ok(v)) if !v.is_empty() && is_well_formed(AccessToken(v)) => Some(Secret::new(v)),
+                Some(Ok(v)) if AccessToken(v.as_bytes()).well_formed().is_some() => Some(Secret::new(v)),
                 _ => {
                     return Step::Done(
                         shared.policy.invalid_request(&ctx, "The actor token header is missing or malformed"),
@@ -230,14 +230,20 @@ impl Validator {
         };
         let key = shared.policy.cache_key(token);
         // A token found by its digest was checked when it was stored: a hit skips the
-        // character scan.
+        // character scan (and builds nothing for a later step unless an exchange follows).
         if let Some(settled) = shared.lookup(&key, now) {
             let decision = shared.policy.decide(&ctx, &settled.outcome, settled.expires, now);
-            return Shared::after_validation(shared, job(ctx, token, actor), decision, now);
+            return match (&decision, &shared.exchange) {
+                (Decision::Forward(_), Some(_)) => match token.well_formed() {
+                    Some(t) => Shared::after_validation(shared, job(ctx, t, actor), decision, now),
+                    None => Step::Done(shared.policy.malformed_token(&ctx)),
+                },
+                _ => Step::Done(decision),
+            };
         }
-        if !is_well_formed(token) {
+        let Some(token) = token.well_formed() else {
             return Step::Done(shared.policy.malformed_token(&ctx));
-        }
+        };
         let abandoned = Settled {
             outcome: Outcome::Unavailable(Cow::Borrowed("validation: the request validating this token was abandoned")),
             expires: None,
@@ -256,7 +262,7 @@ impl Validator {
             return Shared::after_validation(shared, job(ctx, token, actor), decision, now);
         }
         let flow = Box::new(Flow { job: job(ctx, token, actor), key, lead });
-        let progress = shared.method.start(token.0, now);
+        let progress = shared.method.start(token, now);
         Shared::advance(shared, flow, progress, now, now)
     }
 
@@ -304,7 +310,7 @@ impl Validator {
     /// Removes a token's cached result (after revocation), and its exchanged tokens' when
     /// the actor is fixed. True if its validation result was cached.
     pub fn evict(&self, token: &str) -> bool {
-        let key = self.shared.policy.cache_key(AccessToken(token));
+        let key = self.shared.policy.cache_key(AccessToken(token.as_bytes()));
         if let Some(ex) = &self.shared.exchange {
             let actor = match ex.exchanger.actor() {
                 Actor::Config(s) => Some(s.expose()),
@@ -322,7 +328,7 @@ impl Validator {
     /// The cache key of a token (64 hex digits, as [`Pending::cache_key`] of its
     /// introspection): where a host's shared cache keeps its answer (to evict it there too).
     pub fn token_cache_key(&self, token: &str) -> String {
-        hex(&self.shared.policy.cache_key(AccessToken(token)))
+        hex(&self.shared.policy.cache_key(AccessToken(token.as_bytes())))
     }
 
     /// How long a cache shared between processes may keep the answer stored under
@@ -359,8 +365,8 @@ impl fmt::Debug for Validator {
     }
 }
 
-fn job(ctx: Ctx<'_>, token: AccessToken<'_>, actor: Option<Secret>) -> Job {
-    Job { ctx: ctx.into_owned(), token: Secret::new(token.0), actor }
+fn job(ctx: Ctx<'_>, token: &str, actor: Option<Secret>) -> Job {
+    Job { ctx: ctx.into_owned(), token: Secret::new(token), actor }
 }
 
 fn unhex(s: &str) -> Option<Key> {
