@@ -107,7 +107,8 @@ typedef uint32_t mcp_oauth2_purpose;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
-// What a pending validation waits for (`mcp_oauth2_pending_state`, as a `uint32_t`).
+// What a pending validation waits for (written by `mcp_oauth2_pending_get_state`; a
+// `uint32_t` in C).
 enum mcp_oauth2_pending_state
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : uint32_t
@@ -155,6 +156,28 @@ enum mcp_oauth2_transport_error
 typedef enum mcp_oauth2_transport_error mcp_oauth2_transport_error;
 #else
 typedef uint32_t mcp_oauth2_transport_error;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// Why a host refuses a request the validator allowed (for
+// `mcp_oauth2_decision_refuse`, passed as a `uint32_t`).
+enum mcp_oauth2_refusal
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // No consumer matches the token's `consumer_claim` value (403).
+  MCP_OAUTH2_REFUSAL_CONSUMER_NOT_FOUND = 1,
+  // None of the token's consumer groups exists (403).
+  MCP_OAUTH2_REFUSAL_CONSUMER_GROUPS_NOT_FOUND = 2,
+  // The host's consumer look-up itself failed (503).
+  MCP_OAUTH2_REFUSAL_CONSUMER_LOOKUP_FAILED = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum mcp_oauth2_refusal mcp_oauth2_refusal;
+#else
+typedef uint32_t mcp_oauth2_refusal;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -800,14 +823,17 @@ mcp_oauth2_result mcp_oauth2_pending_timeout_ms(const struct mcp_oauth2_pending 
 
 // The state of the pending: what the host does next (`mcp_oauth2_pending_state`).
 //
+// (Named `_get_state` because C puts type and function names in one namespace: the
+// enum `mcp_oauth2_pending_state` already has that name.)
+//
 // # Errors
 // `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
 //
 // # Safety
 // `pending` is NULL or live; `state_out` is NULL or writable.
 // Thread safety: see `mcp_oauth2_pending`.
-mcp_oauth2_result mcp_oauth2_pending_state(const struct mcp_oauth2_pending *pending,
-                                           mcp_oauth2_pending_state *state_out);
+mcp_oauth2_result mcp_oauth2_pending_get_state(const struct mcp_oauth2_pending *pending,
+                                               mcp_oauth2_pending_state *state_out);
 
 // A key for the answer this step waits for: 64 lowercase hex digits of a SHA-256 over the
 // validator's configuration and what identifies the answer (for introspection and for a
@@ -838,9 +864,9 @@ mcp_oauth2_result mcp_oauth2_pending_cache_key(const struct mcp_oauth2_pending *
 //
 // On success `*decision_out` receives either a new decision (owned by the host, free it
 // with `mcp_oauth2_decision_free`) or NULL, which means the pending moved to its next step:
-// read `mcp_oauth2_pending_state` (local JWT validation asks for metadata, then keys; or it
+// read `mcp_oauth2_pending_get_state` (local JWT validation asks for metadata, then keys; or it
 // waits for another request fetching them) and loop until a decision. After a decision
-// the pending is spent: every later call on it except `_state`, `_cache_key` and `_free`
+// the pending is spent: every later call on it except `_get_state`, `_cache_key` and `_free`
 // returns `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
 //
 // # Errors
@@ -969,7 +995,7 @@ mcp_oauth2_result mcp_oauth2_pending_on_ready(const struct mcp_oauth2_pending *p
 // authorization server is never a 401.
 //
 // `*decision_out`: a new decision, or NULL when the pending moved to another step (read
-// `mcp_oauth2_pending_state`), as for `mcp_oauth2_pending_resume`.
+// `mcp_oauth2_pending_get_state`), as for `mcp_oauth2_pending_resume`.
 //
 // # Errors
 // `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
@@ -1035,7 +1061,7 @@ void mcp_oauth2_validator_free(struct mcp_oauth2_validator **validator);
 //
 // - `*decision_out`: the decision is made (metadata document, no token, malformed
 //   request, cache hit, ...). The host owns it; free it with `mcp_oauth2_decision_free`.
-// - `*pending_out`: read `mcp_oauth2_pending_state`. `MCP_OAUTH2_PENDING_STATE_HTTP`: the
+// - `*pending_out`: read `mcp_oauth2_pending_get_state`. `MCP_OAUTH2_PENDING_STATE_HTTP`: the
 //   host performs the HTTP request it describes (`mcp_oauth2_pending_method`, `_url`,
 //   `_header`, `_body`, `_timeout_ms`) and calls `mcp_oauth2_pending_resume` or
 //   `mcp_oauth2_pending_fail`. `MCP_OAUTH2_PENDING_STATE_WAIT`: another request is already

@@ -168,7 +168,7 @@ pub unsafe extern "C" fn mcp_oauth2_validator_free(validator: *mut *mut mcp_oaut
 ///
 /// - `*decision_out`: the decision is made (metadata document, no token, malformed
 ///   request, cache hit, ...). The host owns it; free it with `mcp_oauth2_decision_free`.
-/// - `*pending_out`: read `mcp_oauth2_pending_state`. `MCP_OAUTH2_PENDING_STATE_HTTP`: the
+/// - `*pending_out`: read `mcp_oauth2_pending_get_state`. `MCP_OAUTH2_PENDING_STATE_HTTP`: the
 ///   host performs the HTTP request it describes (`mcp_oauth2_pending_method`, `_url`,
 ///   `_header`, `_body`, `_timeout_ms`) and calls `mcp_oauth2_pending_resume` or
 ///   `mcp_oauth2_pending_fail`. `MCP_OAUTH2_PENDING_STATE_WAIT`: another request is already
