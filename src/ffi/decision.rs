@@ -1,8 +1,8 @@
 //! The decision handle and its accessors.
 
 use super::{
-    borrow, boundary, boundary_void, bytes, free_handle, into_handle, mcp_oauth2_bytes, mcp_oauth2_result, mcp_oauth2_str, out,
-    text, unix_ms, write_out, write_pair, Result,
+    borrow, boundary, boundary_void, bytes, free_handle, into_handle, mcp_oauth2_bytes, mcp_oauth2_result,
+    mcp_oauth2_str, out, text, unix_ms, write_out, write_pair, Result,
 };
 use crate::{Decision, Forward, Identity, Refusal, Response};
 
