@@ -168,25 +168,28 @@ local function read_response(C, d)
   return status, headers, ffi_string(b1[0].ptr, b1[0].len)
 end
 
+-- One FFI library object per file: every validator of the worker calls through the same
+-- one, so the JIT's traces (specialised on it) serve them all.
+local libraries = {}
+
 local function load_library(lib)
-  if type(lib) == "string" then
-    local ok, loaded = pcall(ffi.load, lib)
-    if not ok then
-      return nil, "opts.library: " .. tostring(loaded)
-    end
-    return loaded
-  end
-  if lib ~= nil then
+  if lib ~= nil and type(lib) ~= "string" then
     return lib
   end
-  local path = package.searchpath("mcp_oauth2", package.cpath)
+  local path = lib or package.searchpath("mcp_oauth2", package.cpath)
   if not path then
     return nil, "mcp_oauth2.so not found in package.cpath (lua_package_cpath)"
   end
-  local ok, loaded = pcall(ffi.load, path)
-  if not ok then
-    return nil, tostring(loaded)
+  local loaded = libraries[path]
+  if loaded then
+    return loaded
   end
+  local ok
+  ok, loaded = pcall(ffi.load, path)
+  if not ok then
+    return nil, (lib and "opts.library: " or "") .. tostring(loaded)
+  end
+  libraries[path] = loaded
   return loaded
 end
 

@@ -102,7 +102,9 @@ end
 function MCPOAuth2Handler:access(conf)
   local auth = get_auth(conf)
   if not auth then
-    return exit(mcp_oauth2.internal_error())
+    -- The core's 500; without a loadable library there is no core to ask.
+    local r = mcp_oauth2.internal_error()
+    return r and exit(r) or kong.response.exit(500)
   end
   local d = auth:decide(request_table(auth))
   if not d.allowed then
