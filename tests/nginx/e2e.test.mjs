@@ -239,7 +239,7 @@ test('50 concurrent requests with one new token across both workers: exactly 1 i
   assert.equal((await stats()).introspections, 1);
 });
 
-test('50 concurrent requests with one new token within ONE worker: 1 introspection, the others wait in the worker', async (t) => {
+test('50 concurrent requests with one new token within ONE worker: 1 introspection, the others wait in the worker', async (ctx) => {
   assert.equal(workers(ONE_PREFIX).length, 1);
   const resource = `${ONE_URL}/mcp`;
   const t = await token(resource);
@@ -253,7 +253,7 @@ test('50 concurrent requests with one new token within ONE worker: 1 introspecti
   assert.equal((await stats()).introspections, 1);
   const after = await counts(ONE_URL);
   const waited = after.worker_waits - before.worker_waits;
-  t.diagnostic(`requests that waited on the in-worker leader: ${waited} of 49`);
+  ctx.diagnostic(`requests that waited on the in-worker leader: ${waited} of 49`);
   assert.ok(waited >= 40, `requests that waited on the in-worker leader: ${waited}`);
   assert.equal(after.shm_waits, before.shm_waits, 'no request polled the shared dict');
   const [seen] = (await upstreamSeen()).slice(-1);
