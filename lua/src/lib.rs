@@ -23,7 +23,8 @@ use mlua::Value;
 pub use crate::config::lua_to_json;
 
 /// The C ABI of the core, linked into this library and exported from it (the symbols in
-/// `include/mcp_oauth2.h`). Re-exported so the linker keeps every function.
+/// `include/mcp_oauth2.h`). Without a use of the crate nothing of it is linked, and the
+/// library would export no C function at all.
 pub use mcp_oauth2::ffi as c_abi;
 
 /// The module table: `version` and `config_json(conf)`.
