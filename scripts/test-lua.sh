@@ -1,37 +1,52 @@
 #!/usr/bin/env bash
-# Lua / OpenResty / Kong tests: builds the native module (normal build, and a test-hook
-# build for the panic test), runs the busted specs under LuaJIT, then the nginx end-to-end
-# test: real Debian nginx + lua module (2 workers), the oidc-provider AS and an echo
-# upstream, all on 127.0.0.1, all stopped by pid on exit.
+# Lua / OpenResty / Kong tests: builds mcp_oauth2.so (normal build, and a test-hook build
+# for the panic test), checks what it exports and that the LuaJIT declarations are current,
+# runs the Rust and busted specs under LuaJIT, then the nginx end-to-end test: real Debian
+# nginx + lua module (2 workers, and 1 worker for in-worker single flight), the
+# oidc-provider AS and an echo upstream, all on 127.0.0.1, all stopped by pid on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
+RUN=$(mktemp -d /tmp/mcp-oauth2-lua.XXXXXX)
+PIDS=()
+cleanup() {
+  local rc=$?
+  if [ -f "$RUN/logs/nginx.pid" ]; then kill "$(cat "$RUN/logs/nginx.pid")" 2>/dev/null || true; fi
+  if [ -f "$RUN/doc/logs/nginx.pid" ]; then kill "$(cat "$RUN/doc/logs/nginx.pid")" 2>/dev/null || true; fi
+  if [ -f "$RUN/one/logs/nginx.pid" ]; then kill "$(cat "$RUN/one/logs/nginx.pid")" 2>/dev/null || true; fi
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "$rc" -ne 0 ] && [ -f "$RUN/logs/error.log" ]; then
+    echo "---- nginx error.log (tail) ----"; tail -n 40 "$RUN/logs/error.log"
+    [ -f "$RUN/doc/logs/error.log" ] && { echo "---- documented nginx.conf: error.log (tail) ----"; tail -n 20 "$RUN/doc/logs/error.log"; }
+    [ -f "$RUN/one/logs/error.log" ] && { echo "---- 1-worker nginx: error.log (tail) ----"; tail -n 20 "$RUN/one/logs/error.log"; }
+  fi
+  [ -n "${KEEP_RUN:-}" ] || rm -rf "$RUN"
+  exit "$rc"
+}
+trap cleanup EXIT
+
 # 1. Build: the documented command, then the test-hook variant (only this crate rebuilds).
 cargo build --release -p mcp-oauth2-lua --features module
 cp target/release/libmcp_oauth2_lua.so lua/mcp_oauth2.so
-RUN=$(mktemp -d /tmp/mcp-oauth2-lua.XXXXXX)
 mkdir -p "$RUN/testhook"
 cargo build --release -p mcp-oauth2-lua --features module,test-hooks
 cp target/release/libmcp_oauth2_lua.so "$RUN/testhook/mcp_oauth2.so"
 # Restore the normal build as the target's latest artifact too.
 cargo build --release -p mcp-oauth2-lua --features module
 
-PIDS=()
-cleanup() {
-  local rc=$?
-  if [ -f "$RUN/logs/nginx.pid" ]; then kill "$(cat "$RUN/logs/nginx.pid")" 2>/dev/null || true; fi
-  if [ -f "$RUN/doc/logs/nginx.pid" ]; then kill "$(cat "$RUN/doc/logs/nginx.pid")" 2>/dev/null || true; fi
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ "$rc" -ne 0 ] && [ -f "$RUN/logs/error.log" ]; then
-    echo "---- nginx error.log (tail) ----"; tail -n 40 "$RUN/logs/error.log"
-    [ -f "$RUN/doc/logs/error.log" ] && { echo "---- documented nginx.conf: error.log (tail) ----"; tail -n 20 "$RUN/doc/logs/error.log"; }
-  fi
-  [ -n "${KEEP_RUN:-}" ] || rm -rf "$RUN"
-  exit "$rc"
-}
-trap cleanup EXIT
+# mcp_oauth2.so exports the module entry and every function of the C ABI header; the panic
+# hook exists only in the test build.
+nm -D --defined-only lua/mcp_oauth2.so | awk '{print $3}' | sort >"$RUN/exported.txt"
+grep -oE '\bmcp_oauth2_[a-z0-9_]+\(' include/mcp_oauth2.h | tr -d '(' | sort -u >"$RUN/header-fns.txt"
+missing=$(comm -23 "$RUN/header-fns.txt" "$RUN/exported.txt")
+[ -z "$missing" ] || { echo "mcp_oauth2.so does not export: $missing"; exit 1; }
+grep -qx luaopen_mcp_oauth2 "$RUN/exported.txt" || { echo "mcp_oauth2.so: no luaopen_mcp_oauth2"; exit 1; }
+if grep -q -a '__mcp_oauth2_test_panic' lua/mcp_oauth2.so; then echo "the normal build has the test panic hook"; exit 1; fi
+grep -q -a '__mcp_oauth2_test_panic' "$RUN/testhook/mcp_oauth2.so" || { echo "the test build lacks the panic hook"; exit 1; }
+# The LuaJIT declarations are generated from the header: they must be current.
+bash scripts/gen-lua-cdef.sh --check
 
 # nginx workers run as nobody when started as root: everything they read lives in a
 # world-readable run dir under /tmp, not in the (possibly private) checkout.
@@ -40,8 +55,9 @@ cp -r lua/resty lua/kong lua/mcp_oauth2.so "$RUN/lua/"
 cp tests/nginx/kong_standin.lua "$RUN/tests/"
 chmod -R a+rX "$RUN"
 
-# 2. Rust unit tests of the crate (linked against the system LuaJIT, without `module`),
-#    then busted specs of the module seam, under LuaJIT.
+# 2. Rust tests of the crate (linked against the system LuaJIT, without `module`: the config
+#    converter, the Kong schema against the core's Config), then the busted specs (the C ABI
+#    through the cdef, resty.mcp_oauth2 against a mock ngx, the Kong files), under LuaJIT.
 cargo test -p mcp-oauth2-lua
 (cd lua && timeout 120 luajit /usr/bin/busted --cpath="$ROOT/lua/?.so" --lpath="$ROOT/lua/?.lua;$ROOT/tests/nginx/?.lua" spec)
 
@@ -62,11 +78,19 @@ AS_PORT=$(wait_port "$RUN/as.out")
 UP_PORT=$(wait_port "$RUN/up.out")
 PORT=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
 AS="http://127.0.0.1:$AS_PORT"
-sed -e "s#@RUN@#$RUN#g" -e "s#@PORT@#$PORT#g" -e "s#@AS@#$AS#g" -e "s#@UP@#$UP_PORT#g" \
-  tests/nginx/nginx.conf.template >"$RUN/conf/nginx.conf"
+render() { # workers port -> the test nginx.conf
+  sed -e "s#@RUN@#$RUN#g" -e "s#@PORT@#$2#g" -e "s#@AS@#$AS#g" -e "s#@UP@#$UP_PORT#g" -e "s#@WORKERS@#$1#g" \
+    tests/nginx/nginx.conf.template
+}
+render 2 "$PORT" >"$RUN/conf/nginx.conf"
+# The same configuration with one worker: single flight inside a worker.
+ONE_PORT=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+mkdir -p "$RUN/one/conf" "$RUN/one/logs" "$RUN/one/tmp"
+render 1 "$ONE_PORT" >"$RUN/one/conf/nginx.conf"
 chmod -R a+rX "$RUN"
 nginx -p "$RUN" -c conf/nginx.conf
-for _ in $(seq 1 50); do [ -s "$RUN/logs/nginx.pid" ] && break; sleep 0.1; done
+nginx -p "$RUN/one" -c conf/nginx.conf
+for _ in $(seq 1 50); do [ -s "$RUN/logs/nginx.pid" ] && [ -s "$RUN/one/logs/nginx.pid" ] && break; sleep 0.1; done
 
 # The documented nginx.conf, as shown in docs/openresty-and-kong.md, in a second nginx:
 # only addresses, the secret and file locations change.
@@ -95,5 +119,5 @@ nginx -p "$DOC" -c conf/nginx.conf
 for _ in $(seq 1 50); do [ -s "$DOC/logs/nginx.pid" ] && break; sleep 0.1; done
 
 # 4. nginx end-to-end.
-DOC_URL="http://127.0.0.1:$DOC_PORT" NGINX_URL="http://127.0.0.1:$PORT" AS_URL="$AS" AS_PID="$AS_PID" UPSTREAM_URL="http://127.0.0.1:$UP_PORT" \
+ONE_URL="http://127.0.0.1:$ONE_PORT" ONE_PREFIX="$RUN/one" DOC_URL="http://127.0.0.1:$DOC_PORT" NGINX_URL="http://127.0.0.1:$PORT" AS_URL="$AS" AS_PID="$AS_PID" UPSTREAM_URL="http://127.0.0.1:$UP_PORT" \
   NGINX_PREFIX="$RUN" timeout 300 node --test --test-concurrency=1 tests/nginx/e2e.test.mjs

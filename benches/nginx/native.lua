@@ -1,56 +1,139 @@
--- Per-call cost of the native module's hot path outside nginx (LuaJIT, one core):
--- validator:check on a cache hit with one claim header. Run by bench.sh:
---   luajit benches/nginx/native.lua   (with package.cpath finding lua/mcp_oauth2.so)
+-- The native part of a decision, outside nginx (LuaJIT, one core): the C ABI calls that
+-- resty.mcp_oauth2 makes, through the same FFI declarations, with the request and output
+-- cdata preallocated as the wrapper does. Run by bench.sh:
+--   luajit benches/nginx/native.lua   (package.path / cpath finding lua/resty and lua/mcp_oauth2.so)
+-- Prints µs per call (best of 5 runs).
+local ffi = require("ffi")
+require("resty.mcp_oauth2.cdef")
+local C = ffi.load(assert(package.searchpath("mcp_oauth2", package.cpath)))
 local native = require("mcp_oauth2")
-local v = assert(native.new({
-  resource = "http://127.0.0.1:8080/mcp",
-  authorization_servers = { "http://127.0.0.1:9" },
-  introspection_endpoint = "http://127.0.0.1:9/introspect",
-  client_id = "gateway", client_secret = "gateway-secret",
-  claim_to_header = { { claim = "client_id", header = "X-Client-Id" } },
-}))
+local ffi_string = ffi.string
+
+local OK = C.MCP_OAUTH2_RESULT_OK
+
+local function validator(extra)
+  local conf = {
+    resource = "http://127.0.0.1:8080/mcp",
+    authorization_servers = { "http://127.0.0.1:9" },
+    introspection_endpoint = "http://127.0.0.1:9/introspect",
+    client_id = "gateway", client_secret = "gateway-secret",
+    claim_to_header = { { claim = "client_id", header = "X-Client-Id" } },
+  }
+  for k, v in pairs(extra or {}) do conf[k] = v end
+  local json = assert(native.config_json(conf))
+  local box = ffi.new("mcp_oauth2_validator*[1]")
+  assert(C.mcp_oauth2_validator_new(json, #json, box, nil) == OK)
+  return ffi.gc(box, C.mcp_oauth2_validator_free)
+end
+
+local cached = validator()
+local uncached = validator({ cache_introspection = false })
+
 local authz = "Bearer bench-token-0123456789abcdefghijklmnopqrstuvwxyz"
-local p = v:begin({ path = "/mcp", headers = { authorization = authz } })
-local d = p:resume(200, { ["Content-Type"] = "application/json" },
-  '{"active":true,"client_id":"bench","aud":"http://127.0.0.1:8080/mcp","exp":' .. (os.time() + 3600) .. '}')
-assert(d.forward)
+local answer = '{"active":true,"client_id":"bench","aud":"http://127.0.0.1:8080/mcp","exp":'
+  .. (os.time() + 3600) .. '}'
+local ct = "application/json"
+
+local req = ffi.new("mcp_oauth2_request")
+local hdr = ffi.new("mcp_oauth2_header[1]")
+local rh = ffi.new("mcp_oauth2_header[1]")
+local dp = ffi.new("mcp_oauth2_decision*[1]")
+local pp = ffi.new("mcp_oauth2_pending*[1]")
+local s1 = ffi.new("mcp_oauth2_str[1]")
+local s2 = ffi.new("mcp_oauth2_str[1]")
+local b1 = ffi.new("mcp_oauth2_bytes[1]")
+local u64 = ffi.new("uint64_t[1]")
+local i64 = ffi.new("int64_t[1]")
+local u32 = ffi.new("uint32_t[1]")
+local sz = ffi.new("size_t[1]")
+local flag = ffi.new("bool[1]")
+local method, path = "GET", "/mcp"
+req.method, req.method_len = method, #method
+req.path, req.path_len = path, #path
+hdr[0].name, hdr[0].name_len = "authorization", 13
+hdr[0].value, hdr[0].value_len = authz, #authz
+req.headers, req.headers_len = hdr, 1
+rh[0].name, rh[0].name_len = "Content-Type", 12
+rh[0].value, rh[0].value_len = ct, #ct
+
+local function now_ms()
+  return os.time() * 1000
+end
+
+-- What the wrapper reads from an allowed decision: one claim value, valid_until, then free.
+local function read_forward()
+  local d = dp[0]
+  assert(C.mcp_oauth2_decision_allowed(d, flag) == OK and flag[0])
+  local value
+  if C.mcp_oauth2_decision_claim_header_value(d, 0, s1) == OK then
+    value = ffi_string(s1[0].ptr, s1[0].len)
+  end
+  C.mcp_oauth2_decision_valid_until(d, i64)
+  C.mcp_oauth2_decision_free(dp)
+  return value
+end
+
+local function begin(v)
+  assert(C.mcp_oauth2_validator_begin(v[0], req, now_ms(), dp, pp) == OK)
+end
+
+-- One uncached decision as the wrapper makes it: begin, every HTTP getter (the request for
+-- the subrequest), the cache key, resume with the AS answer, the decision read, frees.
+local function uncached_decision()
+  begin(uncached)
+  local p = pp[0]
+  C.mcp_oauth2_pending_get_state(p, u32)
+  C.mcp_oauth2_pending_cache_key(p, s1)
+  local key = ffi_string(s1[0].ptr, s1[0].len)
+  C.mcp_oauth2_pending_purpose(p, u32)
+  C.mcp_oauth2_pending_method(p, s1)
+  local m = ffi_string(s1[0].ptr, s1[0].len)
+  C.mcp_oauth2_pending_url(p, s1)
+  local url = ffi_string(s1[0].ptr, s1[0].len)
+  C.mcp_oauth2_pending_header_count(p, sz)
+  local headers = {}
+  for i = 0, tonumber(sz[0]) - 1 do
+    C.mcp_oauth2_pending_header(p, i, s1, s2)
+    headers[ffi_string(s1[0].ptr, s1[0].len)] = ffi_string(s2[0].ptr, s2[0].len)
+  end
+  C.mcp_oauth2_pending_body(p, b1)
+  local body = ffi_string(b1[0].ptr, b1[0].len)
+  C.mcp_oauth2_pending_timeout_ms(p, u64)
+  assert(C.mcp_oauth2_pending_resume(p, now_ms(), 200, rh, 1, answer, #answer, dp) == OK)
+  C.mcp_oauth2_pending_free(pp)
+  C.mcp_oauth2_decision_cache_ttl_ms(dp[0], u64)
+  if not read_forward() then error("no claim value") end
+  return key, m, url, headers, body
+end
 
 local function run(label, n, f)
-  f(1000) -- warm up the JIT
+  f(2000) -- warm up the JIT
   local best = math.huge
   for _ = 1, 5 do
     local t = os.clock()
     f(n)
     best = math.min(best, (os.clock() - t) / n * 1e6)
   end
-  print(string.format("%-52s %.3f µs/call (best of 5 x %d)", label, best, n))
+  print(string.format("%-66s %.3f µs/call (best of 5 x %d)", label, best, n))
+  return best
 end
 
-run("native check(), cache hit, 1 claim header", 200000, function(n)
-  for _ = 1, n do
-    local ok, _, value = v:check("GET", "/mcp", authz)
-    if not ok or not value then error("not a cache hit") end
-  end
-end)
-run("native evict() of an absent token (call + SHA-256 floor)", 200000, function(n)
-  for _ = 1, n do v:evict("absent") end
-end)
+-- Fill the cached validator's cache once.
+begin(cached)
+assert(C.mcp_oauth2_pending_resume(pp[0], now_ms(), 200, rh, 1, answer, #answer, dp) == OK)
+C.mcp_oauth2_pending_free(pp)
+C.mcp_oauth2_decision_free(dp)
 
-local ffi = require("ffi")
-ffi.cdef([[
-typedef struct { const unsigned char *ptr; size_t len; } mcp_oauth2_lua_str;
-typedef int (*mcp_oauth2_lua_check_fn)(const void *handle,
-    const char *method, size_t method_len, const char *path, size_t path_len,
-    const char *authz, size_t authz_len, mcp_oauth2_lua_str *values, size_t n_values,
-    double *valid_until);
-]])
-local fcheck = ffi.cast("mcp_oauth2_lua_check_fn", native.ffi_check)
-local h = ffi.cast("const void *", v:ffi_handle())
-local values = ffi.new("mcp_oauth2_lua_str[1]")
-local vu = ffi.new("double[1]")
-run("FFI fast path, cache hit, 1 claim header (+ ffi.string)", 200000, function(n)
+run("cache hit: begin + claim value + valid_until + free", 200000, function(n)
   for _ = 1, n do
-    if fcheck(h, "GET", 3, "/mcp", 4, authz, #authz, values, 1, vu) ~= 1 then error("not a cache hit") end
-    local _ = ffi.string(values[0].ptr, values[0].len)
+    begin(cached)
+    if not read_forward() then error("not a cache hit") end
   end
+end)
+run("uncached: begin -> pending getters -> resume -> decision read", 50000, function(n)
+  for _ = 1, n do uncached_decision() end
+end)
+local key = ffi.new("uint8_t[64]")
+run("token_cache_key (call + SHA-256 floor)", 200000, function(n)
+  for _ = 1, n do C.mcp_oauth2_validator_token_cache_key(cached[0], authz, #authz, key) end
 end)

@@ -8,8 +8,10 @@
 use mlua::{Table, Value};
 use serde_json::{Map, Number, Value as Json};
 
-/// Paths (dot-joined) whose value is a JSON object; the root is one too.
-const MAP_PATHS: &[&str] = &[
+/// Paths (dot-joined) whose value is a JSON object; the root is one too. The test
+/// `map_paths_are_the_objects_of_config` derives this list from `mcp_oauth2::Config` and fails
+/// when they differ. `client_jwk` is a string in `Config` but also accepts a JWK object.
+pub(crate) const MAP_PATHS: &[&str] = &[
     "",
     "args",
     "headers",
@@ -137,6 +139,33 @@ mod tests {
         let j = conv(&lua, "return { args = {}, headers = {}, scopes_supported = {}, claim_to_header = {} }").unwrap();
         assert_eq!(j, serde_json::json!({"args": {}, "headers": {}, "scopes_supported": [], "claim_to_header": []}));
         assert_eq!(conv(&lua, "return {}").unwrap(), serde_json::json!({}));
+    }
+
+    /// Every dot-joined path at which `value` has a JSON object (not descending into arrays:
+    /// their elements are never empty tables, records there have required fields).
+    fn object_paths(value: &Json, path: &str, out: &mut std::collections::BTreeSet<String>) {
+        if let Json::Object(map) = value {
+            out.insert(path.to_owned());
+            for (k, v) in map {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                object_paths(v, &p, out);
+            }
+        }
+    }
+
+    #[test]
+    fn map_paths_are_the_objects_of_config() {
+        // The core's configuration with every optional object present: maps serialize as
+        // objects even when empty, records only when set.
+        let mut config = mcp_oauth2::Config::new("https://mcp.example.com/mcp", vec!["https://as.example.com".into()]);
+        config.token_exchange = Some(mcp_oauth2::config::TokenExchange::default());
+        let json = serde_json::to_value(&config).unwrap();
+        let mut derived = std::collections::BTreeSet::new();
+        object_paths(&json, "", &mut derived);
+        // Accepted as a JSON object on input, kept as text (it is a secret).
+        derived.insert("client_jwk".to_owned());
+        let listed: std::collections::BTreeSet<String> = MAP_PATHS.iter().map(|p| (*p).to_owned()).collect();
+        assert_eq!(listed, derived, "MAP_PATHS must list exactly the object-valued fields of Config");
     }
 
     #[test]

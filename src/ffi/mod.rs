@@ -316,11 +316,12 @@ pub unsafe extern "C" fn mcp_oauth2_result_name(result: u32, name_out: *mut mcp_
 }
 
 /// A test-only hook: with the `ffi-test-panic` feature (never in a release build), the
-/// exported functions that take a string panic on the input `mcp-oauth2-test-panic`, so
-/// that a C test can prove the panic boundary works.
+/// exported functions that take a string panic on the input `mcp-oauth2-test-panic`, and
+/// `begin`/`authorize` on the request path `/__mcp_oauth2_test_panic` (a path a real nginx
+/// can route to the module), so that C and nginx tests can prove the panic boundary works.
 #[cfg(feature = "ffi-test-panic")]
 fn test_panic_hook(input: &[u8]) {
-    if input == b"mcp-oauth2-test-panic" {
+    if input == b"mcp-oauth2-test-panic" || input == b"/__mcp_oauth2_test_panic" {
         panic!("mcp-oauth2 test panic (feature ffi-test-panic)");
     }
 }

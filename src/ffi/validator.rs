@@ -71,6 +71,7 @@ impl mcp_oauth2_request {
             )
         };
         test_panic_hook(method.as_bytes());
+        test_panic_hook(path.as_bytes());
         let mut request = Request::new(method, path);
         request.headers.reserve_exact(headers.len());
         for h in headers {

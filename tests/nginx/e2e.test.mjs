@@ -1,14 +1,15 @@
 // nginx end-to-end test of resty.mcp_oauth2 and the Kong handler (through the PDK
 // stand-in), against the real oidc-provider AS and an echo upstream. Started by
-// scripts/test-lua.sh, which provides NGINX_URL, AS_URL, AS_PID, UPSTREAM_URL, NGINX_PREFIX.
+// scripts/test-lua.sh, which provides NGINX_URL (2 workers), ONE_URL (the same configuration
+// with 1 worker), AS_URL, AS_PID, UPSTREAM_URL, NGINX_PREFIX, ONE_PREFIX, DOC_URL.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 
-const { NGINX_URL, AS_URL, AS_PID, UPSTREAM_URL, NGINX_PREFIX, DOC_URL } = process.env;
-for (const [k, v] of Object.entries({ NGINX_URL, AS_URL, AS_PID, UPSTREAM_URL, NGINX_PREFIX, DOC_URL })) {
+const { NGINX_URL, ONE_URL, AS_URL, AS_PID, UPSTREAM_URL, NGINX_PREFIX, ONE_PREFIX, DOC_URL } = process.env;
+for (const [k, v] of Object.entries({ NGINX_URL, ONE_URL, AS_URL, AS_PID, UPSTREAM_URL, NGINX_PREFIX, ONE_PREFIX, DOC_URL })) {
   if (!v) throw new Error(`${k} is required`);
 }
 const RESOURCE = `${NGINX_URL}/mcp`;
@@ -51,8 +52,9 @@ const stats = async () => (await fetch(`${AS_URL}/__test/stats`)).json();
 const asPost = (p) => fetch(`${AS_URL}${p}`, { method: 'POST' });
 const upstreamSeen = async () => (await fetch(`${UPSTREAM_URL}/__requests`)).json();
 const clearUpstream = () => fetch(`${UPSTREAM_URL}/__requests`, { method: 'DELETE' });
-const workers = () => execFileSync('pgrep', ['-P', readFileSync(`${NGINX_PREFIX}/logs/nginx.pid`, 'utf8').trim()])
+const workers = (prefix = NGINX_PREFIX) => execFileSync('pgrep', ['-P', readFileSync(`${prefix}/logs/nginx.pid`, 'utf8').trim()])
   .toString().trim().split('\n').sort();
+const counts = async (base) => JSON.parse((await request('/__counts', { base })).body);
 
 test('the nginx.conf of docs/openresty-and-kong.md works as shown', async () => {
   const base = DOC_URL;
@@ -237,6 +239,27 @@ test('50 concurrent requests with one new token across both workers: exactly 1 i
   assert.equal((await stats()).introspections, 1);
 });
 
+test('50 concurrent requests with one new token within ONE worker: 1 introspection, the others wait in the worker', async (ctx) => {
+  assert.equal(workers(ONE_PREFIX).length, 1);
+  const resource = `${ONE_URL}/mcp`;
+  const t = await token(resource);
+  const before = await counts(ONE_URL);
+  await asPost('/__test/reset');
+  await asPost('/__test/delay?ms=300');
+  const rs = await Promise.all(Array.from({ length: 50 }, () =>
+    request('/mcp', { base: ONE_URL, headers: { authorization: `Bearer ${t}` } })));
+  await asPost('/__test/delay?ms=0');
+  assert.deepEqual(rs.map((r) => r.status), Array(50).fill(200));
+  assert.equal((await stats()).introspections, 1);
+  const after = await counts(ONE_URL);
+  const waited = after.worker_waits - before.worker_waits;
+  ctx.diagnostic(`requests that waited on the in-worker leader: ${waited} of 49`);
+  assert.ok(waited >= 40, `requests that waited on the in-worker leader: ${waited}`);
+  assert.equal(after.shm_waits, before.shm_waits, 'no request polled the shared dict');
+  const [seen] = (await upstreamSeen()).slice(-1);
+  assert.equal(seen.headers['x-client-id'], 'app');
+});
+
 test('the worker is not blocked while an introspection is in flight', async () => {
   const t = await token();
   await asPost('/__test/delay?ms=1500');
@@ -275,7 +298,7 @@ test('method_scopes: the JSON-RPC body is read; a missing scope is 403 insuffici
   });
   assert.equal(ping.status, 200, ping.body);
   const last = (await upstreamSeen()).at(-1);
-  assert.equal(last.headers['x-client-id'], 'app', 'claim header set on the general (non-FFI) path');
+  assert.equal(last.headers['x-client-id'], 'app', 'claim header set when the body is read too');
   assert.equal(last.headers.authorization, undefined);
   const big = await request('/scoped/mcp', {
     method: 'POST',
@@ -287,8 +310,8 @@ test('method_scopes: the JSON-RPC body is read; a missing scope is 403 insuffici
 
 test('a Rust panic becomes a 500, and the worker lives on', async () => {
   const before = workers();
-  // With a token the FFI fast path panics (caught in Rust); without one the mlua method
-  // does (mlua turns it into a Lua error): both must end in a 500.
+  // The test build's begin panics on this path; the C ABI returns MCP_OAUTH2_RESULT_PANIC
+  // and the handler answers with the core's internal-error response.
   for (let i = 0; i < 6; i++) {
     const headers = i % 2 ? {} : { authorization: 'Bearer x' };
     const r = await request('/__mcp_oauth2_test_panic', { headers });
@@ -297,7 +320,8 @@ test('a Rust panic becomes a 500, and the worker lives on', async () => {
   }
   assert.deepEqual(workers(), before, 'no worker died or was replaced');
   const log = readFileSync(`${NGINX_PREFIX}/logs/error.log`, 'utf8');
-  assert.match(log, /deliberate panic/);
+  assert.match(log, /mcp-oauth2 test panic/);
+  assert.match(log, /mcp_oauth2: validator_begin: panic/);
   assert.doesNotMatch(log, /worker process \d+ exited on signal/);
   const r = await request('/ping');
   assert.equal(r.status, 200);
@@ -327,6 +351,10 @@ test('Kong handler (PDK stand-in): consumer mapping, credential, headers, rebuil
   const t2 = await token(resource, 'mcp-client');
   const denied = await request('/kong/mcp', { headers: { authorization: `Bearer ${t2}` } });
   assert.equal(denied.status, 403, denied.body);
+  // The refusal is the core's response (mcp_oauth2_decision_refuse), not a hand-built one.
+  assert.match(denied.headers['content-type'], /^application\/json/);
+  assert.deepEqual(JSON.parse(denied.body).error, 'forbidden');
+  assert.match(JSON.parse(denied.body).error_description, /consumer/i);
 
   // A different conf table: the handler builds a new validator (other header, no consumer).
   await clearUpstream();
@@ -345,6 +373,9 @@ test('Kong handler (PDK stand-in): consumer mapping, credential, headers, rebuil
   assert.equal(seen.headers['x-standin-groups'], 'gold');
   const d = await request('/kong/mcp', { headers: { authorization: `Bearer ${t2}`, 'x-test-conf': 'd' } });
   assert.equal(d.status, 403, d.body);
+  assert.equal(JSON.parse(d.body).error, 'forbidden');
+  assert.notEqual(JSON.parse(d.body).error_description, JSON.parse(denied.body).error_description,
+    'a missing group and a missing consumer are told apart');
 });
 
 test('AS stopped: 503 without a challenge, never 401', async () => {

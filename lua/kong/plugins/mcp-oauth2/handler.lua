@@ -1,6 +1,7 @@
 -- Kong plugin `mcp-oauth2`: the access phase of an MCP route, on top of resty.mcp_oauth2.
--- Same configuration as Kong's ai-mcp-oauth2 (schema.lua); AS calls go through
--- resty.http (Kong ships it) or the capture location, never blocking the worker.
+-- Same configuration as Kong's ai-mcp-oauth2 (schema.lua, which alone holds the defaults);
+-- AS calls go through resty.http (Kong ships it) or the capture location, never blocking
+-- the worker. Every response comes from the core, the consumer-mapping refusals included.
 
 local mcp_oauth2 = require("resty.mcp_oauth2")
 
@@ -19,7 +20,7 @@ end
 
 local MCPOAuth2Handler = {
   PRIORITY = 1015,
-  VERSION = "0.1.0",
+  VERSION = "0.2.0",
 }
 
 -- One resty.mcp_oauth2 object per plugin configuration. Kong hands the handler a new conf
@@ -68,8 +69,7 @@ local function load_consumer(by, value)
 end
 
 local function find_consumer(conf, value)
-  local by_list = given(conf.consumer_by) and conf.consumer_by or { "custom_id", "username" }
-  for _, by in ipairs(by_list) do
+  for _, by in ipairs(conf.consumer_by) do
     local consumer, err = load_consumer(by, value)
     if err then
       return nil, err
@@ -81,48 +81,48 @@ local function find_consumer(conf, value)
   return nil
 end
 
-local function forbidden(message)
-  return kong.response.exit(403, { error = "forbidden", error_description = message })
+local function exit(r)
+  return kong.response.exit(r.status, r.body, r.headers)
 end
 
-local function request_table(needs_body)
-  local headers = kong.request.get_headers()
+local function request_table(auth)
   local method = kong.request.get_method()
   local req = {
     method = method,
     path = kong.request.get_path(),
-    headers = headers,
+    headers = kong.request.get_headers(),
     peer_addr = kong.client.get_ip(),
   }
-  if needs_body and method == "POST" then
+  if auth.reads_body and method == "POST" then
     req.body = kong.request.get_raw_body()
   end
   return req
 end
 
 function MCPOAuth2Handler:access(conf)
-  local auth, err = get_auth(conf)
+  local auth = get_auth(conf)
   if not auth then
-    return kong.response.exit(500, { error = "server_error", error_description = "Invalid plugin configuration" })
+    -- The core's 500; without a loadable library there is no core to ask.
+    local r = mcp_oauth2.internal_error()
+    return r and exit(r) or kong.response.exit(500)
   end
-  local d = auth:decide(request_table(auth.needs_body))
-  if not d.forward then
-    return kong.response.exit(d.status, d.body, d.headers)
+  local d = auth:decide(request_table(auth))
+  if not d.allowed then
+    return exit(d)
   end
 
-  local identity = d.identity or {}
+  local identity = d.identity
   local consumer
   if given(conf.consumer_claim) and identity.consumer then
     local cerr
     consumer, cerr = find_consumer(conf, identity.consumer)
     if cerr then
       kong.log.err("consumer lookup failed: ", tostring(cerr))
-      return kong.response.exit(503, { error = "temporarily_unavailable",
-        error_description = "The consumer lookup failed" })
+      return exit(auth:refuse(d, "consumer_lookup_failed"))
     end
   end
   if given(conf.consumer_claim) and not consumer and not conf.consumer_optional then
-    return forbidden("The access token does not map to a consumer")
+    return exit(auth:refuse(d, "consumer_not_found"))
   end
 
   if given(conf.consumer_groups_claim) and identity.consumer_groups and kong.client.set_authenticated_consumer_groups then
@@ -134,7 +134,7 @@ function MCPOAuth2Handler:access(conf)
       end
     end
     if #groups == 0 and not conf.consumer_groups_optional then
-      return forbidden("The access token does not map to a consumer group")
+      return exit(auth:refuse(d, "consumer_groups_not_found"))
     end
     kong.client.set_authenticated_consumer_groups(groups)
   end
@@ -150,6 +150,7 @@ function MCPOAuth2Handler:access(conf)
   for name, value in pairs(d.set_headers) do
     kong.service.request.set_header(name, value)
   end
+  auth:release(d)
 end
 
 return MCPOAuth2Handler
