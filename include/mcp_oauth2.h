@@ -1270,6 +1270,24 @@ mcp_oauth2_result mcp_oauth2_validator_evict(const struct mcp_oauth2_validator *
                                              size_t token_len,
                                              bool *evicted_out);
 
+// Removes the cached result stored under a token's cache key (64 hex digits, from
+// `mcp_oauth2_validator_token_cache_key`): how a revocation reaches other processes (nginx
+// workers) without the token itself being shared.
+//
+// `evicted_out`: optional (may be NULL); on success receives whether a result was cached.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_INVALID_ARGUMENT` (not 64 hex digits), `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `validator` is NULL or live; `key` points to `key_len` readable bytes; `evicted_out` is
+// NULL or writable.
+// Thread safety: safe to call concurrently on the same validator.
+mcp_oauth2_result mcp_oauth2_validator_evict_key(const struct mcp_oauth2_validator *validator,
+                                                 const uint8_t *key,
+                                                 size_t key_len,
+                                                 bool *evicted_out);
+
 // The cache key of a token: 64 lowercase hex digits, as `mcp_oauth2_pending_cache_key`
 // gives for its introspection (never the token itself). Hosts with a cache shared between
 // processes use it to drop a revoked token's entry there too.

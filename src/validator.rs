@@ -325,6 +325,16 @@ impl Validator {
         evicted
     }
 
+    /// Removes the cached result stored under a token's cache key (64 hex digits, from
+    /// [`Validator::token_cache_key`]): how a revocation reaches other processes (nginx
+    /// workers) without the token itself ever being shared. True if it was cached.
+    pub fn evict_key(&self, cache_key: &str) -> bool {
+        let Some(key) = unhex(cache_key) else { return false };
+        let evicted = self.shared.cache.as_ref().is_some_and(|c| c.remove(&key));
+        self.shared.metrics.evicted(Eviction::Revoked, u64::from(evicted));
+        evicted
+    }
+
     /// The cache key of a token (64 hex digits, as [`Pending::cache_key`] of its
     /// introspection): where a host's shared cache keeps its answer (to evict it there too).
     pub fn token_cache_key(&self, token: &str) -> String {

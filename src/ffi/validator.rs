@@ -282,6 +282,41 @@ pub unsafe extern "C" fn mcp_oauth2_validator_evict(
     })
 }
 
+/// Removes the cached result stored under a token's cache key (64 hex digits, from
+/// `mcp_oauth2_validator_token_cache_key`): how a revocation reaches other processes (nginx
+/// workers) without the token itself being shared.
+///
+/// `evicted_out`: optional (may be NULL); on success receives whether a result was cached.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_INVALID_ARGUMENT` (not 64 hex digits), `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `validator` is NULL or live; `key` points to `key_len` readable bytes; `evicted_out` is
+/// NULL or writable.
+/// Thread safety: safe to call concurrently on the same validator.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_evict_key(
+    validator: *const mcp_oauth2_validator,
+    key: *const u8,
+    key_len: usize,
+    evicted_out: *mut bool,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract: NULL or a live validator; key bytes readable.
+        let (validator, key) = unsafe { (borrow(validator)?, text(key, key_len)?) };
+        if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(mcp_oauth2_result::InvalidArgument);
+        }
+        let evicted = validator.validator.evict_key(key);
+        if !evicted_out.is_null() {
+            // SAFETY: non-NULL and writable per the caller contract.
+            unsafe { write_out(evicted_out, evicted) };
+        }
+        Ok(())
+    })
+}
+
 /// The cache key of a token: 64 lowercase hex digits, as `mcp_oauth2_pending_cache_key`
 /// gives for its introspection (never the token itself). Hosts with a cache shared between
 /// processes use it to drop a revoked token's entry there too.

@@ -340,6 +340,11 @@ mcp_oauth2_result mcp_oauth2_validator_evict(const struct mcp_oauth2_validator *
                                              size_t token_len,
                                              bool *evicted_out);
 
+mcp_oauth2_result mcp_oauth2_validator_evict_key(const struct mcp_oauth2_validator *validator,
+                                                 const uint8_t *key,
+                                                 size_t key_len,
+                                                 bool *evicted_out);
+
 mcp_oauth2_result mcp_oauth2_validator_token_cache_key(const struct mcp_oauth2_validator *validator,
                                                        const uint8_t *token,
                                                        size_t token_len,
