@@ -17,6 +17,7 @@ pub(crate) const MAP_PATHS: &[&str] = &[
     "headers",
     "method_scopes",
     "scope_implies",
+    "issuer_aliases",
     "client_jwk",
     "token_exchange",
     "token_exchange.request",
