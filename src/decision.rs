@@ -308,6 +308,9 @@ pub(crate) struct Grant {
     /// Why every request with this token is refused although the token is valid
     /// (a consumer or groups claim missing, a claim that cannot be a header).
     pub(crate) refusal: Option<Reason>,
+    /// The raw introspection answer in the `introspection_format` encoding (`None` when
+    /// not configured, or for a local JWT).
+    pub(crate) introspection: Option<Box<str>>,
 }
 
 /// Instructions for forwarding an allowed request upstream. Holds only the header plan
@@ -368,6 +371,17 @@ impl Forward {
     /// Identity facts for the host.
     pub fn identity(&self) -> &Identity {
         &self.grant.identity
+    }
+
+    /// The raw introspection result, encoded per `introspection_format`: the JSON object the
+    /// authorization server answered, as text (for a signed RFC 9701 answer, the JSON text of
+    /// its `token_introspection` claim), as is (`string`), in standard base64 with padding
+    /// (`base64`) or in URL-safe base64 without padding (`base64url`). `None` when
+    /// `introspection_format` is unset. The same for every request carrying the token while
+    /// its answer is cached. It describes the token (subject, scopes, client): treat it as
+    /// personal data, not for logs.
+    pub fn introspection(&self) -> Option<&str> {
+        self.grant.introspection.as_deref()
     }
 
     /// The token's expiry (its `exp`), if it has one. Long-lived responses (SSE streams)

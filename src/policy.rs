@@ -249,8 +249,9 @@ impl Policy {
     }
 
     /// Applies the token-level rules (time, audience) to validated claims and keeps what
-    /// decisions need: nothing else of the claims is kept.
-    pub(crate) fn grant(&self, claims: &Map<String, Value>, now: UnixMs) -> Outcome {
+    /// decisions need: nothing else of the claims is kept, but the raw introspection answer
+    /// already encoded per `introspection_format`, when configured.
+    pub(crate) fn grant(&self, claims: &Map<String, Value>, introspection: Option<Box<str>>, now: UnixMs) -> Outcome {
         let (Ok(exp), Ok(nbf)) = (claims::numeric_date(claims, "exp"), claims::numeric_date(claims, "nbf")) else {
             return Outcome::invalid(Reason::TokenMalformed);
         };
@@ -297,7 +298,7 @@ impl Policy {
         } else {
             None
         };
-        Outcome::Valid(Arc::new(Grant { exp, nbf, identity, header_values, refusal }))
+        Outcome::Valid(Arc::new(Grant { exp, nbf, identity, header_values, refusal, introspection }))
     }
 
     /// The cache rule: until when an outcome first fetched at `fetched_at` may be kept
@@ -585,7 +586,7 @@ mod tests {
     }
 
     fn grant(p: &Policy, claims: Value, now: UnixMs) -> Outcome {
-        p.grant(claims.as_object().unwrap(), now)
+        p.grant(claims.as_object().unwrap(), None, now)
     }
 
     #[test]
