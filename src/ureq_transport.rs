@@ -249,6 +249,9 @@ fn map_error(e: ureq::Error) -> TransportError {
                 K::Connect
             }
             IoKind::TimedOut | IoKind::WouldBlock => K::Timeout,
+            // rustls reports handshake failures (an unverifiable certificate, a refused
+            // client certificate) through the stream as InvalidData.
+            IoKind::InvalidData => K::Tls,
             _ => K::Other,
         },
         _ => K::Other,
