@@ -101,6 +101,9 @@ enum mcp_oauth2_purpose
   // The authorization server's JSON Web Key Set: for local JWT validation, or to verify
   // a signed (RFC 9701) introspection answer.
   MCP_OAUTH2_PURPOSE_JWKS = 3,
+  // RFC 8693 token exchange (`token_exchange`): the answer is about this token (and the
+  // actor token) alone, like an introspection answer.
+  MCP_OAUTH2_PURPOSE_TOKEN_EXCHANGE = 4,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -130,7 +133,8 @@ typedef uint32_t mcp_oauth2_http_version;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
-// What a pending validation waits for (`mcp_oauth2_pending_state`, as a `uint32_t`).
+// What a pending validation waits for (written by `mcp_oauth2_pending_get_state`; a
+// `uint32_t` in C).
 enum mcp_oauth2_pending_state
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : uint32_t
@@ -180,6 +184,28 @@ enum mcp_oauth2_transport_error
 typedef enum mcp_oauth2_transport_error mcp_oauth2_transport_error;
 #else
 typedef uint32_t mcp_oauth2_transport_error;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// Why a host refuses a request the validator allowed (for
+// `mcp_oauth2_decision_refuse`, passed as a `uint32_t`).
+enum mcp_oauth2_refusal
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // No consumer matches the token's `consumer_claim` value (403).
+  MCP_OAUTH2_REFUSAL_CONSUMER_NOT_FOUND = 1,
+  // None of the token's consumer groups exists (403).
+  MCP_OAUTH2_REFUSAL_CONSUMER_GROUPS_NOT_FOUND = 2,
+  // The host's consumer look-up itself failed (503).
+  MCP_OAUTH2_REFUSAL_CONSUMER_LOOKUP_FAILED = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum mcp_oauth2_refusal mcp_oauth2_refusal;
+#else
+typedef uint32_t mcp_oauth2_refusal;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -550,6 +576,36 @@ mcp_oauth2_result mcp_oauth2_decision_must_remove(const struct mcp_oauth2_decisi
 mcp_oauth2_result mcp_oauth2_decision_claim_header_value(const struct mcp_oauth2_decision *decision,
                                                          size_t index,
                                                          struct mcp_oauth2_str *value_out);
+
+// The claims, as compact JSON, for what runs next (later plugins, access rules): of the
+// validated token, or of the exchanged token when `token_exchange` got a JWT.
+//
+// `claims_out` receives a view into `decision`, valid until it is freed.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `decision` is NULL or live; `claims_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same decision.
+mcp_oauth2_result mcp_oauth2_decision_claims_json(const struct mcp_oauth2_decision *decision,
+                                                  struct mcp_oauth2_str *claims_out);
+
+// With `token_exchange`: the upstream's `Authorization` value, `Bearer <exchanged token>`.
+// Set it (replacing the client's, which is among the headers to remove). It is a
+// credential: never log it.
+//
+// `value_out` receives a view into `decision`, valid until it is freed.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_ABSENT` without an exchange or for a denied decision;
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `decision` is NULL or live; `value_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same decision.
+mcp_oauth2_result mcp_oauth2_decision_upstream_authorization(const struct mcp_oauth2_decision *decision,
+                                                             struct mcp_oauth2_str *value_out);
 
 // The token's `sub` claim.
 //
@@ -946,14 +1002,17 @@ mcp_oauth2_result mcp_oauth2_pending_keepalive(const struct mcp_oauth2_pending *
 
 // The state of the pending: what the host does next (`mcp_oauth2_pending_state`).
 //
+// (Named `_get_state` because C puts type and function names in one namespace: the
+// enum `mcp_oauth2_pending_state` already has that name.)
+//
 // # Errors
 // `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
 //
 // # Safety
 // `pending` is NULL or live; `state_out` is NULL or writable.
 // Thread safety: see `mcp_oauth2_pending`.
-mcp_oauth2_result mcp_oauth2_pending_state(const struct mcp_oauth2_pending *pending,
-                                           mcp_oauth2_pending_state *state_out);
+mcp_oauth2_result mcp_oauth2_pending_get_state(const struct mcp_oauth2_pending *pending,
+                                               mcp_oauth2_pending_state *state_out);
 
 // A key for the answer this step waits for: 64 lowercase hex digits of a SHA-256 over the
 // validator's configuration and what identifies the answer (for introspection and for a
@@ -984,9 +1043,9 @@ mcp_oauth2_result mcp_oauth2_pending_cache_key(const struct mcp_oauth2_pending *
 //
 // On success `*decision_out` receives either a new decision (owned by the host, free it
 // with `mcp_oauth2_decision_free`) or NULL, which means the pending moved to its next step:
-// read `mcp_oauth2_pending_state` (local JWT validation asks for metadata, then keys; or it
+// read `mcp_oauth2_pending_get_state` (local JWT validation asks for metadata, then keys; or it
 // waits for another request fetching them) and loop until a decision. After a decision
-// the pending is spent: every later call on it except `_state`, `_cache_key` and `_free`
+// the pending is spent: every later call on it except `_get_state`, `_cache_key` and `_free`
 // returns `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
 //
 // # Errors
@@ -1115,7 +1174,7 @@ mcp_oauth2_result mcp_oauth2_pending_on_ready(const struct mcp_oauth2_pending *p
 // authorization server is never a 401.
 //
 // `*decision_out`: a new decision, or NULL when the pending moved to another step (read
-// `mcp_oauth2_pending_state`), as for `mcp_oauth2_pending_resume`.
+// `mcp_oauth2_pending_get_state`), as for `mcp_oauth2_pending_resume`.
 //
 // # Errors
 // `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
@@ -1181,7 +1240,7 @@ void mcp_oauth2_validator_free(struct mcp_oauth2_validator **validator);
 //
 // - `*decision_out`: the decision is made (metadata document, no token, malformed
 //   request, cache hit, ...). The host owns it; free it with `mcp_oauth2_decision_free`.
-// - `*pending_out`: read `mcp_oauth2_pending_state`. `MCP_OAUTH2_PENDING_STATE_HTTP`: the
+// - `*pending_out`: read `mcp_oauth2_pending_get_state`. `MCP_OAUTH2_PENDING_STATE_HTTP`: the
 //   host performs the HTTP request it describes (`mcp_oauth2_pending_method`, `_url`,
 //   `_header`, `_body`, `_timeout_ms`) and calls `mcp_oauth2_pending_resume` or
 //   `mcp_oauth2_pending_fail`. `MCP_OAUTH2_PENDING_STATE_WAIT`: another request is already
@@ -1266,6 +1325,26 @@ mcp_oauth2_result mcp_oauth2_validator_token_cache_key(const struct mcp_oauth2_v
                                                        const uint8_t *token,
                                                        size_t token_len,
                                                        uint8_t *key_out);
+
+// How long, in milliseconds, a cache shared between processes may keep the answer it
+// stored under `key` (a `mcp_oauth2_pending_cache_key` of an introspection or token-exchange
+// step, whose answer the host just resumed with), at `now_unix_ms`: what is left of the
+// validator's own entry, which never outlives the first answer's expiry.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_ABSENT` when the answer must not be kept (not cached: a failure, a
+// document step, caching off, or expired); `MCP_OAUTH2_RESULT_INVALID_ARGUMENT` (not a key);
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `validator` is NULL or live; `key` points to `key_len` readable bytes; `ttl_ms_out` is
+// NULL or writable.
+// Thread safety: safe to call concurrently on the same validator.
+mcp_oauth2_result mcp_oauth2_validator_cache_ttl_ms(const struct mcp_oauth2_validator *validator,
+                                                    const uint8_t *key,
+                                                    size_t key_len,
+                                                    uint64_t now_unix_ms,
+                                                    uint64_t *ttl_ms_out);
 
 // The number of warnings about the configuration (plain-http endpoints off loopback,
 // disabled certificate checks): the host logs each once, at start-up

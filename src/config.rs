@@ -195,21 +195,19 @@ pub enum ActorTokenSource {
 }
 
 /// `token_exchange.request`: the parameters of the RFC 8693 exchange request.
-///
-/// Parsed and checked only: token exchange is refused with
-/// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) until implemented, so no field
-/// here has an effect yet on any surface.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenExchangeRequest {
-    /// `subject_token_type`: string (an RFC 8693 token-type URI); default unset. Sent as the
-    /// type of the token being exchanged.
-    #[serde(default)]
-    pub subject_token_type: Option<String>,
-    /// `requested_token_type`: string (an RFC 8693 token-type URI); default unset. The type of
-    /// token asked for.
-    #[serde(default)]
-    pub requested_token_type: Option<String>,
+    /// `subject_token_type`: string (an RFC 8693 token-type URI); default
+    /// `urn:ietf:params:oauth:token-type:access_token`. Sent as the type of the client's
+    /// token, which is the one exchanged.
+    #[serde(default = "default_access_token_type_uri")]
+    pub subject_token_type: String,
+    /// `requested_token_type`: string (an RFC 8693 token-type URI); default
+    /// `urn:ietf:params:oauth:token-type:access_token`. The type of token asked for; an answer
+    /// whose `issued_token_type` differs is refused (503).
+    #[serde(default = "default_access_token_type_uri")]
+    pub requested_token_type: String,
     /// `actor_token_source`: `"none"`, `"header"` or `"config"`; default unset. Where an actor
     /// token comes from: nowhere, a client request header, or `actor_token` below.
     #[serde(default)]
@@ -237,8 +235,23 @@ pub struct TokenExchangeRequest {
     pub resource: Option<String>,
 }
 
-/// `token_exchange.cache`: caching of exchanged tokens (no effect until token exchange is
-/// implemented).
+impl Default for TokenExchangeRequest {
+    fn default() -> Self {
+        TokenExchangeRequest {
+            subject_token_type: default_access_token_type_uri(),
+            requested_token_type: default_access_token_type_uri(),
+            actor_token_source: None,
+            actor_token_header: None,
+            actor_token: None,
+            actor_token_type: None,
+            audience: Vec::new(),
+            scopes: Vec::new(),
+            resource: None,
+        }
+    }
+}
+
+/// `token_exchange.cache`: caching of exchanged tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenExchangeCache {
@@ -261,26 +274,24 @@ impl Default for TokenExchangeCache {
     }
 }
 
-/// `token_exchange` (RFC 8693): exchange the validated token at the authorization server for
-/// one meant for the upstream.
-///
-/// Parsed and checked (an enabled exchange needs `token_endpoint` and
-/// `passthrough_credentials: true`), but `enabled: true` is refused with
-/// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) until implemented: today no
-/// field here has an effect on any surface.
+/// `token_exchange` (RFC 8693): after the client's token is validated, exchange it at the
+/// authorization server for one meant for the upstream, which then receives
+/// `Authorization: Bearer <exchanged>` and never the client's token. Needs `token_endpoint`
+/// and `passthrough_credentials: true` (Kong's rule). Every surface: the exchange is one more
+/// step of the sans-I/O flow, performed by the host like the other calls.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenExchange {
-    /// `enabled`: boolean; default `false`. Turns the exchange on (refused until implemented,
-    /// see above).
+    /// `enabled`: boolean; default `false`. Turns the exchange on.
     #[serde(default)]
     pub enabled: bool,
     /// `token_endpoint`: URL string; required when `enabled`. Where the exchange is requested.
     #[serde(default)]
     pub token_endpoint: Option<String>,
     /// `client_auth`: `"client_secret_basic"`, `"client_secret_post"`, `"inherit"` or
-    /// `"none"`; default unset. How the gateway authenticates at `token_endpoint`; `inherit`
-    /// reuses the top-level `client_id`, `client_secret` and `client_auth`.
+    /// `"none"`; default unset, meaning `client_secret_basic` when `client_secret` is set,
+    /// else `none`. How the gateway authenticates at `token_endpoint`; `inherit` reuses the
+    /// top-level `client_id`, `client_secret` and `client_auth`.
     #[serde(default)]
     pub client_auth: Option<ExchangeClientAuth>,
     /// `client_id`: string; default unset. The gateway's client id for the exchange.
@@ -296,6 +307,18 @@ pub struct TokenExchange {
     /// `cache`: object; default `{"enabled": true, "ttl": 3600}`. See [`TokenExchangeCache`].
     #[serde(default)]
     pub cache: TokenExchangeCache,
+}
+
+impl TokenExchange {
+    /// `client_auth` in effect: as configured; unset means `client_secret_basic` when a
+    /// `client_secret` is set, else `none` (the rule of the top-level `client_auth`).
+    pub fn effective_client_auth(&self) -> ExchangeClientAuth {
+        match (self.client_auth, &self.client_secret) {
+            (Some(a), _) => a,
+            (None, Some(_)) => ExchangeClientAuth::ClientSecretBasic,
+            (None, None) => ExchangeClientAuth::None,
+        }
+    }
 }
 
 /// A JWK (or a JWK Set) given as a JSON object or as a JSON string; kept as JSON text,
@@ -361,6 +384,9 @@ fn default_consumer_by() -> Vec<ConsumerBy> {
 }
 fn default_credential_claim() -> ClaimPath {
     ClaimPath::claim("sub")
+}
+fn default_access_token_type_uri() -> String {
+    "urn:ietf:params:oauth:token-type:access_token".to_owned()
 }
 fn default_token_exchange_cache_enabled() -> bool {
     true
@@ -659,8 +685,7 @@ pub struct Config {
     pub credential_claim: ClaimPath,
 
     /// `token_exchange`: object, see [`TokenExchange`]; default unset. RFC 8693 exchange of
-    /// the validated token. Parsed and checked; `enabled: true` is refused with
-    /// `ErrorKind::Unsupported` until implemented.
+    /// the validated token.
     #[serde(default)]
     pub token_exchange: Option<TokenExchange>,
 
@@ -1207,6 +1232,59 @@ impl Config {
                 "requires passthrough_credentials: true (upstream receives the exchanged token)",
             ));
         }
+        let (id, secret) = match te.effective_client_auth() {
+            ExchangeClientAuth::Inherit | ExchangeClientAuth::None => (true, true),
+            ExchangeClientAuth::ClientSecretBasic | ExchangeClientAuth::ClientSecretPost => {
+                (te.client_id.is_some(), te.client_secret.is_some())
+            }
+        };
+        if !id {
+            return Err(Error::config("token_exchange.client_id", "is required by token_exchange.client_auth"));
+        }
+        if !secret {
+            return Err(Error::config("token_exchange.client_secret", "is required by token_exchange.client_auth"));
+        }
+        let request = &te.request;
+        for (field, uri) in [
+            ("token_exchange.request.subject_token_type", Some(&request.subject_token_type)),
+            ("token_exchange.request.requested_token_type", Some(&request.requested_token_type)),
+            ("token_exchange.request.actor_token_type", request.actor_token_type.as_ref()),
+            ("token_exchange.request.resource", request.resource.as_ref()),
+        ] {
+            if uri.is_some_and(|u| url::Url::parse(u).is_err()) {
+                return Err(Error::config(field, "must be an absolute URI"));
+            }
+        }
+        check_scopes("token_exchange.request.scopes", &request.scopes)?;
+        if request.audience.iter().any(String::is_empty) {
+            return Err(Error::config("token_exchange.request.audience", "values must not be empty"));
+        }
+        match request.actor_token_source.unwrap_or(ActorTokenSource::None) {
+            ActorTokenSource::None => {}
+            ActorTokenSource::Header => match &request.actor_token_header {
+                Some(h) if is_header_name(h) && !h.eq_ignore_ascii_case("authorization") => {}
+                Some(_) => {
+                    return Err(Error::config(
+                        "token_exchange.request.actor_token_header",
+                        "is not a valid HTTP header name (and not Authorization)",
+                    ))
+                }
+                None => {
+                    return Err(Error::config(
+                        "token_exchange.request.actor_token_header",
+                        "is required by actor_token_source header",
+                    ))
+                }
+            },
+            ActorTokenSource::Config => {
+                if request.actor_token.is_none() {
+                    return Err(Error::config(
+                        "token_exchange.request.actor_token",
+                        "is required by actor_token_source config",
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1313,18 +1391,6 @@ impl Config {
                     "must be an origin: scheme://host[:port], without path",
                 ));
             }
-        }
-        Ok(())
-    }
-
-    /// Names the first configured feature this build cannot perform yet, so that it is
-    /// never silently ignored.
-    pub(crate) fn check_supported(&self) -> Result<(), Error> {
-        if self.token_exchange.as_ref().is_some_and(|t| t.enabled) {
-            return Err(Error::unsupported(
-                "token_exchange.enabled",
-                "token exchange (RFC 8693) is not implemented yet",
-            ));
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::clock::UnixMs;
 use crate::headers::HeaderPlan;
+use crate::token::Secret;
 
 /// Why a decision was made. Stable names for logs and metrics via [`Reason::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -311,6 +312,30 @@ pub(crate) struct Grant {
     /// The raw introspection answer in the `introspection_format` encoding (`None` when
     /// not configured, or for a local JWT).
     pub(crate) introspection: Option<Box<str>>,
+    /// The validated claims, compact JSON.
+    pub(crate) claims_json: Box<str>,
+}
+
+/// A token exchanged for the upstream (RFC 8693), shared by every request that carries
+/// the same client (and actor) token while it is cached.
+pub(crate) struct Exchanged {
+    /// `Bearer <access_token>`: the upstream's `Authorization`.
+    pub(crate) authorization: Secret,
+    /// When the exchanged token is a JWT: its claims decide the claim headers and the
+    /// identity (Kong 3.14.0.3), projected once.
+    pub(crate) projection: Option<Arc<Grant>>,
+    /// `expires_in` of the token endpoint's answer.
+    pub(crate) expires_in: Option<Duration>,
+}
+
+impl fmt::Debug for Exchanged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exchanged")
+            .field("authorization", &self.authorization)
+            .field("jwt", &self.projection.is_some())
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
 }
 
 /// Instructions for forwarding an allowed request upstream. Holds only the header plan
@@ -324,6 +349,8 @@ pub struct Forward {
     pub(crate) recheck_at: Option<UnixMs>,
     /// The request's allowed `Origin`, for the CORS headers of a refusal by the host.
     pub(crate) cors_origin: Option<Box<str>>,
+    /// The token exchanged for the upstream, with `token_exchange`.
+    pub(crate) exchanged: Option<Arc<Exchanged>>,
 }
 
 /// Why a host refuses a request the validator allowed (the Kong plugin's consumer mapping).
@@ -354,23 +381,52 @@ impl Forward {
         self.plan.must_remove(header_name.as_bytes())
     }
 
-    /// Headers to set upstream, after the removals: mapped claims present in the token.
+    /// Headers to set upstream, after the removals, each replacing any value the request
+    /// had: `Authorization: Bearer <exchanged token>` with `token_exchange`, then the mapped
+    /// claims present in the token.
     pub fn set_headers(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.plan
+        let authorization = self.upstream_authorization().map(|v| ("Authorization", v));
+        let claims = self
+            .plan
             .claim_header_names()
-            .zip(self.grant.header_values.iter())
-            .filter_map(|(n, v)| v.as_deref().map(|v| (n, v)))
+            .zip(self.effective().header_values.iter())
+            .filter_map(|(n, v)| v.as_deref().map(|v| (n, v)));
+        authorization.into_iter().chain(claims)
     }
 
     /// The value of each claim header in configuration order (`None`: the claim is absent,
-    /// so the header must not reach the upstream at all).
+    /// so the header must not reach the upstream at all). With `token_exchange` and a JWT
+    /// exchanged token, from its claims.
     pub fn claim_header_values(&self) -> impl ExactSizeIterator<Item = Option<&str>> + '_ {
-        self.grant.header_values.iter().map(Option::as_deref)
+        self.effective().header_values.iter().map(Option::as_deref)
     }
 
-    /// Identity facts for the host.
+    /// `Bearer <exchanged token>`: the upstream's `Authorization` with `token_exchange`.
+    pub fn upstream_authorization(&self) -> Option<&str> {
+        self.exchanged.as_ref().map(|e| e.authorization.expose())
+    }
+
+    /// The exchanged token itself, with `token_exchange`: for hosts that hand it to what
+    /// runs next. It is a credential: never log it.
+    pub fn exchanged_token(&self) -> Option<&str> {
+        self.upstream_authorization().map(|a| &a["Bearer ".len()..])
+    }
+
+    /// Identity facts for the host: of the validated token, or of the exchanged token when
+    /// it is a JWT.
     pub fn identity(&self) -> &Identity {
-        &self.grant.identity
+        &self.effective().identity
+    }
+
+    /// The claims as compact JSON, for what runs next (later plugins, ACLs): of the
+    /// validated token, or of the exchanged token when it is a JWT.
+    pub fn claims_json(&self) -> &str {
+        &self.effective().claims_json
+    }
+
+    /// The grant whose claims the upstream sees: the exchanged JWT's, else the token's.
+    fn effective(&self) -> &Grant {
+        self.exchanged.as_ref().and_then(|e| e.projection.as_deref()).unwrap_or(&self.grant)
     }
 
     /// The raw introspection result, encoded per `introspection_format`: the JSON object the
@@ -421,7 +477,8 @@ impl fmt::Debug for Forward {
         f.debug_struct("Forward")
             .field("remove_headers", &self.remove_headers().collect::<Vec<_>>())
             .field("set_headers", &self.set_headers().collect::<Vec<_>>())
-            .field("identity", &self.grant.identity)
+            .field("identity", self.identity())
+            .field("exchanged", &self.exchanged)
             .field("valid_until", &self.grant.exp)
             .finish()
     }

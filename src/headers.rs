@@ -30,9 +30,18 @@ impl HeaderPlan {
         } else {
             config.upstream_headers.iter().map(|m| (m.header.clone(), m.path.clone())).collect()
         };
-        let mut remove = Vec::with_capacity(claim_headers.len() + 1);
-        if !config.passthrough_credentials {
+        let mut remove = Vec::with_capacity(claim_headers.len() + 2);
+        let exchange = config.token_exchange.as_ref().filter(|t| t.enabled);
+        // The client's token never reaches the upstream: removed unless passed through;
+        // with an exchange it is replaced by the exchanged one.
+        if !config.passthrough_credentials || exchange.is_some() {
             remove.push("Authorization".to_owned());
+        }
+        // An actor token read from a request header is for the token endpoint only.
+        if let Some(name) = exchange.and_then(|t| t.request.actor_token_header.as_ref()).filter(|_| {
+            exchange.is_some_and(|t| t.request.actor_token_source == Some(crate::config::ActorTokenSource::Header))
+        }) {
+            remove.push(name.clone());
         }
         remove.extend(claim_headers.iter().map(|(name, _)| name.clone()));
         let folded = remove.iter().map(|n| fold(n.as_bytes()).collect()).collect();

@@ -67,6 +67,7 @@ pub mod config;
 mod decision;
 mod discovery;
 mod error;
+mod exchange;
 #[cfg(feature = "ffi")]
 #[allow(unsafe_code)]
 #[doc(hidden)]

@@ -18,7 +18,7 @@ use crate::cache::Key;
 use crate::claims;
 use crate::clock::UnixMs;
 use crate::config::ClaimPath;
-use crate::decision::{Answer, Decision, Forward, Grant, Identity, Reason, Response};
+use crate::decision::{Answer, Decision, Exchanged, Forward, Grant, Identity, Reason, Response};
 use crate::headers::HeaderPlan;
 use crate::metadata::Metadata;
 use crate::request::Request;
@@ -249,8 +249,8 @@ impl Policy {
     }
 
     /// Applies the token-level rules (time, audience) to validated claims and keeps what
-    /// decisions need: nothing else of the claims is kept, but the raw introspection answer
-    /// already encoded per `introspection_format`, when configured.
+    /// decisions need ([`Policy::project`]), with the raw introspection answer already
+    /// encoded per `introspection_format`, when configured.
     pub(crate) fn grant(&self, claims: &Map<String, Value>, introspection: Option<Box<str>>, now: UnixMs) -> Outcome {
         let (Ok(exp), Ok(nbf)) = (claims::numeric_date(claims, "exp"), claims::numeric_date(claims, "nbf")) else {
             return Outcome::invalid(Reason::TokenMalformed);
@@ -261,6 +261,24 @@ impl Policy {
         if !self.audience.audience_matches(claims.get("aud")) {
             return Outcome::invalid(Reason::AudienceMismatch);
         }
+        Outcome::Valid(self.project_with(claims, exp, nbf, introspection))
+    }
+
+    /// What a request forwarded with these claims carries: the claim header values, the
+    /// identity, a refusal (consumer or groups claim missing, a claim that cannot be a
+    /// header) and the claims as compact JSON, rendered once.
+    pub(crate) fn project(&self, claims: &Map<String, Value>, exp: Option<i64>, nbf: Option<i64>) -> Arc<Grant> {
+        self.project_with(claims, exp, nbf, None)
+    }
+
+    /// [`Policy::project`], keeping the raw introspection answer (`introspection_format`).
+    fn project_with(
+        &self,
+        claims: &Map<String, Value>,
+        exp: Option<i64>,
+        nbf: Option<i64>,
+        introspection: Option<Box<str>>,
+    ) -> Arc<Grant> {
         let (header_values, header_invalid) = match self.headers.render(claims) {
             Ok(values) => (values, false),
             Err(_) => (Box::default(), true),
@@ -298,7 +316,30 @@ impl Policy {
         } else {
             None
         };
-        Outcome::Valid(Arc::new(Grant { exp, nbf, identity, header_values, refusal, introspection }))
+        let claims_json = serde_json::to_string(claims).expect("a JSON map serializes").into_boxed_str();
+        Arc::new(Grant { exp, nbf, identity, header_values, refusal, claims_json, introspection })
+    }
+
+    /// An allowed request once its token is exchanged: the upstream gets the exchanged
+    /// token; claim headers and identity come from it when it is a JWT (which may still
+    /// refuse the request: a consumer claim missing from it).
+    pub(crate) fn with_exchange(&self, ctx: &Ctx<'_>, mut forward: Forward, exchanged: Arc<Exchanged>) -> Decision {
+        if let Some(reason) = exchanged.projection.as_ref().and_then(|g| g.refusal) {
+            return Decision::Respond(ctx.answer().refused(reason));
+        }
+        forward.exchanged = Some(exchanged);
+        Decision::Forward(forward)
+    }
+
+    /// A 503 for an authorization-server failure after the token was validated (the
+    /// exchange): never a 401, never the client's token forwarded.
+    pub(crate) fn unavailable(&self, ctx: &Ctx<'_>, detail: Cow<'static, str>) -> Decision {
+        Decision::Respond(ctx.answer().unavailable(detail))
+    }
+
+    /// A 400 for a request the exchange cannot be made for (the actor-token header).
+    pub(crate) fn invalid_request(&self, ctx: &Ctx<'_>, description: &str) -> Decision {
+        Decision::Respond(ctx.answer().invalid_request(description))
     }
 
     /// The cache rule: until when an outcome first fetched at `fetched_at` may be kept
@@ -357,6 +398,7 @@ impl Policy {
             cache_ttl,
             recheck_at: expires,
             cors_origin: ctx.cors_origin.as_deref().map(Box::from),
+            exchanged: None,
         })
     }
 

@@ -83,6 +83,8 @@ pub enum Purpose {
     Discovery,
     /// The authorization server's JSON Web Key Set (RFC 7517), for local JWT validation.
     Jwks,
+    /// RFC 8693 token exchange: the validated token for one meant for the upstream.
+    TokenExchange,
 }
 
 impl Purpose {
@@ -92,6 +94,7 @@ impl Purpose {
             Purpose::Introspection => "introspection",
             Purpose::Discovery => "discovery",
             Purpose::Jwks => "jwks",
+            Purpose::TokenExchange => "token_exchange",
         }
     }
 }

@@ -1,8 +1,8 @@
-//! The sans-I/O machine over the compiled [`Policy`] and a validation method:
-//! `begin` → (`Need` → the host performs HTTP → `resume` | `Wait` → the host waits →
-//! `resume`)* → `Done`. Single flight lives here: the first request to miss a token's
-//! cache entry leads its validation, concurrent ones follow it with a [`Ticket`].
-//! `authorize` is a thin blocking loop over the same steps.
+//! The sans-I/O machine over the compiled [`Policy`], a validation method and the token
+//! exchange: `begin` → (`Need` → the host performs HTTP → `resume` | `Wait` → the host
+//! waits → `resume`)* → `Done`. Single flight lives here: the first request to miss a
+//! token's cache entry (or its exchanged token's) leads the call, concurrent ones follow it
+//! with a [`Ticket`]. `authorize` is a thin blocking loop over the same steps.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::cache::{Key, TtlCache};
 use crate::clock::UnixMs;
-use crate::decision::Decision;
+use crate::decision::{Decision, Exchanged, Forward};
+use crate::exchange::{Actor, Exchanger};
 use crate::flight::{Flight, Flights, Joined, Lead};
 use crate::introspect::Introspector;
 use crate::jwt::{JwtStep, LocalJwt};
@@ -40,6 +41,7 @@ struct Shared {
     flights: Flights<Settled>,
     /// One fetch per shared document (metadata, key set) in flight, for different tokens.
     fetches: Flights<HttpResult>,
+    exchange: Option<Exchange>,
 }
 
 /// What a token's validation settled on, as its followers receive it.
@@ -47,6 +49,19 @@ struct Shared {
 struct Settled {
     outcome: Outcome,
     expires: Option<UnixMs>,
+}
+
+/// Token exchange (RFC 8693): the exchanger, the exchanged tokens and their flights.
+struct Exchange {
+    exchanger: Exchanger,
+    cache: Option<TtlCache<Arc<Exchanged>>>,
+    flights: Flights<ExchangeSettled>,
+}
+
+/// What an exchange settled on, as its followers receive it.
+#[derive(Clone, Debug)]
+struct ExchangeSettled {
+    result: Result<Arc<Exchanged>, Cow<'static, str>>,
 }
 
 /// What the validator needs next.
@@ -62,13 +77,28 @@ pub enum Step {
     Wait(Ticket),
 }
 
-/// One token's validation in progress, led by this request.
-struct Flow {
+/// What one request carries through the machine, owned (no borrow of the request).
+struct Job {
     ctx: Ctx<'static>,
     token: Secret,
+    /// The actor token read from the request, with `actor_token_source: header`.
+    actor: Option<Secret>,
+}
+
+/// One token's validation in progress, led by this request.
+struct Flow {
+    job: Job,
     key: Key,
     /// Releases the followers with a 503 if the host drops the validation.
     lead: Lead<Settled>,
+}
+
+/// One token exchange in progress, led by this request.
+struct ExchangeFlow {
+    job: Job,
+    forward: Forward,
+    key: Key,
+    lead: Lead<ExchangeSettled>,
 }
 
 /// A validation waiting for the HTTP response of [`Step::Need`]. Owns everything it needs
@@ -80,11 +110,16 @@ pub struct Pending {
 
 struct PendingStep {
     shared: Arc<Shared>,
-    flow: Box<Flow>,
-    state: MethodState,
+    stage: Stage,
     /// Set when the response is a document other validations wait for.
     fetch: Option<Lead<HttpResult>>,
     step_key: Key,
+}
+
+/// What a pending step is part of.
+enum Stage {
+    Validate { flow: Box<Flow>, state: MethodState },
+    Exchange(Box<ExchangeFlow>),
 }
 
 /// A request waiting for another request's authorization-server call. Wait with
@@ -97,28 +132,42 @@ pub struct Ticket {
 
 enum Waiting {
     /// Another request validates this token: its outcome is this request's.
-    Token { ctx: Box<Ctx<'static>>, key: Key, flight: Arc<Flight<Settled>> },
+    Token { job: Box<Job>, key: Key, flight: Arc<Flight<Settled>> },
     /// Another validation fetches a document this one needs; this one continues with it.
     Fetch { flow: Box<Flow>, state: MethodState, flight: Arc<Flight<HttpResult>> },
+    /// Another request exchanges this token: its exchanged token is this request's.
+    Exchange { job: Box<Job>, forward: Box<Forward>, key: Key, flight: Arc<Flight<ExchangeSettled>> },
 }
 
 impl Validator {
     /// Validates the configuration and builds the validator.
     ///
     /// # Errors
-    /// A configuration error naming the field, or [`ErrorKind::Unsupported`](crate::ErrorKind)
-    /// naming a configured feature this build does not implement yet.
+    /// A configuration error naming the field.
     pub fn new(config: Config) -> Result<Self, Error> {
         config.validate()?;
-        config.check_supported()?;
         let method: Box<dyn TokenValidation> = match &config.introspection_endpoint {
             // Introspection always wins when configured, as in Kong.
             Some(url) => Box::new(Introspector::new(&config, url)?),
             None => Box::new(LocalJwt::new(&config)),
         };
         let cache = config.cache_introspection.then(|| TtlCache::new(config.cache_max_entries));
-        let shared =
-            Shared { policy: Policy::new(config), method, cache, flights: Flights::new(), fetches: Flights::new() };
+        let exchange = match config.token_exchange.as_ref().filter(|t| t.enabled) {
+            Some(te) => {
+                let exchanger = Exchanger::new(&config, te)?;
+                let cache = exchanger.cache.then(|| TtlCache::new(config.cache_max_entries));
+                Some(Exchange { exchanger, cache, flights: Flights::new() })
+            }
+            None => None,
+        };
+        let shared = Shared {
+            policy: Policy::new(config),
+            method,
+            cache,
+            flights: Flights::new(),
+            fetches: Flights::new(),
+            exchange,
+        };
         Ok(Validator { shared: Arc::new(shared) })
     }
 
@@ -159,11 +208,24 @@ impl Validator {
             Admission::Decided(d) => return Step::Done(d),
             Admission::Token(ctx, token) => (ctx, token),
         };
+        let actor = match shared.exchange.as_ref().map(|e| e.exchanger.actor()) {
+            Some(Actor::Header(name)) => match req.header_value(&name.to_ascii_lowercase()).map(std::str::from_utf8) {
+                Some(Ok(v)) if !v.is_empty() && is_well_formed(AccessToken(v)) => Some(Secret::new(v)),
+                _ => {
+                    return Step::Done(
+                        shared.policy.invalid_request(&ctx, "The actor token header is missing or malformed"),
+                    )
+                }
+            },
+            Some(Actor::Config(secret)) => Some(secret.clone()),
+            Some(Actor::None) | None => None,
+        };
         let key = shared.policy.cache_key(token);
         // A token found by its digest was checked when it was stored: a hit skips the
         // character scan.
         if let Some(settled) = shared.cached(&key, now) {
-            return Step::Done(shared.policy.decide(&ctx, &settled.outcome, settled.expires, now));
+            let decision = shared.policy.decide(&ctx, &settled.outcome, settled.expires, now);
+            return Shared::after_validation(shared, job(ctx, token, actor), decision, now);
         }
         if !is_well_formed(token) {
             return Step::Done(shared.policy.malformed_token(&ctx));
@@ -174,7 +236,7 @@ impl Validator {
         };
         let lead = match shared.flights.join(key, abandoned) {
             Joined::Follow(flight) => {
-                let waiting = Waiting::Token { ctx: Box::new(ctx.into_owned()), key, flight };
+                let waiting = Waiting::Token { job: Box::new(job(ctx, token, actor)), key, flight };
                 return Step::Wait(Ticket { shared: Arc::clone(shared), waiting });
             }
             Joined::Lead(lead) => lead,
@@ -183,9 +245,9 @@ impl Validator {
         if let Some(settled) = shared.cached(&key, now) {
             let decision = shared.policy.decide(&ctx, &settled.outcome, settled.expires, now);
             lead.complete(settled);
-            return Step::Done(decision);
+            return Shared::after_validation(shared, job(ctx, token, actor), decision, now);
         }
-        let flow = Box::new(Flow { ctx: ctx.into_owned(), token: Secret::new(token.0), key, lead });
+        let flow = Box::new(Flow { job: job(ctx, token, actor), key, lead });
         let progress = shared.method.start(token.0, now);
         Shared::advance(shared, flow, progress, now, now)
     }
@@ -220,9 +282,19 @@ impl Validator {
         }
     }
 
-    /// Removes a token's cached result (after revocation). True if it was cached.
+    /// Removes a token's cached result (after revocation), and its exchanged tokens' when
+    /// the actor is fixed. True if its validation result was cached.
     pub fn evict(&self, token: &str) -> bool {
         let key = self.shared.policy.cache_key(AccessToken(token));
+        if let Some(ex) = &self.shared.exchange {
+            let actor = match ex.exchanger.actor() {
+                Actor::Config(s) => Some(s.expose()),
+                _ => None,
+            };
+            if let Some(cache) = &ex.cache {
+                cache.remove(&self.shared.exchange_key(token, actor));
+            }
+        }
         self.shared.cache.as_ref().is_some_and(|c| c.remove(&key))
     }
 
@@ -230,6 +302,20 @@ impl Validator {
     /// introspection): where a host's shared cache keeps its answer (to evict it there too).
     pub fn token_cache_key(&self, token: &str) -> String {
         hex(&self.shared.policy.cache_key(AccessToken(token)))
+    }
+
+    /// How long a cache shared between processes may keep the answer stored under
+    /// `cache_key` (a [`Pending::cache_key`] of an introspection or exchange step), at
+    /// `now`: what is left of the validator's own entry for it, which never outlives the
+    /// first answer's expiry. `None`: not to be kept (not cached, expired, a failure).
+    pub fn cache_ttl(&self, cache_key: &str, now: SystemTime) -> Option<Duration> {
+        let key = unhex(cache_key)?;
+        let now = UnixMs::from_system(now);
+        let expires = match self.shared.cache.as_ref().and_then(|c| c.get(&key, now)) {
+            Some((_, expires)) => expires,
+            None => self.shared.exchange.as_ref()?.cache.as_ref()?.get(&key, now)?.1,
+        };
+        Some(expires.after(now)).filter(|d| !d.is_zero())
     }
 
     /// Number of cached validation results (live or not yet purged).
@@ -252,6 +338,23 @@ impl fmt::Debug for Validator {
     }
 }
 
+fn job(ctx: Ctx<'_>, token: AccessToken<'_>, actor: Option<Secret>) -> Job {
+    Job { ctx: ctx.into_owned(), token: Secret::new(token.0), actor }
+}
+
+fn unhex(s: &str) -> Option<Key> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, pair) in b.chunks_exact(2).enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16);
+        key[i] = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+    }
+    Some(key)
+}
+
 impl Shared {
     fn cached(&self, key: &Key, now: UnixMs) -> Option<Settled> {
         let (outcome, expires) = self.cache.as_ref()?.get(key, now)?;
@@ -263,9 +366,9 @@ impl Shared {
     fn advance(shared: &Arc<Shared>, flow: Box<Flow>, progress: Progress, fetched_at: UnixMs, now: UnixMs) -> Step {
         match progress {
             Progress::Claims(claims, introspection) => {
-                shared.finish(flow, shared.policy.grant(&claims, introspection, now), fetched_at, now)
+                Shared::finish(shared, flow, shared.policy.grant(&claims, introspection, now), fetched_at, now)
             }
-            Progress::Done(outcome) => shared.finish(flow, outcome, fetched_at, now),
+            Progress::Done(outcome) => Shared::finish(shared, flow, outcome, fetched_at, now),
             Progress::Need(http, state) => {
                 let step_key = shared.step_key(&flow, &state, &http.url, now);
                 let mut fetch = None;
@@ -280,21 +383,96 @@ impl Shared {
                         Joined::Lead(lead) => fetch = Some(lead),
                     }
                 }
-                let step = PendingStep { shared: Arc::clone(shared), flow, state, fetch, step_key };
+                let step =
+                    PendingStep { shared: Arc::clone(shared), stage: Stage::Validate { flow, state }, fetch, step_key };
                 Step::Need(http, Pending { step: Box::new(step) })
             }
         }
     }
 
     /// Stores the outcome per the cache rule, releases the followers, decides.
-    fn finish(&self, flow: Box<Flow>, outcome: Outcome, fetched_at: UnixMs, now: UnixMs) -> Step {
-        let expires = self.policy.expiry(&outcome, fetched_at, now);
-        if let (Some(cache), Some(until)) = (&self.cache, expires) {
+    fn finish(shared: &Arc<Shared>, flow: Box<Flow>, outcome: Outcome, fetched_at: UnixMs, now: UnixMs) -> Step {
+        let expires = shared.policy.expiry(&outcome, fetched_at, now);
+        if let (Some(cache), Some(until)) = (&shared.cache, expires) {
             cache.insert(flow.key, outcome.clone(), until, now);
         }
-        let decision = self.policy.decide(&flow.ctx, &outcome, expires, now);
-        flow.lead.complete(Settled { outcome, expires });
-        Step::Done(decision)
+        let decision = shared.policy.decide(&flow.job.ctx, &outcome, expires, now);
+        let Flow { job, lead, .. } = *flow;
+        lead.complete(Settled { outcome, expires });
+        Shared::after_validation(shared, job, decision, now)
+    }
+
+    /// After the token is decided: an allowed request with `token_exchange` goes on to the
+    /// exchange (cached, led, or followed); everything else is done.
+    fn after_validation(shared: &Arc<Shared>, job: Job, decision: Decision, now: UnixMs) -> Step {
+        let (Decision::Forward(forward), Some(ex)) = (&decision, &shared.exchange) else {
+            return Step::Done(decision);
+        };
+        let key = shared.exchange_key(job.token.expose(), job.actor.as_ref().map(Secret::expose));
+        if let Some((exchanged, _)) = ex.cache.as_ref().and_then(|c| c.get(&key, now)) {
+            return Step::Done(shared.policy.with_exchange(&job.ctx, forward.clone(), exchanged));
+        }
+        let abandoned = ExchangeSettled {
+            result: Err(Cow::Borrowed("token exchange: the request exchanging this token was abandoned")),
+        };
+        let lead = match ex.flights.join(key, abandoned) {
+            Joined::Follow(flight) => {
+                let waiting = Waiting::Exchange { job: Box::new(job), forward: Box::new(forward.clone()), key, flight };
+                return Step::Wait(Ticket { shared: Arc::clone(shared), waiting });
+            }
+            Joined::Lead(lead) => lead,
+        };
+        if let Some((exchanged, _)) = ex.cache.as_ref().and_then(|c| c.get(&key, now)) {
+            lead.complete(ExchangeSettled { result: Ok(Arc::clone(&exchanged)) });
+            return Step::Done(shared.policy.with_exchange(&job.ctx, forward.clone(), exchanged));
+        }
+        let http = match ex.exchanger.request(job.token.expose(), job.actor.as_ref().map(Secret::expose), now) {
+            Ok(http) => http,
+            Err(detail) => {
+                lead.complete(ExchangeSettled { result: Err(Cow::Borrowed(detail)) });
+                return Step::Done(shared.policy.unavailable(&job.ctx, Cow::Borrowed(detail)));
+            }
+        };
+        let flow = Box::new(ExchangeFlow { job, forward: forward.clone(), key, lead });
+        let step = PendingStep { shared: Arc::clone(shared), stage: Stage::Exchange(flow), fetch: None, step_key: key };
+        Step::Need(http, Pending { step: Box::new(step) })
+    }
+
+    /// Reads the token endpoint's answer, keeps the exchanged token (until the earliest of
+    /// its `expires_in` — else `cache.ttl` —, the client token's `exp` and `cache_ttl_max`
+    /// after the answer), releases the followers, decides.
+    fn finish_exchange(&self, flow: Box<ExchangeFlow>, result: HttpResult, fetched_at: UnixMs, now: UnixMs) -> Step {
+        let Some(ex) = &self.exchange else {
+            return Step::Done(self.policy.unavailable(&flow.job.ctx, Cow::Borrowed("token exchange: not configured")));
+        };
+        let ExchangeFlow { job, forward, key, lead } = *flow;
+        match ex.exchanger.read(result, |claims| self.policy.project(claims, None, None)) {
+            Ok(exchanged) => {
+                let exchanged = Arc::new(exchanged);
+                if let Some(cache) = &ex.cache {
+                    let fetched_at = fetched_at.min(now);
+                    let ttl = exchanged.expires_in.unwrap_or(ex.exchanger.default_ttl);
+                    let max = Duration::from_secs(self.policy.config().cache_ttl_max);
+                    let mut until = fetched_at.plus(ttl.min(max));
+                    if let Some(exp) = forward.valid_until_unix() {
+                        until = until.min(UnixMs::at_secs(exp));
+                    }
+                    cache.insert(key, Arc::clone(&exchanged), until, now);
+                }
+                lead.complete(ExchangeSettled { result: Ok(Arc::clone(&exchanged)) });
+                Step::Done(self.policy.with_exchange(&job.ctx, forward, exchanged))
+            }
+            Err(detail) => {
+                lead.complete(ExchangeSettled { result: Err(detail.clone()) });
+                Step::Done(self.policy.unavailable(&job.ctx, detail))
+            }
+        }
+    }
+
+    /// The key of an exchanged token: the client token and the actor token (the exchange
+    /// parameters are the configuration's, already in its key space).
+    fn exchange_key(&self, subject: &str, actor: Option<&str>) -> Key {
+        self.policy.derived_key(&[b"exchange", subject.as_bytes(), actor.unwrap_or("").as_bytes()])
     }
 
     /// The key of the response a step waits for (see [`Pending::cache_key`]).
@@ -318,13 +496,14 @@ impl Shared {
 
     /// How long a follower may sensibly wait for a token's validation: every call it
     /// may chain (local JWT: discovery across every server with retries, then two key
-    /// fetches; introspection: one more call before those, when the answer is signed), each
-    /// bounded by `timeout`, plus a second.
+    /// fetches; introspection: one more call before those, when the answer is signed; an
+    /// exchange after either), each bounded by `timeout`, plus a second.
     fn max_wait(&self) -> Duration {
         let config = self.policy.config();
         let servers = config.authorization_servers.len() as u64;
         let key_calls = 3 * servers * u64::from(config.metadata_discovery_retry) + 2;
-        let calls = if config.introspection_endpoint.is_some() { 1 + key_calls } else { key_calls };
+        let calls = if config.introspection_endpoint.is_some() { 1 + key_calls } else { key_calls }
+            + u64::from(self.exchange.is_some());
         Duration::from_millis(config.timeout.saturating_mul(calls)) + Duration::from_secs(1)
     }
 }
@@ -349,19 +528,25 @@ impl Pending {
     }
 
     fn resume_at(self, result: HttpResult, fetched_at: UnixMs, now: UnixMs) -> Step {
-        let PendingStep { shared, flow, state, fetch, .. } = *self.step;
+        let PendingStep { shared, stage, fetch, .. } = *self.step;
         if let Some(lead) = fetch {
             lead.complete(result.clone());
         }
-        let progress = shared.method.resume(flow.token.expose(), state, result, now);
-        Shared::advance(&shared, flow, progress, fetched_at, now)
+        match stage {
+            Stage::Validate { flow, state } => {
+                let progress = shared.method.resume(flow.job.token.expose(), state, result, now);
+                Shared::advance(&shared, flow, progress, fetched_at, now)
+            }
+            Stage::Exchange(flow) => shared.finish_exchange(flow, result, fetched_at, now),
+        }
     }
 
     /// A key for the response this step waits for, as 64 hex digits (a SHA-256 digest
     /// over the configuration's identity and what identifies the response; never the
     /// token). Hosts with a cache shared across processes (nginx workers) store and replay
-    /// authorization-server responses under it:
+    /// authorization-server responses under it, for [`Validator::cache_ttl`]:
     /// - introspection: the token (one response per token);
+    /// - token exchange: the client token and the actor token;
     /// - discovery and key sets: the URL, so every token shares one document;
     /// - a key-set refetch after an unknown `kid`: the URL and the current minute, so a
     ///   replayed stale key set is never mistaken for the refetch.
@@ -369,18 +554,22 @@ impl Pending {
         hex(&self.step.step_key)
     }
 
-    /// True when the response is the token's own answer (introspection), whose lifetime
-    /// [`Decision::cache_ttl`] gives; other responses (metadata, key sets) are documents the
-    /// validator keeps for their own configured lifetimes.
+    /// True when the response is about this token alone (introspection, token exchange):
+    /// a shared cache keeps it for [`Validator::cache_ttl`]. Other responses (metadata, key
+    /// sets) are documents the validator keeps for their own configured lifetimes.
     pub fn is_token_response(&self) -> bool {
-        matches!(self.step.state, MethodState::Introspect)
+        matches!(self.step.stage, Stage::Validate { state: MethodState::Introspect, .. } | Stage::Exchange(_))
     }
 }
 
 impl fmt::Debug for Pending {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let step = &self.step;
-        f.debug_struct("Pending").field("ctx", &step.flow.ctx).field("waiting_for", &step.state).finish_non_exhaustive()
+        let mut d = f.debug_struct("Pending");
+        match &self.step.stage {
+            Stage::Validate { flow, state } => d.field("ctx", &flow.job.ctx).field("waiting_for", state),
+            Stage::Exchange(flow) => d.field("ctx", &flow.job.ctx).field("waiting_for", &"token exchange"),
+        };
+        d.finish_non_exhaustive()
     }
 }
 
@@ -390,6 +579,7 @@ impl Ticket {
         match &self.waiting {
             Waiting::Token { flight, .. } => flight.is_done(),
             Waiting::Fetch { flight, .. } => flight.is_done(),
+            Waiting::Exchange { flight, .. } => flight.is_done(),
         }
     }
 
@@ -398,6 +588,7 @@ impl Ticket {
         match &self.waiting {
             Waiting::Token { flight, .. } => flight.wait(timeout),
             Waiting::Fetch { flight, .. } => flight.wait(timeout),
+            Waiting::Exchange { flight, .. } => flight.wait(timeout),
         }
     }
 
@@ -414,6 +605,7 @@ impl Ticket {
         match &self.waiting {
             Waiting::Token { flight, .. } => flight.on_done(Box::new(f)),
             Waiting::Fetch { flight, .. } => flight.on_done(Box::new(f)),
+            Waiting::Exchange { flight, .. } => flight.on_done(Box::new(f)),
         }
     }
 
@@ -421,15 +613,15 @@ impl Ticket {
     pub fn max_wait(&self) -> Duration {
         match &self.waiting {
             Waiting::Token { .. } => self.shared.max_wait(),
-            Waiting::Fetch { .. } => self.shared.policy.timeout() + Duration::from_secs(1),
+            Waiting::Fetch { .. } | Waiting::Exchange { .. } => self.shared.policy.timeout() + Duration::from_secs(1),
         }
     }
 
-    /// The token's cache key (64 hex digits, as [`Pending::cache_key`] of its
-    /// introspection): requests with equal keys wait for the same answer.
+    /// The key of the answer waited for (64 hex digits, as [`Pending::cache_key`] of the
+    /// step it waits for): requests with equal keys wait for the same answer.
     pub fn cache_key(&self) -> String {
         match &self.waiting {
-            Waiting::Token { key, .. } => hex(key),
+            Waiting::Token { key, .. } | Waiting::Exchange { key, .. } => hex(key),
             Waiting::Fetch { flow, .. } => hex(&flow.key),
         }
     }
@@ -440,19 +632,31 @@ impl Ticket {
         let now = UnixMs::from_system(now);
         let Ticket { shared, waiting } = self;
         match waiting {
-            Waiting::Token { ctx, flight, .. } => {
+            Waiting::Token { job, flight, .. } => {
                 let settled = flight.result().unwrap_or(Settled {
                     outcome: Outcome::Unavailable(Cow::Borrowed("validation: gave up waiting for a concurrent call")),
                     expires: None,
                 });
-                Step::Done(shared.policy.decide(&ctx, &settled.outcome, settled.expires, now))
+                let decision = shared.policy.decide(&job.ctx, &settled.outcome, settled.expires, now);
+                Shared::after_validation(&shared, *job, decision, now)
             }
             Waiting::Fetch { flow, state, flight } => {
                 let result = flight.result().unwrap_or_else(|| {
                     Err(TransportError::new(TransportErrorKind::Timeout, "gave up waiting for a concurrent fetch"))
                 });
-                let progress = shared.method.resume(flow.token.expose(), state, result, now);
+                let progress = shared.method.resume(flow.job.token.expose(), state, result, now);
                 Shared::advance(&shared, flow, progress, now, now)
+            }
+            Waiting::Exchange { job, forward, flight, .. } => {
+                let result = flight
+                    .result()
+                    .map_or(Err(Cow::Borrowed("token exchange: gave up waiting for a concurrent exchange")), |s| {
+                        s.result
+                    });
+                Step::Done(match result {
+                    Ok(exchanged) => shared.policy.with_exchange(&job.ctx, *forward, exchanged),
+                    Err(detail) => shared.policy.unavailable(&job.ctx, detail),
+                })
             }
         }
     }
@@ -463,6 +667,7 @@ impl fmt::Debug for Ticket {
         let waits_for = match &self.waiting {
             Waiting::Token { .. } => "validation",
             Waiting::Fetch { .. } => "fetch",
+            Waiting::Exchange { .. } => "token exchange",
         };
         f.debug_struct("Ticket").field("waits_for", &waits_for).field("ready", &self.is_ready()).finish()
     }
@@ -481,6 +686,7 @@ impl Future for Ready<'_> {
         match &self.ticket.waiting {
             Waiting::Token { flight, .. } => flight.poll_done(cx),
             Waiting::Fetch { flight, .. } => flight.poll_done(cx),
+            Waiting::Exchange { flight, .. } => flight.poll_done(cx),
         }
     }
 }

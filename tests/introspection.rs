@@ -812,17 +812,14 @@ fn kong_documentation_config_works_unchanged() {
 }
 
 #[test]
-fn unsupported_features_are_named_errors() {
+fn formerly_unsupported_features_build() {
     let base = |extra: Value| Config::from_value(config_json("http://127.0.0.1:9/i", extra)).unwrap();
-    let exchange = json!({"passthrough_credentials": true, "token_exchange": {"enabled": true, "token_endpoint": "http://as/token"}});
-    let err = Validator::new(base(exchange)).unwrap_err();
-    assert_eq!(err.kind(), mcp_oauth2::ErrorKind::Unsupported);
-    assert_eq!(err.field(), Some("token_exchange.enabled"), "{err}");
-    // Formerly refused as unsupported (issue 10): forward proxies and HTTP/1.0 now work.
+    // Forward proxies and HTTP/1.0 (issue 10), token exchange (issue 11).
     for extra in [
         json!({"http_proxy": "http://proxy:3128", "http_proxy_authorization": "Basic dTpw", "no_proxy": "as.internal"}),
         json!({"https_proxy": "http://proxy:3128"}),
         json!({"http_version": 1.0, "keepalive": false}),
+        json!({"passthrough_credentials": true, "token_exchange": {"enabled": true, "token_endpoint": "http://as/token"}}),
     ] {
         assert!(Validator::new(base(extra.clone())).is_ok(), "{extra}");
     }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "mcp_oauth2.h"
 
@@ -37,8 +38,22 @@ static atomic_int failures;
 static inline const char *result_name(mcp_oauth2_result r) {
     static const char *const names[] = {"OK", "NULL_PARAMETER", "PANIC", "INVALID_CONFIG",
                                         "UNSUPPORTED", "INVALID_ARGUMENT", "ABSENT",
-                                        "OUT_OF_RANGE", "ALREADY_RESUMED"};
+                                        "OUT_OF_RANGE", "ALREADY_RESUMED", "WRONG_STATE"};
     return r < sizeof names / sizeof names[0] ? names[r] : "UNKNOWN";
+}
+
+/* The host's clock: time is passed in, the library never reads it (C11 timespec_get). */
+static inline uint64_t now_ms(void) {
+    struct timespec ts;
+    timespec_get(&ts, TIME_UTC);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* The state of a pending, or 0 when it cannot be read. */
+static inline uint32_t state_of(const mcp_oauth2_pending *p) {
+    mcp_oauth2_pending_state s = 0;
+    if (mcp_oauth2_pending_get_state(p, &s) != MCP_OAUTH2_RESULT_OK) return 0;
+    return s;
 }
 
 /* A C string as the (ptr, len) pair of the API. */

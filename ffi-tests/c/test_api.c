@@ -1,7 +1,9 @@
 /* The C ABI without a network: lifecycle and double frees, NULL for every pointer
  * parameter, outputs untouched on failure, invalid configurations, the sans-I/O flow fed
- * canned authorization-server responses for every row of behaviour.md §6, and one validator
- * shared by 8 threads. Runs under ASan+UBSan and under valgrind (scripts/test-ffi.sh). */
+ * canned authorization-server responses for every row of the response table
+ * (docs/configuration.md, 7.2), and one validator shared by 8 threads. Single flight, the
+ * pending states and the policy accessors are in test_flow.c. Runs under ASan+UBSan and
+ * under valgrind (scripts/test-ffi.sh). */
 #define _POSIX_C_SOURCE 200809L
 
 #include <pthread.h>
@@ -28,7 +30,7 @@ static mcp_oauth2_pending *begin_pending(const mcp_oauth2_validator *v, const ch
     mcp_oauth2_request r = req("POST", "/mcp", &h, 1);
     mcp_oauth2_decision *d = SENTINEL;
     mcp_oauth2_pending *p = SENTINEL;
-    CHECK_RES(mcp_oauth2_validator_begin(v, &r, &d, &p), MCP_OAUTH2_RESULT_OK);
+    CHECK_RES(mcp_oauth2_validator_begin(v, &r, now_ms(), &d, &p), MCP_OAUTH2_RESULT_OK);
     CHECK(d == NULL);
     CHECK(p != NULL && p != SENTINEL);
     return p == SENTINEL ? NULL : p;
@@ -42,7 +44,7 @@ static mcp_oauth2_decision *introspected(const mcp_oauth2_validator *v, const ch
     mcp_oauth2_pending *p = begin_pending(v, auth);
     mcp_oauth2_header ct = hdr("Content-Type", content_type);
     mcp_oauth2_decision *d = NULL;
-    CHECK_RES(mcp_oauth2_pending_resume(p, (uint16_t)status, &ct, 1, S(body), &d), MCP_OAUTH2_RESULT_OK);
+    CHECK_RES(mcp_oauth2_pending_resume(p, now_ms(), (uint16_t)status, &ct, 1, S(body), &d), MCP_OAUTH2_RESULT_OK);
     CHECK(d != NULL);
     mcp_oauth2_pending_free(&p);
     return d;
@@ -51,7 +53,7 @@ static mcp_oauth2_decision *introspected(const mcp_oauth2_validator *v, const ch
 static mcp_oauth2_decision *decided_at_begin(const mcp_oauth2_validator *v, const mcp_oauth2_request *r) {
     mcp_oauth2_decision *d = NULL;
     mcp_oauth2_pending *p = NULL;
-    CHECK_RES(mcp_oauth2_validator_begin(v, r, &d, &p), MCP_OAUTH2_RESULT_OK);
+    CHECK_RES(mcp_oauth2_validator_begin(v, r, now_ms(), &d, &p), MCP_OAUTH2_RESULT_OK);
     CHECK(p == NULL);
     CHECK(d != NULL);
     mcp_oauth2_pending_free(&p);
@@ -80,13 +82,21 @@ static void test_result_names(void) {
     CHECK(str_eq(s, "panic"));
     CHECK_RES(mcp_oauth2_result_name(MCP_OAUTH2_RESULT_ALREADY_RESUMED, &s), MCP_OAUTH2_RESULT_OK);
     CHECK(str_eq(s, "already_resumed"));
+    CHECK_RES(mcp_oauth2_result_name(MCP_OAUTH2_RESULT_WRONG_STATE, &s), MCP_OAUTH2_RESULT_OK);
+    CHECK(str_eq(s, "wrong_state"));
     CHECK_RES(mcp_oauth2_result_name(999, &s), MCP_OAUTH2_RESULT_OUT_OF_RANGE);
     CHECK_RES(mcp_oauth2_result_name(0, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
     /* The numbers are part of the ABI. */
     CHECK(MCP_OAUTH2_RESULT_OK == 0 && MCP_OAUTH2_RESULT_NULL_PARAMETER == 1 && MCP_OAUTH2_RESULT_PANIC == 2 &&
           MCP_OAUTH2_RESULT_INVALID_CONFIG == 3 && MCP_OAUTH2_RESULT_UNSUPPORTED == 4 &&
           MCP_OAUTH2_RESULT_INVALID_ARGUMENT == 5 && MCP_OAUTH2_RESULT_ABSENT == 6 &&
-          MCP_OAUTH2_RESULT_OUT_OF_RANGE == 7 && MCP_OAUTH2_RESULT_ALREADY_RESUMED == 8);
+          MCP_OAUTH2_RESULT_OUT_OF_RANGE == 7 && MCP_OAUTH2_RESULT_ALREADY_RESUMED == 8 &&
+          MCP_OAUTH2_RESULT_WRONG_STATE == 9);
+    CHECK(MCP_OAUTH2_PENDING_STATE_HTTP == 1 && MCP_OAUTH2_PENDING_STATE_WAIT == 2 &&
+          MCP_OAUTH2_PENDING_STATE_DONE == 3);
+    CHECK(MCP_OAUTH2_REFUSAL_CONSUMER_NOT_FOUND == 1 && MCP_OAUTH2_REFUSAL_CONSUMER_GROUPS_NOT_FOUND == 2 &&
+          MCP_OAUTH2_REFUSAL_CONSUMER_LOOKUP_FAILED == 3);
+    CHECK(MCP_OAUTH2_READS_BODY == 1 && MCP_OAUTH2_READS_FORWARDED == 2 && MCP_OAUTH2_READS_ORIGIN == 4);
 }
 
 /* Expects validator_new to refuse `json` with `want`, an error naming `field` (NULL: no
@@ -174,10 +184,10 @@ static void test_null_parameters(const mcp_oauth2_validator *v) {
     CHECK_RES(mcp_oauth2_validator_new(S(CONFIG), NULL, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
     CHECK(nv == SENTINEL);
 
-    CHECK_RES(mcp_oauth2_validator_begin(NULL, &r, &d, &p), MCP_OAUTH2_RESULT_NULL_PARAMETER);
-    CHECK_RES(mcp_oauth2_validator_begin(v, NULL, &d, &p), MCP_OAUTH2_RESULT_NULL_PARAMETER);
-    CHECK_RES(mcp_oauth2_validator_begin(v, &r, NULL, &p), MCP_OAUTH2_RESULT_NULL_PARAMETER);
-    CHECK_RES(mcp_oauth2_validator_begin(v, &r, &d, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_begin(NULL, &r, now_ms(), &d, &p), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_begin(v, NULL, now_ms(), &d, &p), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_begin(v, &r, now_ms(), NULL, &p), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_begin(v, &r, now_ms(), &d, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
     CHECK_RES(mcp_oauth2_validator_authorize(NULL, &r, &d), MCP_OAUTH2_RESULT_NULL_PARAMETER);
     CHECK_RES(mcp_oauth2_validator_authorize(v, NULL, &d), MCP_OAUTH2_RESULT_NULL_PARAMETER);
     CHECK_RES(mcp_oauth2_validator_authorize(v, &r, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
@@ -186,27 +196,27 @@ static void test_null_parameters(const mcp_oauth2_validator *v) {
     /* NULL pointers with non-zero lengths inside the request. */
     mcp_oauth2_request bad = r;
     bad.method = NULL;
-    CHECK_RES(mcp_oauth2_validator_begin(v, &bad, &d, &p), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_begin(v, &bad, now_ms(), &d, &p), MCP_OAUTH2_RESULT_NULL_PARAMETER);
     bad = r;
     bad.path = NULL;
-    CHECK_RES(mcp_oauth2_validator_begin(v, &bad, &d, &p), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_begin(v, &bad, now_ms(), &d, &p), MCP_OAUTH2_RESULT_NULL_PARAMETER);
     bad = r;
     bad.headers = NULL;
-    CHECK_RES(mcp_oauth2_validator_begin(v, &bad, &d, &p), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_begin(v, &bad, now_ms(), &d, &p), MCP_OAUTH2_RESULT_NULL_PARAMETER);
     mcp_oauth2_header nh = h;
     nh.name = NULL;
     bad = req("POST", "/mcp", &nh, 1);
-    CHECK_RES(mcp_oauth2_validator_begin(v, &bad, &d, &p), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_begin(v, &bad, now_ms(), &d, &p), MCP_OAUTH2_RESULT_NULL_PARAMETER);
     nh = h;
     nh.value = NULL;
     bad = req("POST", "/mcp", &nh, 1);
-    CHECK_RES(mcp_oauth2_validator_begin(v, &bad, &d, &p), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_begin(v, &bad, now_ms(), &d, &p), MCP_OAUTH2_RESULT_NULL_PARAMETER);
     bad = r;
     bad.body = NULL;
     bad.body_len = 3; /* NULL body means "no body": the length is ignored */
     mcp_oauth2_decision *d2 = NULL;
     mcp_oauth2_pending *p2 = NULL;
-    CHECK_RES(mcp_oauth2_validator_begin(v, &bad, &d2, &p2), MCP_OAUTH2_RESULT_OK);
+    CHECK_RES(mcp_oauth2_validator_begin(v, &bad, now_ms(), &d2, &p2), MCP_OAUTH2_RESULT_OK);
     mcp_oauth2_decision_free(&d2);
     mcp_oauth2_pending_free(&p2);
     CHECK(d == SENTINEL && p == SENTINEL);
@@ -218,6 +228,25 @@ static void test_null_parameters(const mcp_oauth2_validator *v) {
     CHECK_RES(mcp_oauth2_validator_metadata_document(NULL, &b), MCP_OAUTH2_RESULT_NULL_PARAMETER);
     CHECK_RES(mcp_oauth2_validator_metadata_document(v, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
     CHECK(b.ptr == SENTINEL);
+    uint32_t reads = 77;
+    CHECK_RES(mcp_oauth2_validator_reads(NULL, &reads), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_reads(v, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_max_request_body_size(NULL, &ms), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_max_request_body_size(v, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_remove_header_count(NULL, &n), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_remove_header_count(v, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_remove_header(NULL, 0, &s), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_remove_header(v, 0, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_claim_header_count(NULL, &n), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_claim_header_count(v, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_claim_header(NULL, 0, &s), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_claim_header(v, 0, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    uint8_t key[64];
+    memset(key, 'z', sizeof key);
+    CHECK_RES(mcp_oauth2_validator_token_cache_key(NULL, S("t"), key), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_token_cache_key(v, NULL, 1, key), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_validator_token_cache_key(v, S("t"), NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK(reads == 77 && ms == 77 && n == 77 && s.ptr == SENTINEL && key[0] == 'z' && key[63] == 'z');
 
     /* Pending: every getter and both continuations. */
     mcp_oauth2_pending *live = begin_pending(v, "Bearer null-test");
@@ -237,24 +266,57 @@ static void test_null_parameters(const mcp_oauth2_validator *v) {
     CHECK_RES(mcp_oauth2_pending_timeout_ms(live, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
     CHECK_RES(mcp_oauth2_pending_cache_key(NULL, &s), MCP_OAUTH2_RESULT_NULL_PARAMETER);
     CHECK_RES(mcp_oauth2_pending_cache_key(live, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
-    CHECK_RES(mcp_oauth2_pending_resume(NULL, 200, &ct, 1, S("{}"), &d), MCP_OAUTH2_RESULT_NULL_PARAMETER);
-    CHECK_RES(mcp_oauth2_pending_resume(live, 200, NULL, 1, S("{}"), &d), MCP_OAUTH2_RESULT_NULL_PARAMETER);
-    CHECK_RES(mcp_oauth2_pending_resume(live, 200, &ct, 1, NULL, 2, &d), MCP_OAUTH2_RESULT_NULL_PARAMETER);
-    CHECK_RES(mcp_oauth2_pending_resume(live, 200, &ct, 1, S("{}"), NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_resume(NULL, now_ms(), 200, &ct, 1, S("{}"), &d), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_resume(live, now_ms(), 200, NULL, 1, S("{}"), &d), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_resume(live, now_ms(), 200, &ct, 1, NULL, 2, &d), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_resume(live, now_ms(), 200, &ct, 1, S("{}"), NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
     mcp_oauth2_header nct = ct;
     nct.value = NULL;
-    CHECK_RES(mcp_oauth2_pending_resume(live, 200, &nct, 1, S("{}"), &d), MCP_OAUTH2_RESULT_NULL_PARAMETER);
-    CHECK_RES(mcp_oauth2_pending_fail(NULL, MCP_OAUTH2_TRANSPORT_ERROR_CONNECT, S("x"), &d),
+    CHECK_RES(mcp_oauth2_pending_resume(live, now_ms(), 200, &nct, 1, S("{}"), &d), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_fail(NULL, now_ms(), MCP_OAUTH2_TRANSPORT_ERROR_CONNECT, S("x"), &d),
               MCP_OAUTH2_RESULT_NULL_PARAMETER);
-    CHECK_RES(mcp_oauth2_pending_fail(live, MCP_OAUTH2_TRANSPORT_ERROR_CONNECT, NULL, 1, &d),
+    CHECK_RES(mcp_oauth2_pending_fail(live, now_ms(), MCP_OAUTH2_TRANSPORT_ERROR_CONNECT, NULL, 1, &d),
               MCP_OAUTH2_RESULT_NULL_PARAMETER);
-    CHECK_RES(mcp_oauth2_pending_fail(live, MCP_OAUTH2_TRANSPORT_ERROR_CONNECT, S("x"), NULL),
+    CHECK_RES(mcp_oauth2_pending_fail(live, now_ms(), MCP_OAUTH2_TRANSPORT_ERROR_CONNECT, S("x"), NULL),
               MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_resume_cached(NULL, now_ms(), now_ms(), 200, &ct, 1, S("{}"), &d),
+              MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_resume_cached(live, now_ms(), now_ms(), 200, NULL, 1, S("{}"), &d),
+              MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_resume_cached(live, now_ms(), now_ms(), 200, &ct, 1, NULL, 2, &d),
+              MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_resume_cached(live, now_ms(), now_ms(), 200, &ct, 1, S("{}"), NULL),
+              MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    mcp_oauth2_pending_state state = 77;
+    CHECK_RES(mcp_oauth2_pending_get_state(NULL, &state), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_get_state(live, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK(state == 77);
+    /* The wait functions, on a request waiting for `live` (same token). */
+    mcp_oauth2_pending *waiter = begin_pending(v, "Bearer null-test");
+    CHECK(state_of(waiter) == MCP_OAUTH2_PENDING_STATE_WAIT);
+    CHECK_RES(mcp_oauth2_pending_is_ready(NULL, &flag), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_is_ready(waiter, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_wait(NULL, 0, &flag), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_wait(waiter, 0, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_max_wait_ms(NULL, &ms), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_max_wait_ms(waiter, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_on_ready(NULL, NULL, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_on_ready(waiter, NULL, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_continue(NULL, now_ms(), &d), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_pending_continue(waiter, now_ms(), NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK(flag == true && ms == 77 && d == SENTINEL);
+    CHECK(state_of(waiter) == MCP_OAUTH2_PENDING_STATE_WAIT); /* unchanged by the failures */
     CHECK(s.ptr == SENTINEL && s2.ptr == SENTINEL && b.ptr == SENTINEL && n == 77 && ms == 77 && d == SENTINEL);
     /* None of the failures above consumed the pending. */
-    CHECK_RES(mcp_oauth2_pending_fail(live, MCP_OAUTH2_TRANSPORT_ERROR_CONNECT, NULL, 0, &d), MCP_OAUTH2_RESULT_OK);
+    CHECK_RES(mcp_oauth2_pending_fail(live, now_ms(), MCP_OAUTH2_TRANSPORT_ERROR_CONNECT, NULL, 0, &d), MCP_OAUTH2_RESULT_OK);
     CHECK(d != SENTINEL && d != NULL);
     CHECK(status_of(d) == 503);
+    /* The waiter follows the leader: the AS failure is its answer too (503, never 401). */
+    mcp_oauth2_decision *followed = NULL;
+    CHECK_RES(mcp_oauth2_pending_continue(waiter, now_ms(), &followed), MCP_OAUTH2_RESULT_OK);
+    CHECK(status_of(followed) == 503);
+    mcp_oauth2_decision_free(&followed);
+    mcp_oauth2_pending_free(&waiter);
 
     /* Decision: every accessor. */
     CHECK_RES(mcp_oauth2_decision_allowed(NULL, &flag), MCP_OAUTH2_RESULT_NULL_PARAMETER);
@@ -300,7 +362,24 @@ static void test_null_parameters(const mcp_oauth2_validator *v) {
     CHECK_RES(mcp_oauth2_decision_consumer_group_count(d, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
     CHECK_RES(mcp_oauth2_decision_consumer_group(NULL, 0, &s), MCP_OAUTH2_RESULT_NULL_PARAMETER);
     CHECK_RES(mcp_oauth2_decision_consumer_group(d, 0, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
-    CHECK(s.ptr == SENTINEL && s2.ptr == SENTINEL && b.ptr == SENTINEL && n == 77 && status == 77 && until == 77);
+    CHECK_RES(mcp_oauth2_decision_recheck_at(NULL, &ms), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_decision_recheck_at(d, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_decision_cache_ttl_ms(NULL, &ms), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_decision_cache_ttl_ms(d, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_decision_must_remove(NULL, S("X-User-Id"), &flag), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_decision_must_remove(d, NULL, 3, &flag), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_decision_must_remove(d, S("X-User-Id"), NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_decision_claim_header_value(NULL, 0, &s), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_decision_claim_header_value(d, 0, NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    mcp_oauth2_decision *refused = SENTINEL;
+    CHECK_RES(mcp_oauth2_decision_refuse(NULL, MCP_OAUTH2_REFUSAL_CONSUMER_NOT_FOUND, &refused),
+              MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_decision_refuse(d, MCP_OAUTH2_REFUSAL_CONSUMER_NOT_FOUND, NULL),
+              MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK_RES(mcp_oauth2_decision_internal_error(NULL), MCP_OAUTH2_RESULT_NULL_PARAMETER);
+    CHECK(refused == SENTINEL && flag == true);
+    CHECK(s.ptr == SENTINEL && s2.ptr == SENTINEL && b.ptr == SENTINEL && n == 77 && status == 77 && until == 77 &&
+          ms == 77);
 
     /* Error object accessors. */
     mcp_oauth2_error *err = NULL;
@@ -335,16 +414,16 @@ static void test_invalid_arguments(const mcp_oauth2_validator *v) {
     mcp_oauth2_pending *p = SENTINEL;
     mcp_oauth2_header h = hdr("Authorization", "Bearer x");
     mcp_oauth2_request r = req("P\xffST", "/mcp", &h, 1);
-    CHECK_RES(mcp_oauth2_validator_begin(v, &r, &d, &p), MCP_OAUTH2_RESULT_INVALID_ARGUMENT);
+    CHECK_RES(mcp_oauth2_validator_begin(v, &r, now_ms(), &d, &p), MCP_OAUTH2_RESULT_INVALID_ARGUMENT);
     r = req("POST", "/m\xff", &h, 1);
-    CHECK_RES(mcp_oauth2_validator_begin(v, &r, &d, &p), MCP_OAUTH2_RESULT_INVALID_ARGUMENT);
+    CHECK_RES(mcp_oauth2_validator_begin(v, &r, now_ms(), &d, &p), MCP_OAUTH2_RESULT_INVALID_ARGUMENT);
     mcp_oauth2_header bad_name = hdr("Auth\xfe", "Bearer x");
     r = req("POST", "/mcp", &bad_name, 1);
-    CHECK_RES(mcp_oauth2_validator_begin(v, &r, &d, &p), MCP_OAUTH2_RESULT_INVALID_ARGUMENT);
+    CHECK_RES(mcp_oauth2_validator_begin(v, &r, now_ms(), &d, &p), MCP_OAUTH2_RESULT_INVALID_ARGUMENT);
     r = req("POST", "/mcp", &h, 1);
     r.peer_addr = (const uint8_t *)"not-an-address";
     r.peer_addr_len = strlen("not-an-address");
-    CHECK_RES(mcp_oauth2_validator_begin(v, &r, &d, &p), MCP_OAUTH2_RESULT_INVALID_ARGUMENT);
+    CHECK_RES(mcp_oauth2_validator_begin(v, &r, now_ms(), &d, &p), MCP_OAUTH2_RESULT_INVALID_ARGUMENT);
     CHECK(d == SENTINEL && p == SENTINEL);
     /* Valid peer addresses, with and without a port. */
     const char *addrs[] = {"192.0.2.1", "2001:db8::1", "192.0.2.1:5000", "[2001:db8::1]:443"};
@@ -362,12 +441,12 @@ static void test_invalid_arguments(const mcp_oauth2_validator *v) {
 
     /* An unknown transport error kind leaves the pending usable. */
     p = begin_pending(v, "Bearer bad-kind");
-    CHECK_RES(mcp_oauth2_pending_fail(p, 0, S("x"), &d), MCP_OAUTH2_RESULT_INVALID_ARGUMENT);
-    CHECK_RES(mcp_oauth2_pending_fail(p, 6, S("x"), &d), MCP_OAUTH2_RESULT_INVALID_ARGUMENT);
+    CHECK_RES(mcp_oauth2_pending_fail(p, now_ms(), 0, S("x"), &d), MCP_OAUTH2_RESULT_INVALID_ARGUMENT);
+    CHECK_RES(mcp_oauth2_pending_fail(p, now_ms(), 6, S("x"), &d), MCP_OAUTH2_RESULT_INVALID_ARGUMENT);
     CHECK(d == SENTINEL);
     mcp_oauth2_str url;
     CHECK_RES(mcp_oauth2_pending_url(p, &url), MCP_OAUTH2_RESULT_OK);
-    CHECK_RES(mcp_oauth2_pending_fail(p, MCP_OAUTH2_TRANSPORT_ERROR_OTHER, S("\xff invalid utf-8 is replaced"), &d),
+    CHECK_RES(mcp_oauth2_pending_fail(p, now_ms(), MCP_OAUTH2_TRANSPORT_ERROR_OTHER, S("\xff invalid utf-8 is replaced"), &d),
               MCP_OAUTH2_RESULT_OK);
     CHECK(status_of(d) == 503);
     mcp_oauth2_decision_free(&d);
@@ -397,15 +476,26 @@ static void test_lifecycle(void) {
     const char *active = "{\"active\": true, \"sub\": \"alice\", \"aud\": \"https://mcp.example.com/mcp\","
                          " \"scope\": \"mcp:read\"}";
     mcp_oauth2_decision *d = NULL;
-    CHECK_RES(mcp_oauth2_pending_resume(p, 200, &ct, 1, S(active), &d), MCP_OAUTH2_RESULT_OK);
+    uint64_t resumed_at = now_ms();
+    CHECK_RES(mcp_oauth2_pending_resume(p, resumed_at, 200, &ct, 1, S(active), &d), MCP_OAUTH2_RESULT_OK);
     bool allowed = false;
     CHECK_RES(mcp_oauth2_decision_allowed(d, &allowed), MCP_OAUTH2_RESULT_OK);
     CHECK(allowed);
+    /* The answer has no exp: valid_until is the token's exp, so there is none; the cached
+     * answer ages out after cache_ttl_max (3600 s) from the resume's clock reading. */
+    int64_t until = 77;
+    CHECK_RES(mcp_oauth2_decision_valid_until(d, &until), MCP_OAUTH2_RESULT_ABSENT);
+    CHECK(until == 77);
+    uint64_t recheck = 0, ttl = 0;
+    CHECK_RES(mcp_oauth2_decision_recheck_at(d, &recheck), MCP_OAUTH2_RESULT_OK);
+    CHECK(recheck == resumed_at + 3600u * 1000u);
+    CHECK_RES(mcp_oauth2_decision_cache_ttl_ms(d, &ttl), MCP_OAUTH2_RESULT_OK);
+    CHECK(ttl == 3600u * 1000u);
 
     /* The pending is spent: a second resume is an error, never a second decision. */
     mcp_oauth2_decision *again = SENTINEL;
-    CHECK_RES(mcp_oauth2_pending_resume(p, 200, &ct, 1, S(active), &again), MCP_OAUTH2_RESULT_ALREADY_RESUMED);
-    CHECK_RES(mcp_oauth2_pending_fail(p, MCP_OAUTH2_TRANSPORT_ERROR_TIMEOUT, NULL, 0, &again),
+    CHECK_RES(mcp_oauth2_pending_resume(p, now_ms(), 200, &ct, 1, S(active), &again), MCP_OAUTH2_RESULT_ALREADY_RESUMED);
+    CHECK_RES(mcp_oauth2_pending_fail(p, now_ms(), MCP_OAUTH2_TRANSPORT_ERROR_TIMEOUT, NULL, 0, &again),
               MCP_OAUTH2_RESULT_ALREADY_RESUMED);
     CHECK(again == SENTINEL);
     mcp_oauth2_str s;
@@ -420,6 +510,13 @@ static void test_lifecycle(void) {
     CHECK_RES(mcp_oauth2_pending_timeout_ms(p, &ms), MCP_OAUTH2_RESULT_ALREADY_RESUMED);
     CHECK_RES(mcp_oauth2_pending_cache_key(p, &key2), MCP_OAUTH2_RESULT_OK);
     CHECK(key2.len == 64 && memcmp(key1.ptr, key2.ptr, 64) == 0);
+    CHECK(state_of(p) == MCP_OAUTH2_PENDING_STATE_DONE);
+    bool ready = false;
+    CHECK_RES(mcp_oauth2_pending_continue(p, now_ms(), &again), MCP_OAUTH2_RESULT_ALREADY_RESUMED);
+    CHECK_RES(mcp_oauth2_pending_is_ready(p, &ready), MCP_OAUTH2_RESULT_ALREADY_RESUMED);
+    CHECK_RES(mcp_oauth2_pending_wait(p, 0, &ready), MCP_OAUTH2_RESULT_ALREADY_RESUMED);
+    CHECK_RES(mcp_oauth2_pending_max_wait_ms(p, &ms), MCP_OAUTH2_RESULT_ALREADY_RESUMED);
+    CHECK(again == SENTINEL && !ready);
 
     mcp_oauth2_pending_free(&p);
     CHECK(p == NULL);
@@ -475,7 +572,7 @@ static void test_pending_request(const mcp_oauth2_validator *v) {
     mcp_oauth2_pending_free(&p);
 }
 
-/* behaviour.md §2 and §6, row by row. */
+/* The metadata document and the response table (docs/configuration.md, 3 and 7.2), row by row. */
 static void test_decisions(const mcp_oauth2_validator *v) {
     mcp_oauth2_decision *d;
     mcp_oauth2_bytes body;
@@ -525,8 +622,16 @@ static void test_decisions(const mcp_oauth2_validator *v) {
     CHECK_RES(mcp_oauth2_decision_response_header(d, n, &s, &s2), MCP_OAUTH2_RESULT_OUT_OF_RANGE);
     CHECK_RES(mcp_oauth2_decision_body(d, &body), MCP_OAUTH2_RESULT_OK);
     CHECK(bytes_contains(body.ptr, body.len, "\"error\""));
-    /* Forwarding accessors do not apply to a denial. */
+    /* Forwarding accessors do not apply to a denial; there was no token to cache. */
     CHECK_RES(mcp_oauth2_decision_valid_until(d, &until), MCP_OAUTH2_RESULT_ABSENT);
+    uint64_t ms = 0;
+    CHECK_RES(mcp_oauth2_decision_recheck_at(d, &ms), MCP_OAUTH2_RESULT_ABSENT);
+    CHECK_RES(mcp_oauth2_decision_cache_ttl_ms(d, &ms), MCP_OAUTH2_RESULT_ABSENT);
+    CHECK_RES(mcp_oauth2_decision_must_remove(d, S("Authorization"), &allowed), MCP_OAUTH2_RESULT_ABSENT);
+    CHECK_RES(mcp_oauth2_decision_claim_header_value(d, 0, &s), MCP_OAUTH2_RESULT_ABSENT);
+    mcp_oauth2_decision *refused = NULL;
+    CHECK_RES(mcp_oauth2_decision_refuse(d, MCP_OAUTH2_REFUSAL_CONSUMER_NOT_FOUND, &refused), MCP_OAUTH2_RESULT_ABSENT);
+    CHECK(refused == NULL);
     CHECK_RES(mcp_oauth2_decision_set_header_count(d, &n), MCP_OAUTH2_RESULT_ABSENT);
     CHECK_RES(mcp_oauth2_decision_subject(d, &s), MCP_OAUTH2_RESULT_ABSENT);
     mcp_oauth2_decision_free(&d);
@@ -563,6 +668,9 @@ static void test_decisions(const mcp_oauth2_validator *v) {
     d = introspected(v, "tok-inactive", 200, "application/json", "{\"active\": false}");
     CHECK(status_of(d) == 401);
     CHECK(reason_is(d, "token_inactive"));
+    /* A rejection is cached for cache_ttl_negative (5 s): shared caches may keep it that long. */
+    CHECK_RES(mcp_oauth2_decision_cache_ttl_ms(d, &ms), MCP_OAUTH2_RESULT_OK);
+    CHECK(ms > 0 && ms <= 5000);
     snprintf(want, sizeof want,
              "Bearer error=\"invalid_token\", error_description=\"The access token is not active\","
              " resource_metadata=\"%s\"",
@@ -636,6 +744,7 @@ static void test_decisions(const mcp_oauth2_validator *v) {
         CHECK(status_of(d) == 503);
         CHECK(reason_is(d, "authorization_server_unavailable"));
         CHECK(no_challenge(d));
+        CHECK_RES(mcp_oauth2_decision_cache_ttl_ms(d, &ms), MCP_OAUTH2_RESULT_ABSENT); /* never cached */
         CHECK_RES(mcp_oauth2_decision_detail(d, &s), MCP_OAUTH2_RESULT_OK);
         CHECK(!str_contains(s, "server_error") && !str_contains(s, "login")); /* never AS text */
         mcp_oauth2_decision_free(&d);
@@ -647,7 +756,7 @@ static void test_decisions(const mcp_oauth2_validator *v) {
     for (size_t i = 0; i < 5; i++) {
         mcp_oauth2_pending *p = begin_pending(v, "Bearer tok-transport");
         d = NULL;
-        CHECK_RES(mcp_oauth2_pending_fail(p, kinds[i], S("connection refused"), &d), MCP_OAUTH2_RESULT_OK);
+        CHECK_RES(mcp_oauth2_pending_fail(p, now_ms(), kinds[i], S("connection refused"), &d), MCP_OAUTH2_RESULT_OK);
         CHECK(status_of(d) == 503);
         CHECK(no_challenge(d));
         mcp_oauth2_decision_free(&d);
@@ -697,8 +806,15 @@ static void test_decisions(const mcp_oauth2_validator *v) {
     CHECK(str_eq(s, "alice"));
     CHECK_RES(mcp_oauth2_decision_consumer(d, &s), MCP_OAUTH2_RESULT_ABSENT);
     CHECK_RES(mcp_oauth2_decision_consumer_group_count(d, &n), MCP_OAUTH2_RESULT_ABSENT);
+    /* valid_until is the token's exp; the cached answer ages out at that exp too (it is
+     * sooner than cache_ttl_max), and shared caches may keep it until then. */
     CHECK_RES(mcp_oauth2_decision_valid_until(d, &until), MCP_OAUTH2_RESULT_OK);
     CHECK(until == exp);
+    CHECK_RES(mcp_oauth2_decision_recheck_at(d, &ms), MCP_OAUTH2_RESULT_OK);
+    CHECK(ms == (uint64_t)exp * 1000u);
+    uint64_t ttl = 0;
+    CHECK_RES(mcp_oauth2_decision_cache_ttl_ms(d, &ttl), MCP_OAUTH2_RESULT_OK);
+    CHECK(ttl > 0 && ttl <= 600u * 1000u);
     mcp_oauth2_decision_free(&d);
 
     /* Cache hit: decided at begin, no AS call. Evict: the AS is asked again. */
@@ -725,7 +841,7 @@ static void test_decisions(const mcp_oauth2_validator *v) {
     mcp_oauth2_decision_free(&d);
 }
 
-/* §6 row: consumer mapping failed and not optional: 403 without a challenge. */
+/* Response table row: consumer mapping failed and not optional: 403 without a challenge. */
 static void test_consumer_rows(void) {
     mcp_oauth2_validator *v = new_validator(
         "{\"resource\": \"https://mcp.example.com/mcp\", \"authorization_servers\": [\"https://as.example.com\"],"
@@ -789,14 +905,14 @@ static void *work(void *arg) {
         mcp_oauth2_request r = req("POST", "/mcp", &h, 1);
         mcp_oauth2_decision *d = NULL;
         mcp_oauth2_pending *p = NULL;
-        CHECK_RES(mcp_oauth2_validator_begin(w->v, &r, &d, &p), MCP_OAUTH2_RESULT_OK);
+        CHECK_RES(mcp_oauth2_validator_begin(w->v, &r, now_ms(), &d, &p), MCP_OAUTH2_RESULT_OK);
         if (p != NULL) {
             snprintf(active, sizeof active,
                      "{\"active\": true, \"sub\": \"%s\", \"aud\": \"https://mcp.example.com/mcp\","
                      " \"scope\": \"mcp:read\", \"exp\": %lld}",
                      token, exp);
             mcp_oauth2_header ct = hdr("Content-Type", "application/json");
-            CHECK_RES(mcp_oauth2_pending_resume(p, 200, &ct, 1, S(active), &d), MCP_OAUTH2_RESULT_OK);
+            CHECK_RES(mcp_oauth2_pending_resume(p, now_ms(), 200, &ct, 1, S(active), &d), MCP_OAUTH2_RESULT_OK);
             mcp_oauth2_pending_free(&p);
         }
         bool allowed = false;

@@ -27,7 +27,7 @@ int main(int argc, char **argv) {
     mcp_oauth2_request r = req("mcp-oauth2-test-panic", "/mcp", NULL, 0);
     mcp_oauth2_decision *d = SENTINEL;
     mcp_oauth2_pending *p = SENTINEL;
-    CHECK_RES(mcp_oauth2_validator_begin(v, &r, &d, &p), want);
+    CHECK_RES(mcp_oauth2_validator_begin(v, &r, now_ms(), &d, &p), want);
     if (expect_panic) {
         CHECK(d == SENTINEL && p == SENTINEL); /* outputs untouched */
     } else {
@@ -54,7 +54,7 @@ int main(int argc, char **argv) {
         mcp_oauth2_request ok = req("GET", "/mcp", NULL, 0);
         d = NULL;
         p = NULL;
-        CHECK_RES(mcp_oauth2_validator_begin(v, &ok, &d, &p), MCP_OAUTH2_RESULT_OK);
+        CHECK_RES(mcp_oauth2_validator_begin(v, &ok, now_ms(), &d, &p), MCP_OAUTH2_RESULT_OK);
         CHECK(status_of(d) == 401);
         mcp_oauth2_decision_free(&d);
     }

@@ -441,13 +441,13 @@ pub unsafe extern "C" fn mcp_oauth2_decision_must_remove(
     name_len: usize,
     remove_out: *mut bool,
 ) -> mcp_oauth2_result {
-    // SAFETY: caller contract for the name bytes.
-    let name = match unsafe { bytes(name, name_len) } {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    // SAFETY: forwarded caller contract.
-    unsafe { get(decision, remove_out, |d| Ok(forward(d)?.plan.must_remove(name))) }
+    // SAFETY: forwarded caller contract; the name bytes are read inside the boundary.
+    unsafe {
+        get(decision, remove_out, |d| {
+            let name = bytes(name, name_len)?;
+            Ok(forward(d)?.plan.must_remove(name))
+        })
+    }
 }
 
 /// The value of claim header number `index` (from 0, in the order of
@@ -474,6 +474,52 @@ pub unsafe extern "C" fn mcp_oauth2_decision_claim_header_value(
         get(decision, value_out, |d| {
             let value = forward(d)?.claim_header_values().nth(index).ok_or(mcp_oauth2_result::OutOfRange)?;
             value.map(mcp_oauth2_str::of).ok_or(mcp_oauth2_result::Absent)
+        })
+    }
+}
+
+/// The claims, as compact JSON, for what runs next (later plugins, access rules): of the
+/// validated token, or of the exchanged token when `token_exchange` got a JWT.
+///
+/// `claims_out` receives a view into `decision`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` for a denied decision; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `claims_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_claims_json(
+    decision: *const mcp_oauth2_decision,
+    claims_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe { get(decision, claims_out, |d| Ok(mcp_oauth2_str::of(forward(d)?.claims_json()))) }
+}
+
+/// With `token_exchange`: the upstream's `Authorization` value, `Bearer <exchanged token>`.
+/// Set it (replacing the client's, which is among the headers to remove). It is a
+/// credential: never log it.
+///
+/// `value_out` receives a view into `decision`, valid until it is freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` without an exchange or for a denied decision;
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `value_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_upstream_authorization(
+    decision: *const mcp_oauth2_decision,
+    value_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        get(decision, value_out, |d| {
+            forward(d)?.upstream_authorization().map(mcp_oauth2_str::of).ok_or(mcp_oauth2_result::Absent)
         })
     }
 }

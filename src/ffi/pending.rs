@@ -30,7 +30,8 @@ pub enum mcp_oauth2_transport_error {
     Other = 5,
 }
 
-/// What a pending validation waits for (`mcp_oauth2_pending_state`, as a `uint32_t`).
+/// What a pending validation waits for (written by `mcp_oauth2_pending_get_state`; a
+/// `uint32_t` in C).
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mcp_oauth2_pending_state {
@@ -198,6 +199,9 @@ pub enum mcp_oauth2_purpose {
     /// The authorization server's JSON Web Key Set: for local JWT validation, or to verify
     /// a signed (RFC 9701) introspection answer.
     Jwks = 3,
+    /// RFC 8693 token exchange (`token_exchange`): the answer is about this token (and the
+    /// actor token) alone, like an introspection answer.
+    TokenExchange = 4,
 }
 
 /// What the HTTP request is for.
@@ -222,6 +226,7 @@ pub unsafe extern "C" fn mcp_oauth2_pending_purpose(
             Purpose::Introspection => mcp_oauth2_purpose::Introspection,
             Purpose::Discovery => mcp_oauth2_purpose::Discovery,
             Purpose::Jwks => mcp_oauth2_purpose::Jwks,
+            Purpose::TokenExchange => mcp_oauth2_purpose::TokenExchange,
         };
         // SAFETY: checked by `out`; writable per the caller contract.
         unsafe { write_out(purpose_out, purpose) };
@@ -558,6 +563,9 @@ pub unsafe extern "C" fn mcp_oauth2_pending_keepalive(
 
 /// The state of the pending: what the host does next (`mcp_oauth2_pending_state`).
 ///
+/// (Named `_get_state` because C puts type and function names in one namespace: the
+/// enum `mcp_oauth2_pending_state` already has that name.)
+///
 /// # Errors
 /// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
 ///
@@ -565,7 +573,7 @@ pub unsafe extern "C" fn mcp_oauth2_pending_keepalive(
 /// `pending` is NULL or live; `state_out` is NULL or writable.
 /// Thread safety: see `mcp_oauth2_pending`.
 #[no_mangle]
-pub unsafe extern "C" fn mcp_oauth2_pending_state(
+pub unsafe extern "C" fn mcp_oauth2_pending_get_state(
     pending: *const mcp_oauth2_pending,
     state_out: *mut mcp_oauth2_pending_state,
 ) -> mcp_oauth2_result {
@@ -651,9 +659,9 @@ unsafe fn response(
 ///
 /// On success `*decision_out` receives either a new decision (owned by the host, free it
 /// with `mcp_oauth2_decision_free`) or NULL, which means the pending moved to its next step:
-/// read `mcp_oauth2_pending_state` (local JWT validation asks for metadata, then keys; or it
+/// read `mcp_oauth2_pending_get_state` (local JWT validation asks for metadata, then keys; or it
 /// waits for another request fetching them) and loop until a decision. After a decision
-/// the pending is spent: every later call on it except `_state`, `_cache_key` and `_free`
+/// the pending is spent: every later call on it except `_get_state`, `_cache_key` and `_free`
 /// returns `MCP_OAUTH2_RESULT_ALREADY_RESUMED`.
 ///
 /// # Errors
@@ -920,7 +928,7 @@ pub unsafe extern "C" fn mcp_oauth2_pending_on_ready(
 /// authorization server is never a 401.
 ///
 /// `*decision_out`: a new decision, or NULL when the pending moved to another step (read
-/// `mcp_oauth2_pending_state`), as for `mcp_oauth2_pending_resume`.
+/// `mcp_oauth2_pending_get_state`), as for `mcp_oauth2_pending_resume`.
 ///
 /// # Errors
 /// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,

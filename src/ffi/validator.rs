@@ -168,7 +168,7 @@ pub unsafe extern "C" fn mcp_oauth2_validator_free(validator: *mut *mut mcp_oaut
 ///
 /// - `*decision_out`: the decision is made (metadata document, no token, malformed
 ///   request, cache hit, ...). The host owns it; free it with `mcp_oauth2_decision_free`.
-/// - `*pending_out`: read `mcp_oauth2_pending_state`. `MCP_OAUTH2_PENDING_STATE_HTTP`: the
+/// - `*pending_out`: read `mcp_oauth2_pending_get_state`. `MCP_OAUTH2_PENDING_STATE_HTTP`: the
 ///   host performs the HTTP request it describes (`mcp_oauth2_pending_method`, `_url`,
 ///   `_header`, `_body`, `_timeout_ms`) and calls `mcp_oauth2_pending_resume` or
 ///   `mcp_oauth2_pending_fail`. `MCP_OAUTH2_PENDING_STATE_WAIT`: another request is already
@@ -313,6 +313,42 @@ pub unsafe extern "C" fn mcp_oauth2_validator_token_cache_key(
         // SAFETY: `key_out` points to 64 writable bytes per the caller contract, and the key
         // is 64 ASCII hex digits; the regions cannot overlap (the key is ours).
         unsafe { std::ptr::copy_nonoverlapping(key.as_ptr(), key_out, 64) };
+        Ok(())
+    })
+}
+
+/// How long, in milliseconds, a cache shared between processes may keep the answer it
+/// stored under `key` (a `mcp_oauth2_pending_cache_key` of an introspection or token-exchange
+/// step, whose answer the host just resumed with), at `now_unix_ms`: what is left of the
+/// validator's own entry, which never outlives the first answer's expiry.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` when the answer must not be kept (not cached: a failure, a
+/// document step, caching off, or expired); `MCP_OAUTH2_RESULT_INVALID_ARGUMENT` (not a key);
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `validator` is NULL or live; `key` points to `key_len` readable bytes; `ttl_ms_out` is
+/// NULL or writable.
+/// Thread safety: safe to call concurrently on the same validator.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_cache_ttl_ms(
+    validator: *const mcp_oauth2_validator,
+    key: *const u8,
+    key_len: usize,
+    now_unix_ms: u64,
+    ttl_ms_out: *mut u64,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract: NULL or a live validator; key bytes readable.
+        let (validator, key) = unsafe { (borrow(validator)?, text(key, key_len)?) };
+        let ttl_ms_out = out(ttl_ms_out)?;
+        if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(mcp_oauth2_result::InvalidArgument);
+        }
+        let ttl = validator.validator.cache_ttl(key, system_time(now_unix_ms)).ok_or(mcp_oauth2_result::Absent)?;
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(ttl_ms_out, u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)) };
         Ok(())
     })
 }
