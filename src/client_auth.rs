@@ -190,16 +190,15 @@ impl Assertion {
     /// A signed assertion at `now`: a fresh 128-bit random `jti`, `iat` = now, `exp` = now +
     /// 60 s.
     pub(crate) fn sign(&self, now: UnixMs) -> Result<String, &'static str> {
-        let mut jti = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut jti).map_err(|_| "client assertion: no random jti")?;
+        use std::fmt::Write as _;
+        let jti = random_jti().map_err(|_| "client assertion: no random jti")?;
         let iat = now.secs();
-        let claims = format!(
-            "{}{}\",\"iat\":{iat},\"exp\":{}}}",
-            self.claims_prefix,
-            URL_SAFE_NO_PAD.encode(jti),
-            iat.saturating_add(ASSERTION_LIFETIME_SECS)
-        );
-        let mut jwt = String::with_capacity(self.header.len() + claims.len() * 4 / 3 + 400);
+        let mut claims = String::with_capacity(self.claims_prefix.len() + 64);
+        claims.push_str(&self.claims_prefix);
+        URL_SAFE_NO_PAD.encode_string(jti, &mut claims);
+        let _ = write!(claims, "\",\"iat\":{iat},\"exp\":{}}}", iat.saturating_add(ASSERTION_LIFETIME_SECS));
+        // Room for the header, the claims in base64 and the largest signature (RSA 4096).
+        let mut jwt = String::with_capacity(self.header.len() + claims.len().div_ceil(3) * 4 + 700);
         jwt.push_str(&self.header);
         URL_SAFE_NO_PAD.encode_string(claims, &mut jwt);
         let signature = self.signer.sign(jwt.as_bytes()).map_err(|_| "client assertion: signing failed")?;
@@ -207,6 +206,39 @@ impl Assertion {
         URL_SAFE_NO_PAD.encode_string(signature, &mut jwt);
         Ok(jwt)
     }
+}
+
+/// 128 bits from the operating system's CSPRNG (through aws-lc), never handed out twice.
+///
+/// Drawn 32 at a time into a per-thread pool: one call to the generator (a system call)
+/// serves 32 assertions. The pool remembers the process it was filled in, so a forked child
+/// (nginx workers) never reuses its parent's bytes.
+fn random_jti() -> Result<[u8; 16], aws_lc_rs::error::Unspecified> {
+    use std::cell::RefCell;
+    const BATCH: usize = 32;
+    struct Pool {
+        bytes: [u8; 16 * BATCH],
+        next: usize,
+        pid: u32,
+    }
+    thread_local! {
+        static POOL: RefCell<Pool> = const { RefCell::new(Pool { bytes: [0; 16 * BATCH], next: BATCH, pid: 0 }) };
+    }
+    POOL.with_borrow_mut(|pool| {
+        let pid = std::process::id();
+        if pool.next == BATCH || pool.pid != pid {
+            aws_lc_rs::rand::fill(&mut pool.bytes)?;
+            pool.next = 0;
+            pool.pid = pid;
+        }
+        let mut jti = [0u8; 16];
+        let slot = &mut pool.bytes[pool.next * 16..(pool.next + 1) * 16];
+        jti.copy_from_slice(slot);
+        // Used bytes are wiped: nothing of an earlier jti stays behind.
+        slot.fill(0);
+        pool.next += 1;
+        Ok(jti)
+    })
 }
 
 impl Signer {
@@ -631,6 +663,18 @@ mod tests {
         let header: Value = serde_json::from_slice(&part(&jwt, 0)).unwrap();
         assert_eq!(header["alg"], "HS512");
         assert_eq!(URL_SAFE_NO_PAD.decode(jwt.rsplit_once('.').unwrap().1).unwrap().len(), 64);
+    }
+
+    #[test]
+    fn jtis_are_never_repeated_across_threads_and_refills() {
+        let all: Vec<[u8; 16]> = std::thread::scope(|s| {
+            let handles: Vec<_> =
+                (0..4).map(|_| s.spawn(|| (0..100).map(|_| random_jti().unwrap()).collect::<Vec<_>>())).collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let distinct: std::collections::HashSet<[u8; 16]> = all.iter().copied().collect();
+        assert_eq!(distinct.len(), 400);
+        assert!(!distinct.contains(&[0u8; 16]), "never a wiped slot");
     }
 
     #[test]

@@ -78,6 +78,9 @@ impl Outbound {
     /// The proxy for `url`: `https_proxy` for https, `http_proxy` for http, none when the
     /// host is in `no_proxy`.
     pub(crate) fn route(&self, url: &str) -> Option<ProxyRoute> {
+        if self.http_proxy.is_none() && self.https_proxy.is_none() {
+            return None;
+        }
         let parsed = url::Url::parse(url).ok()?;
         let proxy = match parsed.scheme() {
             "https" => self.https_proxy.as_ref(),
