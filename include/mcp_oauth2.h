@@ -98,7 +98,8 @@ enum mcp_oauth2_purpose
   MCP_OAUTH2_PURPOSE_INTROSPECTION = 1,
   // RFC 8414 / OpenID Connect authorization-server metadata (to find the keys).
   MCP_OAUTH2_PURPOSE_DISCOVERY = 2,
-  // The authorization server's JSON Web Key Set, for local JWT validation.
+  // The authorization server's JSON Web Key Set: for local JWT validation, or to verify
+  // a signed (RFC 9701) introspection answer.
   MCP_OAUTH2_PURPOSE_JWKS = 3,
   // RFC 8693 token exchange (`token_exchange`): the answer is about this token (and the
   // actor token) alone, like an introspection answer.
@@ -112,6 +113,26 @@ typedef uint32_t mcp_oauth2_purpose;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// The HTTP version to speak on a call (`mcp_oauth2_pending_http_version`, as a
+// `uint32_t`): the configured `http_version`.
+enum mcp_oauth2_http_version
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // HTTP/1.0.
+  MCP_OAUTH2_HTTP_VERSION_HTTP10 = 10,
+  // HTTP/1.1.
+  MCP_OAUTH2_HTTP_VERSION_HTTP11 = 11,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum mcp_oauth2_http_version mcp_oauth2_http_version;
+#else
+typedef uint32_t mcp_oauth2_http_version;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // What a pending validation waits for (written by `mcp_oauth2_pending_get_state`; a
 // `uint32_t` in C).
 enum mcp_oauth2_pending_state
@@ -120,7 +141,9 @@ enum mcp_oauth2_pending_state
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
   // The host performs the HTTP request it describes (`_method`, `_url`, `_header`,
-  // `_body`, `_timeout_ms`), then calls `mcp_oauth2_pending_resume` or
+  // `_body`, `_timeout_ms`; how to connect: `_verify_certificate`, `_client_certificate`,
+  // `_proxy_url`, `_proxy_authorization`, `_http_version`, `_keepalive`), then calls
+  // `mcp_oauth2_pending_resume` or
   // `mcp_oauth2_pending_fail`. This request leads: concurrent requests for the same token
   // wait for it.
   MCP_OAUTH2_PENDING_STATE_HTTP = 1,
@@ -216,8 +239,8 @@ typedef struct mcp_oauth2_metrics mcp_oauth2_metrics;
 // host, freed with `mcp_oauth2_pending_free`, also after it was resumed. Freeing it
 // unresumed abandons the validation: requests waiting on it get a 503.
 //
-// Its request carries the token and the gateway's client credentials: do not log the body
-// or the `Authorization` header.
+// Its request carries the token and the gateway's client credentials: do not log the body,
+// the `Authorization` header, the client key or the `Proxy-Authorization` value.
 //
 // Thread safety: the getters may run concurrently with each other; `resume`, `fail` and
 // `continue` must not run concurrently with anything else on the same pending. A pending
@@ -678,6 +701,25 @@ mcp_oauth2_result mcp_oauth2_decision_consumer(const struct mcp_oauth2_decision 
 mcp_oauth2_result mcp_oauth2_decision_credential(const struct mcp_oauth2_decision *decision,
                                                  struct mcp_oauth2_str *credential_out);
 
+// The raw introspection result, encoded per the configured `introspection_format`: the
+// JSON object the authorization server answered, as text (for a signed RFC 9701 answer, the
+// JSON text of its `token_introspection` claim), as is (`string`), in standard base64 with
+// padding (`base64`) or in URL-safe base64 without padding (`base64url`). It describes the
+// token (subject, scopes, client): treat it as personal data, not for logs.
+//
+// `introspection_out` receives a view into `decision`, valid until it is freed (not
+// NUL-terminated).
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_ABSENT` when `introspection_format` is unset (also: local JWT
+// validation) or the decision is denied; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `decision` is NULL or live; `introspection_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same decision.
+mcp_oauth2_result mcp_oauth2_decision_introspection(const struct mcp_oauth2_decision *decision,
+                                                    struct mcp_oauth2_str *introspection_out);
+
 // The number of values of the configured `consumer_groups_claim`.
 //
 // # Errors
@@ -966,6 +1008,108 @@ mcp_oauth2_result mcp_oauth2_pending_body(const struct mcp_oauth2_pending *pendi
 mcp_oauth2_result mcp_oauth2_pending_timeout_ms(const struct mcp_oauth2_pending *pending,
                                                 uint64_t *timeout_ms_out);
 
+// Whether to verify the authorization server's certificate (chain and name) on this call,
+// for an `https://` URL: the configured `ssl_verify`, or `tls_client_auth_ssl_verify` on
+// the mutual-TLS introspection call. `false` is a deliberate operator choice (e.g. a
+// self-signed authorization server): skip the verification then. Meaningless for
+// `http://` URLs.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
+//
+// # Safety
+// `pending` is NULL or live; `verify_out` is NULL or writable.
+// Thread safety: see `mcp_oauth2_pending`.
+mcp_oauth2_result mcp_oauth2_pending_verify_certificate(const struct mcp_oauth2_pending *pending,
+                                                        bool *verify_out);
+
+// The TLS client certificate to present on this call (RFC 8705 mutual TLS: `client_auth`
+// `tls_client_auth` or `self_signed_tls_client_auth`, on the introspection call only):
+// the configured `tls_client_auth_cert` (PEM; the client's certificate first, then its
+// chain) and `tls_client_auth_key` (PEM private key: a secret, never log it). Checked at
+// construction: both parse and the key belongs to the certificate.
+//
+// `cert_pem_out` and `key_pem_out` receive views into `pending`, valid until it is resumed
+// or freed (not NUL-terminated; copy them if your TLS library needs C strings). Neither is
+// written on an error.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_ABSENT` when the call presents no client certificate;
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
+//
+// # Safety
+// `pending` is NULL or live; `cert_pem_out` and `key_pem_out` are NULL or writable.
+// Thread safety: see `mcp_oauth2_pending`.
+mcp_oauth2_result mcp_oauth2_pending_client_certificate(const struct mcp_oauth2_pending *pending,
+                                                        struct mcp_oauth2_str *cert_pem_out,
+                                                        struct mcp_oauth2_str *key_pem_out);
+
+// The forward proxy to send this call through, `http://host[:port]` (port 80 when
+// absent): `https_proxy` for an `https://` URL, `http_proxy` for an `http://` URL, unless
+// `no_proxy` names the host. For an `https://` URL open a tunnel with `CONNECT host:port`
+// (with `mcp_oauth2_pending_proxy_authorization` as `Proxy-Authorization`), then TLS to the
+// authorization server inside it; for an `http://` URL send the request to the proxy in
+// absolute form (`POST http://host/path HTTP/1.1`, with `Proxy-Authorization`) or tunnel it
+// the same way. A proxy answer other than 2xx (407: wrong credentials) is a failed call:
+// `mcp_oauth2_pending_fail` with `MCP_OAUTH2_TRANSPORT_ERROR_CONNECT`.
+//
+// `url_out` receives a view into `pending`, valid until it is resumed or freed.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_ABSENT` when the call goes directly to the URL's host;
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
+//
+// # Safety
+// `pending` is NULL or live; `url_out` is NULL or writable.
+// Thread safety: see `mcp_oauth2_pending`.
+mcp_oauth2_result mcp_oauth2_pending_proxy_url(const struct mcp_oauth2_pending *pending,
+                                               struct mcp_oauth2_str *url_out);
+
+// The whole `Proxy-Authorization` value to send to the proxy of this call (the configured
+// `http_proxy_authorization` or `https_proxy_authorization`, e.g. `Basic dXNlcjpwYXNz`): on
+// the `CONNECT`, or on the absolute-form request. A secret: never log it.
+//
+// `authorization_out` receives a view into `pending`, valid until it is resumed or freed.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_ABSENT` when the call goes directly, or its proxy has no configured
+// authorization; `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
+//
+// # Safety
+// `pending` is NULL or live; `authorization_out` is NULL or writable.
+// Thread safety: see `mcp_oauth2_pending`.
+mcp_oauth2_result mcp_oauth2_pending_proxy_authorization(const struct mcp_oauth2_pending *pending,
+                                                         struct mcp_oauth2_str *authorization_out);
+
+// The HTTP version to speak on this call (`mcp_oauth2_http_version`).
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
+//
+// # Safety
+// `pending` is NULL or live; `version_out` is NULL or writable.
+// Thread safety: see `mcp_oauth2_pending`.
+mcp_oauth2_result mcp_oauth2_pending_http_version(const struct mcp_oauth2_pending *pending,
+                                                  mcp_oauth2_http_version *version_out);
+
+// Whether the connection of this call may be kept open and reused for later calls (the
+// configured `keepalive`); `false`: a fresh connection for this call, closed after it.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
+//
+// # Safety
+// `pending` is NULL or live; `keepalive_out` is NULL or writable.
+// Thread safety: see `mcp_oauth2_pending`.
+mcp_oauth2_result mcp_oauth2_pending_keepalive(const struct mcp_oauth2_pending *pending,
+                                               bool *keepalive_out);
+
 // The state of the pending: what the host does next (`mcp_oauth2_pending_state`).
 //
 // (Named `_get_state` because C puts type and function names in one namespace: the
@@ -1234,9 +1378,12 @@ mcp_oauth2_result mcp_oauth2_validator_begin(const struct mcp_oauth2_validator *
                                              struct mcp_oauth2_pending **pending_out);
 
 // Decides one request, performing the authorization-server calls itself with the built-in
-// blocking HTTP client (ureq + rustls; `timeout`, `ssl_verify` and `keepalive` from the
-// configuration). Blocks the calling thread for at most about twice the configured
-// `timeout`. Concurrent misses for one token share one call (single flight).
+// blocking HTTP client (ureq + rustls), as the configuration says: `timeout`, `ssl_verify`
+// / `tls_client_auth_ssl_verify`, the mutual-TLS client certificate, `http_proxy` /
+// `https_proxy` (a `CONNECT` tunnel, with the configured `Proxy-Authorization`) and
+// `no_proxy`, `http_version`, `keepalive`. Blocks the calling thread for at most the
+// configured `timeout` per call it chains (one for introspection; metadata and key-set
+// fetches for local JWTs or a signed introspection answer). Concurrent misses for one token share one call (single flight).
 //
 // On success `*decision_out` receives a new decision that the host owns and frees with
 // `mcp_oauth2_decision_free`. An unreachable or failing authorization server is a decision

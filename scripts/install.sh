@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
+# openssl: the mutual-TLS tests generate their test CA and certificates with it at run time.
+apt_install openssl
+
 # Node harness: the oidc-provider authorization server and the MCP SDK (lockfile pinned).
 if [ ! -f tests/node/node_modules/.package-lock.json ] || ! cmp -s tests/node/package-lock.json tests/node/node_modules/.package-lock.json.src 2>/dev/null; then
   npm ci --prefix tests/node --no-audit --no-fund --loglevel=error

@@ -195,10 +195,6 @@ pub enum ActorTokenSource {
 }
 
 /// `token_exchange.request`: the parameters of the RFC 8693 exchange request.
-///
-/// Parsed and checked only: token exchange is refused with
-/// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) until implemented, so no field
-/// here has an effect yet on any surface.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenExchangeRequest {
@@ -325,7 +321,8 @@ impl TokenExchange {
     }
 }
 
-/// A JWK given as a JSON object or as a JSON string; kept as JSON text, redacted.
+/// A JWK (or a JWK Set) given as a JSON object or as a JSON string; kept as JSON text,
+/// redacted.
 #[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct ClientJwk(pub Secret);
 
@@ -343,8 +340,10 @@ impl<'de> Deserialize<'de> for ClientJwk {
             _ => return Err(D::Error::custom("must be a JWK object or a JSON string")),
         };
         match serde_json::from_str::<Value>(&text) {
-            Ok(Value::Object(m)) if m.get("kty").is_some_and(Value::is_string) => Ok(ClientJwk(Secret::new(text))),
-            _ => Err(D::Error::custom("must be a JWK (a JSON object with \"kty\")")),
+            Ok(Value::Object(m)) if m.get("kty").is_some_and(Value::is_string) || m.get("keys").is_some() => {
+                Ok(ClientJwk(Secret::new(text)))
+            }
+            _ => Err(D::Error::custom("must be a JWK (a JSON object with \"kty\") or a JWK Set (\"keys\")")),
         }
     }
 }
@@ -461,10 +460,11 @@ pub struct Config {
     /// are validated locally as JWTs. All surfaces.
     #[serde(default)]
     pub introspection_endpoint: Option<String>,
-    /// `mtls_introspection_endpoint`: URL string; default unset. The endpoint for the
-    /// mutual-TLS `client_auth` methods, which are refused with
-    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) until implemented: checked as
-    /// a URL, no effect yet.
+    /// `mtls_introspection_endpoint`: URL string; default unset. With a mutual-TLS
+    /// `client_auth` (`tls_client_auth`, `self_signed_tls_client_auth`) introspection goes
+    /// here instead of `introspection_endpoint` (RFC 8705 §5 `mtls_endpoint_aliases`). Set
+    /// with another `client_auth` it would have no effect: a configuration error. All
+    /// surfaces.
     #[serde(default)]
     pub mtls_introspection_endpoint: Option<String>,
     /// `cache_introspection`: boolean; default `true`. Cache each token's validation result
@@ -473,8 +473,14 @@ pub struct Config {
     /// the shared dict too).
     #[serde(default = "default_cache_introspection")]
     pub cache_introspection: bool,
-    /// `introspection_format`: `"string"`, `"base64"` or `"base64url"`; default unset.
-    /// Accepted for Kong compatibility; it has no effect on any surface today.
+    /// `introspection_format`: `"string"`, `"base64"` or `"base64url"`; default unset. When
+    /// set, an allowed decision exposes the raw introspection result — the JSON object the
+    /// authorization server answered, as text (for an RFC 9701 signed answer, the JSON text
+    /// of its `token_introspection` claim) — in that encoding: as is, standard base64 with
+    /// padding, or URL-safe base64 without padding
+    /// ([`Forward::introspection`](crate::Forward::introspection)). Needs
+    /// `introspection_endpoint` (a configuration error without: local JWT validation has no
+    /// introspection result). Rust and C hosts read it from the decision.
     #[serde(default)]
     pub introspection_format: Option<IntrospectionFormat>,
     /// `args`: object, string to string; default `{}`. Extra form fields on every
@@ -493,8 +499,8 @@ pub struct Config {
     pub headers: BTreeMap<String, Secret>,
 
     /// `jwks_endpoint`: URL string; default unset (keys come from the AS metadata's
-    /// `jwks_uri`). The key set for local JWT validation; unused when
-    /// `introspection_endpoint` is set. All surfaces.
+    /// `jwks_uri`). The key set for local JWT validation; with `introspection_endpoint`, the
+    /// keys that verify signed (RFC 9701) introspection answers. All surfaces.
     #[serde(default)]
     pub jwks_endpoint: Option<String>,
     /// `jwks_cache_ttl`: integer, seconds; default 3600. How long a fetched key set is used;
@@ -521,48 +527,69 @@ pub struct Config {
     pub metadata_cache_ttl: u64,
 
     /// `client_id`: string; default unset. The gateway's client id at the authorization
-    /// server; required by `client_secret_basic` and `client_secret_post`, and sent in the
-    /// form with `none` when set. All surfaces.
+    /// server; required by every `client_auth` but `none` (which still sends it in the form
+    /// when set, as do the mutual-TLS methods); the `iss` and `sub` of JWT client assertions
+    /// and the `aud` a signed (RFC 9701) introspection answer must carry. All surfaces.
     #[serde(default)]
     pub client_id: Option<String>,
     /// `client_secret`: string, secret (redacted in `Debug` and errors); default unset.
-    /// Required by `client_secret_basic` and `client_secret_post`; setting it makes
-    /// `client_secret_basic` the default `client_auth`. All surfaces.
+    /// Required by `client_secret_basic`, `client_secret_post` and `client_secret_jwt` (the
+    /// HMAC key of its assertions); setting it makes `client_secret_basic` the default
+    /// `client_auth`. With `private_key_jwt`, the mutual-TLS methods or `none` it would have
+    /// no effect: a configuration error. All surfaces.
     #[serde(default)]
     pub client_secret: Option<Secret>,
     /// `client_auth`: string, one of [`ClientAuth`]; default `client_secret_basic` when
     /// `client_secret` is set, else `none` ([`Config::effective_client_auth`]). How the
-    /// gateway authenticates to the introspection endpoint. The JWT and mutual-TLS methods
-    /// are refused with `ErrorKind::Unsupported` until implemented. All surfaces.
+    /// gateway authenticates to the introspection endpoint: `client_secret_basic`,
+    /// `client_secret_post`, an RFC 7523 JWT assertion (`client_secret_jwt`,
+    /// `private_key_jwt`), RFC 8705 mutual TLS (`tls_client_auth`,
+    /// `self_signed_tls_client_auth`) or `none` (docs/configuration.md shows each). All
+    /// surfaces (for mutual TLS a host doing its own I/O presents the certificate the
+    /// request names: [`HttpRequest::client_certificate`](crate::HttpRequest)).
     #[serde(default)]
     pub client_auth: Option<ClientAuth>,
-    /// `client_alg`: string, a JWS algorithm; default unset. Signs the JWT client assertion
-    /// (HS* for `client_secret_jwt`; RS*, PS*, ES*, EdDSA for `private_key_jwt`). Checked
-    /// against `client_auth`; no effect until those methods are implemented.
+    /// `client_alg`: string, a JWS algorithm; default: `HS256` for `client_secret_jwt`; for
+    /// `private_key_jwt` the `alg` of `client_jwk`, else by its key type (RSA `RS256`, P-256
+    /// `ES256`, P-384 `ES384`, P-521 `ES512`, Ed25519 `EdDSA`). Signs the JWT client
+    /// assertion: `HS256`/`HS384`/`HS512` for `client_secret_jwt`; `RS256`/`RS384`/`RS512`,
+    /// `PS256`/`PS384`/`PS512`, `ES256`/`ES384`/`ES512`, `EdDSA` for `private_key_jwt` (it
+    /// must fit the key). With another `client_auth`, a configuration error. All surfaces.
     #[serde(default)]
     pub client_alg: Option<String>,
-    /// `client_jwk`: a JWK, as a JSON object or a JSON string holding one; secret; default
-    /// unset. The private key for `private_key_jwt`, which is refused with
-    /// `ErrorKind::Unsupported` until implemented: checked to be a JWK, no effect yet.
+    /// `client_jwk`: a private JWK (RFC 7517) as a JSON object, a JSON string holding one
+    /// (Kong's form), or a JWK Set holding exactly one private key; secret; default unset.
+    /// The signing key of `private_key_jwt` (required there; with another `client_auth`, a
+    /// configuration error): RSA (2048 bits or more, with its CRT parameters), EC P-256,
+    /// P-384 or P-521, or Ed25519 (`OKP`). Its `kid`, if any, goes in the assertion's JOSE
+    /// header. Parsed once, at construction. All surfaces.
     #[serde(default)]
     pub client_jwk: Option<ClientJwk>,
-    /// `tls_client_auth_cert`: string, PEM certificate; default unset. The client certificate
-    /// for the mutual-TLS methods, which are refused with `ErrorKind::Unsupported` until
-    /// implemented: no effect yet.
+    /// `tls_client_auth_cert`: string, PEM certificate(s); default unset. The client
+    /// certificate (then its chain, if any) of the mutual-TLS methods, required there; with
+    /// another `client_auth`, a configuration error. Presented on the introspection call
+    /// only. All surfaces (hosts doing their own TLS get it in
+    /// [`HttpRequest::client_certificate`](crate::HttpRequest); nginx:
+    /// `proxy_ssl_certificate`, see docs/configuration.md).
     #[serde(default)]
     pub tls_client_auth_cert: Option<String>,
-    /// `tls_client_auth_key`: string, PEM private key, secret; default unset. The key of
-    /// `tls_client_auth_cert`; no effect until the mutual-TLS methods are implemented.
+    /// `tls_client_auth_key`: string, PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC),
+    /// secret; default unset. The key of `tls_client_auth_cert`, which it must match
+    /// (checked at construction); required with it.
     #[serde(default)]
     pub tls_client_auth_key: Option<Secret>,
     /// `tls_client_auth_ssl_verify`: boolean; default `true`. Verify the AS certificate on
-    /// mutual-TLS connections; no effect until the mutual-TLS methods are implemented.
+    /// the mutual-TLS introspection call (`ssl_verify` governs every other call). `false`
+    /// with another `client_auth` would have no effect: a configuration error. Carried on the
+    /// request as [`HttpRequest::verify_certificate`](crate::HttpRequest); all surfaces.
     #[serde(default = "default_tls_client_auth_ssl_verify")]
     pub tls_client_auth_ssl_verify: bool,
-    /// `ssl_verify`: boolean; default `true`. Verify the AS certificate on https calls.
-    /// Honoured by the built-in ureq transport (Rust `authorize`, the C ABI's blocking call,
+    /// `ssl_verify`: boolean; default `true`. Verify the AS certificate on https calls
+    /// (all but the mutual-TLS introspection call, see `tls_client_auth_ssl_verify`).
+    /// Carried on every request as [`HttpRequest::verify_certificate`](crate::HttpRequest):
+    /// honoured by the built-in ureq transport (Rust `authorize`, the C ABI's blocking call,
     /// the demo proxy) and by `resty.http` (OpenResty, Kong); with `ngx.location.capture`
-    /// (`proxy_ssl_verify`) or a host's own HTTP client, the host decides.
+    /// nginx's `proxy_ssl_verify` decides (docs/configuration.md).
     #[serde(default = "default_ssl_verify")]
     pub ssl_verify: bool,
     /// `timeout`: integer, milliseconds ≥ 1; default 10000. Bound on each call to the AS,
@@ -571,32 +598,42 @@ pub struct Config {
     /// with `ngx.location.capture`, nginx's `proxy_*_timeout` directives apply instead.
     #[serde(default = "default_timeout_ms")]
     pub timeout: u64,
-    /// `keepalive`: boolean; default `true`. Reuse connections to the AS. Honoured by the
-    /// ureq transport and `resty.http`; other hosts manage their own connections.
+    /// `keepalive`: boolean; default `true`. Reuse connections to the AS; `false`: a fresh
+    /// connection per call, closed after it. Carried on every request as
+    /// [`HttpRequest::keepalive`](crate::HttpRequest): honoured by the ureq transport and
+    /// `resty.http`; other hosts read it there.
     #[serde(default = "default_keepalive")]
     pub keepalive: bool,
     /// `http_version`: number or string, `1.0` or `1.1`; default `1.1`. HTTP version of AS
-    /// calls; `1.0` is refused with `ErrorKind::Unsupported` until implemented.
+    /// calls, carried on every request as [`HttpRequest::http_version`](crate::HttpRequest);
+    /// the ureq transport and `resty.http` speak it. All surfaces.
     #[serde(default)]
     pub http_version: HttpVersion,
-    /// `http_proxy`: URL string; default unset. Forward proxy for `http://` AS calls; refused
-    /// with `ErrorKind::Unsupported` until implemented.
+    /// `http_proxy`: URL string, `http://host[:port]`; default unset. Forward proxy for
+    /// `http://` AS calls (introspection, discovery, key sets). The route is decided by the
+    /// core and carried on each request as [`HttpRequest::proxy`](crate::HttpRequest). All
+    /// surfaces that perform the calls (ureq transport, `resty.http`).
     #[serde(default)]
     pub http_proxy: Option<String>,
-    /// `http_proxy_authorization`: string, secret; default unset. `Proxy-Authorization` for
-    /// `http_proxy`; refused with `ErrorKind::Unsupported` until implemented.
+    /// `http_proxy_authorization`: string, secret; default unset. The whole
+    /// `Proxy-Authorization` value sent to `http_proxy` (e.g. `Basic dXNlcjpwYXNz`); without
+    /// `http_proxy`, a configuration error.
     #[serde(default)]
     pub http_proxy_authorization: Option<Secret>,
-    /// `https_proxy`: URL string; default unset. Forward proxy for `https://` AS calls;
-    /// refused with `ErrorKind::Unsupported` until implemented.
+    /// `https_proxy`: URL string, `http://host[:port]`; default unset. Forward proxy for
+    /// `https://` AS calls, reached by a `CONNECT` tunnel (TLS stays end to end with the
+    /// AS). As `http_proxy` otherwise.
     #[serde(default)]
     pub https_proxy: Option<String>,
-    /// `https_proxy_authorization`: string, secret; default unset. `Proxy-Authorization` for
-    /// `https_proxy`; refused with `ErrorKind::Unsupported` until implemented.
+    /// `https_proxy_authorization`: string, secret; default unset. The whole
+    /// `Proxy-Authorization` value sent on the `CONNECT` to `https_proxy`; without
+    /// `https_proxy`, a configuration error.
     #[serde(default)]
     pub https_proxy_authorization: Option<Secret>,
-    /// `no_proxy`: string, comma-separated hosts; default unset. Hosts that bypass the forward
-    /// proxies. Accepted, but without effect while forward proxies are not implemented.
+    /// `no_proxy`: string, comma-separated; default unset. Hosts reached directly although a
+    /// proxy is set: `*` (every host), a host name (that host and its subdomains; a leading
+    /// `.` is the same), an IP address, or a CIDR block (matches IP-literal hosts). Without
+    /// `http_proxy` or `https_proxy`, a configuration error.
     #[serde(default)]
     pub no_proxy: Option<String>,
 
@@ -648,8 +685,7 @@ pub struct Config {
     pub credential_claim: ClaimPath,
 
     /// `token_exchange`: object, see [`TokenExchange`]; default unset. RFC 8693 exchange of
-    /// the validated token. Parsed and checked; `enabled: true` is refused with
-    /// `ErrorKind::Unsupported` until implemented.
+    /// the validated token.
     #[serde(default)]
     pub token_exchange: Option<TokenExchange>,
 
@@ -729,6 +765,25 @@ pub struct Config {
     /// section 7.4). All surfaces.
     #[serde(default)]
     pub allowed_origins: Option<Vec<String>>,
+    /// `client_assertion_audience` (extension): string; default: the URL of the endpoint
+    /// the assertion is sent to (`introspection_endpoint`, as RFC 7523 §3 and Kong do). The
+    /// `aud` of JWT client assertions (`client_secret_jwt`, `private_key_jwt`); set it to the
+    /// authorization server's issuer identifier for servers that want that (Auth0, and the
+    /// RFC 7523 update draft). One string, never an array. Without a JWT `client_auth`, a
+    /// configuration error. All surfaces.
+    #[serde(default)]
+    pub client_assertion_audience: Option<String>,
+    /// `introspection_jwt_response` (extension): boolean; default `false`. `true` asks the
+    /// introspection endpoint for signed answers (RFC 9701: `Accept:
+    /// application/token-introspection+jwt`) and refuses unsigned ones (503), so that nobody
+    /// on the path can forge an answer. Whatever this says, a signed answer
+    /// (`application/token-introspection+jwt`) is always verified with the authorization
+    /// server's keys (`jwks_endpoint`, or discovered from `metadata_discovery_endpoint` /
+    /// `authorization_servers`), its `iss` must be an accepted issuer and its `aud` the
+    /// gateway's `client_id`; one that does not verify is a 503. Needs
+    /// `introspection_endpoint` and `client_id`. All surfaces.
+    #[serde(default)]
+    pub introspection_jwt_response: bool,
 }
 
 /// JWS algorithms accepted for access tokens by default.
@@ -832,9 +887,12 @@ impl Config {
         self.validate_resource()?;
         self.validate_scopes()?;
         self.validate_outbound_urls()?;
+        self.validate_proxies()?;
         self.validate_introspection_extras()?;
         self.validate_client_credentials()?;
+        self.validate_client_auth_fields()?;
         self.validate_client_alg()?;
+        self.validate_client_keys()?;
         self.validate_outbound_limits()?;
         self.validate_claim_headers()?;
         self.validate_identity_claims()?;
@@ -894,8 +952,6 @@ impl Config {
             ("mtls_introspection_endpoint", &self.mtls_introspection_endpoint),
             ("jwks_endpoint", &self.jwks_endpoint),
             ("metadata_discovery_endpoint", &self.metadata_discovery_endpoint),
-            ("http_proxy", &self.http_proxy),
-            ("https_proxy", &self.https_proxy),
         ] {
             if let Some(u) = value {
                 check_url(field, u)?;
@@ -904,9 +960,70 @@ impl Config {
         Ok(())
     }
 
+    /// The forward proxies: `http://host[:port]` URLs, credentials only with their proxy,
+    /// and a `no_proxy` list that parses and has a proxy to bypass.
+    fn validate_proxies(&self) -> Result<(), Error> {
+        for (field, url, auth_field, auth) in [
+            ("http_proxy", &self.http_proxy, "http_proxy_authorization", &self.http_proxy_authorization),
+            ("https_proxy", &self.https_proxy, "https_proxy_authorization", &self.https_proxy_authorization),
+        ] {
+            if let Some(u) = url {
+                check_url(field, u)?;
+                let parsed = url::Url::parse(u).map_err(|_| Error::config(field, "must be a URL"))?;
+                if parsed.scheme() != "http" || !matches!(parsed.path(), "" | "/") || parsed.query().is_some() {
+                    return Err(Error::config(
+                        field,
+                        "must be the proxy's http://host[:port] (no path; TLS to the proxy itself is not supported)",
+                    ));
+                }
+            }
+            match auth {
+                Some(_) if url.is_none() => {
+                    return Err(Error::config(auth_field, format!("has no effect without {field}")));
+                }
+                Some(a) if a.expose().is_empty() || a.expose().bytes().any(|b| b.is_ascii_control()) => {
+                    return Err(Error::config(
+                        auth_field,
+                        "must be a non-empty Proxy-Authorization value without control characters",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if let Some(list) = &self.no_proxy {
+            if self.http_proxy.is_none() && self.https_proxy.is_none() {
+                return Err(Error::config("no_proxy", "has no effect without http_proxy or https_proxy"));
+            }
+            crate::outbound::NoProxy::parse(list)?;
+        }
+        Ok(())
+    }
+
     /// `args` and `headers`: extras on the introspection request may not override what the
-    /// library itself sends.
+    /// library itself sends. They, `introspection_format` and `introspection_jwt_response`
+    /// need an introspection endpoint to have an effect.
     fn validate_introspection_extras(&self) -> Result<(), Error> {
+        if self.introspection_endpoint.is_none() {
+            for (field, set) in [
+                ("args", !self.args.is_empty()),
+                ("headers", !self.headers.is_empty()),
+                ("introspection_format", self.introspection_format.is_some()),
+                ("introspection_jwt_response", self.introspection_jwt_response),
+            ] {
+                if set {
+                    return Err(Error::config(
+                        field,
+                        "has no effect without introspection_endpoint (tokens are validated locally as JWTs)",
+                    ));
+                }
+            }
+        }
+        if self.introspection_jwt_response && self.client_id.as_deref().is_none_or(str::is_empty) {
+            return Err(Error::config(
+                "client_id",
+                "is required by introspection_jwt_response (a signed answer's aud must name it)",
+            ));
+        }
         for key in self.args.keys() {
             if key.is_empty() {
                 return Err(Error::config("args", "form field names must not be empty"));
@@ -965,6 +1082,10 @@ impl Config {
                 }
             }
             ClientAuth::TlsClientAuth | ClientAuth::SelfSignedTlsClientAuth => {
+                // RFC 8705 §2: the client is identified by `client_id` in the request.
+                if self.client_id.as_deref().is_none_or(str::is_empty) {
+                    return Err(required("client_id"));
+                }
                 if self.tls_client_auth_cert.is_none() {
                     return Err(required("tls_client_auth_cert"));
                 }
@@ -977,6 +1098,40 @@ impl Config {
         Ok(())
     }
 
+    /// Client-authentication fields the chosen method does not use are errors, not silently
+    /// ignored (a stale `client_jwk` must not look like it signs anything).
+    fn validate_client_auth_fields(&self) -> Result<(), Error> {
+        let auth = self.effective_client_auth();
+        let jwt = matches!(auth, ClientAuth::ClientSecretJwt | ClientAuth::PrivateKeyJwt);
+        let uses_secret =
+            matches!(auth, ClientAuth::ClientSecretBasic | ClientAuth::ClientSecretPost | ClientAuth::ClientSecretJwt);
+        for (field, set, used) in [
+            ("client_secret", self.client_secret.is_some(), uses_secret),
+            ("client_jwk", self.client_jwk.is_some(), auth == ClientAuth::PrivateKeyJwt),
+            ("client_alg", self.client_alg.is_some(), jwt),
+            ("client_assertion_audience", self.client_assertion_audience.is_some(), jwt),
+            ("tls_client_auth_cert", self.tls_client_auth_cert.is_some(), auth.is_tls()),
+            ("tls_client_auth_key", self.tls_client_auth_key.is_some(), auth.is_tls()),
+            ("tls_client_auth_ssl_verify", !self.tls_client_auth_ssl_verify, auth.is_tls()),
+            ("mtls_introspection_endpoint", self.mtls_introspection_endpoint.is_some(), auth.is_tls()),
+        ] {
+            if set && !used {
+                return Err(Error::config(field, format!("has no effect with client_auth {}", auth.as_str())));
+            }
+        }
+        if self.client_assertion_audience.as_deref().is_some_and(str::is_empty) {
+            return Err(Error::config("client_assertion_audience", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// The keys and certificates of the client authentication, parsed as they will be used
+    /// (so that a key that does not fit `client_alg` is a configuration error, not a 503).
+    fn validate_client_keys(&self) -> Result<(), Error> {
+        let endpoint = self.introspection_endpoint.as_deref().unwrap_or_default();
+        crate::client_auth::ClientAuthenticator::new(self, endpoint).map(drop)
+    }
+
     /// `client_alg` must suit the client authentication method.
     fn validate_client_alg(&self) -> Result<(), Error> {
         let Some(alg) = &self.client_alg else { return Ok(()) };
@@ -987,7 +1142,8 @@ impl Config {
                 alg.as_str(),
                 "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "ES512" | "EdDSA"
             ),
-            _ => DEFAULT_ALGORITHMS.contains(&alg.as_str()) || alg.starts_with("HS"),
+            // Refused earlier (validate_client_auth_fields): no other method signs anything.
+            _ => false,
         };
         if !ok {
             return Err(Error::config(
@@ -1235,35 +1391,6 @@ impl Config {
                     "must be an origin: scheme://host[:port], without path",
                 ));
             }
-        }
-        Ok(())
-    }
-
-    /// Names the first configured feature this build cannot perform yet, so that it is
-    /// never silently ignored.
-    pub(crate) fn check_supported(&self) -> Result<(), Error> {
-        let auth = self.effective_client_auth();
-        if matches!(auth, ClientAuth::ClientSecretJwt | ClientAuth::PrivateKeyJwt) || auth.is_tls() {
-            return Err(Error::unsupported(
-                "client_auth",
-                format!(
-                    "{} is not implemented yet; use client_secret_basic, client_secret_post or none",
-                    auth.as_str()
-                ),
-            ));
-        }
-        for (field, set) in [
-            ("http_proxy", self.http_proxy.is_some()),
-            ("https_proxy", self.https_proxy.is_some()),
-            ("http_proxy_authorization", self.http_proxy_authorization.is_some()),
-            ("https_proxy_authorization", self.https_proxy_authorization.is_some()),
-        ] {
-            if set {
-                return Err(Error::unsupported(field, "forward proxies are not implemented yet"));
-            }
-        }
-        if self.http_version == HttpVersion::Http10 {
-            return Err(Error::unsupported("http_version", "1.0 is not implemented; use 1.1"));
         }
         Ok(())
     }
@@ -1516,12 +1643,14 @@ mod tests {
         let e = err(with(json!({"introspection_endpoint": "http://user:hunter2@as/introspect"})));
         assert!(!e.contains("hunter2"), "{e}");
         let c = Config::from_value(with(json!({
-            "client_jwk": {"kty": "oct", "k": "c2VjcmV0LWp3ay12YWx1ZQ"},
             "token_exchange": {"client_secret": "te-secret-value"}
         })))
         .unwrap();
         let dbg = format!("{c:?}");
-        assert!(!dbg.contains("kong-secret") && !dbg.contains("c2VjcmV0") && !dbg.contains("te-secret-value"), "{dbg}");
+        assert!(!dbg.contains("kong-secret") && !dbg.contains("te-secret-value"), "{dbg}");
+        // A stale key of another method is refused, without echoing it.
+        let e = err(with(json!({"client_jwk": {"kty": "oct", "k": "c2VjcmV0LWp3ay12YWx1ZQ"}})));
+        assert_eq!(e, "client_jwk: has no effect with client_auth client_secret_basic");
     }
 
     #[test]

@@ -403,6 +403,9 @@ pub(crate) struct Grant {
     /// Why every request with this token is refused although the token is valid
     /// (a consumer or groups claim missing, a claim that cannot be a header).
     pub(crate) refusal: Option<Reason>,
+    /// The raw introspection answer in the `introspection_format` encoding (`None` when
+    /// not configured, or for a local JWT).
+    pub(crate) introspection: Option<Box<str>>,
     /// The validated claims, compact JSON.
     pub(crate) claims_json: Box<str>,
 }
@@ -518,6 +521,17 @@ impl Forward {
     /// The grant whose claims the upstream sees: the exchanged JWT's, else the token's.
     fn effective(&self) -> &Grant {
         self.exchanged.as_ref().and_then(|e| e.projection.as_deref()).unwrap_or(&self.grant)
+    }
+
+    /// The raw introspection result, encoded per `introspection_format`: the JSON object the
+    /// authorization server answered, as text (for a signed RFC 9701 answer, the JSON text of
+    /// its `token_introspection` claim), as is (`string`), in standard base64 with padding
+    /// (`base64`) or in URL-safe base64 without padding (`base64url`). `None` when
+    /// `introspection_format` is unset. The same for every request carrying the token while
+    /// its answer is cached. It describes the token (subject, scopes, client): treat it as
+    /// personal data, not for logs.
+    pub fn introspection(&self) -> Option<&str> {
+        self.grant.introspection.as_deref()
     }
 
     /// The token's expiry (its `exp`), if it has one. Long-lived responses (SSE streams)

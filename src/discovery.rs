@@ -2,11 +2,10 @@
 //! the keys for local JWT validation live (`jwks_uri`), and which issuer they belong to.
 
 use std::borrow::Cow;
-use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::request::{HttpRequest, HttpResponse, Purpose, TransportError, TransportErrorKind, MAX_RESPONSE_BODY};
+use crate::request::{HttpResponse, TransportError, TransportErrorKind, MAX_RESPONSE_BODY};
 use crate::Config;
 
 /// One metadata URL to try, and the issuer its document must name.
@@ -67,18 +66,6 @@ pub(crate) fn candidates(config: &Config) -> Vec<Candidate> {
         }
     }
     out
-}
-
-/// The GET request for a metadata document or a JWKS.
-pub(crate) fn get_request(url: &str, timeout: Duration, purpose: Purpose) -> HttpRequest {
-    HttpRequest {
-        method: "GET",
-        url: url.to_owned(),
-        headers: vec![("Accept".to_owned(), "application/json".to_owned())],
-        body: Vec::new(),
-        timeout,
-        purpose,
-    }
 }
 
 /// Why a JSON document could not be read; `transient` failures are worth retrying.

@@ -11,7 +11,9 @@ use std::fmt;
 pub enum ErrorKind {
     /// The configuration is malformed or inconsistent.
     Config,
-    /// The configuration enables a feature this build does not implement yet.
+    /// The configuration enables a feature this build does not implement yet. No
+    /// configuration is refused this way in this release (every Kong field is implemented);
+    /// the kind stays for hosts that match on it.
     Unsupported,
 }
 
@@ -33,10 +35,6 @@ impl Error {
             field: Some(field.into()).filter(|f: &String| !f.is_empty()),
             message: message.into(),
         }
-    }
-
-    pub(crate) fn unsupported(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error { kind: ErrorKind::Unsupported, field: Some(field.into()), message: message.into() }
     }
 
     /// The kind of error.

@@ -12,12 +12,15 @@ use serde_json::{Map, Value};
 use url::form_urlencoded;
 
 use crate::claims;
-use crate::config::{ActorTokenSource, ClientAuth, ExchangeClientAuth, TokenExchange};
+use crate::client_auth::ClientAuthenticator;
+use crate::clock::UnixMs;
+use crate::config::{ActorTokenSource, ExchangeClientAuth, TokenExchange};
 use crate::decision::{Exchanged, Grant};
 use crate::method::HttpResult;
+use crate::outbound::Outbound;
 use crate::request::{HttpRequest, Purpose, TransportErrorKind, MAX_RESPONSE_BODY};
 use crate::token::Secret;
-use crate::Config;
+use crate::{Config, Error};
 
 const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
@@ -32,7 +35,8 @@ pub(crate) struct Exchanger {
     audience: Vec<String>,
     scope: Option<String>,
     resource: Option<String>,
-    timeout: Duration,
+    /// Timeout, certificate verification, proxy, HTTP version, keep-alive of the call.
+    outbound: Outbound,
     /// `cache.enabled`: exchanged tokens are kept for reuse.
     pub(crate) cache: bool,
     /// `cache.ttl`: how long, when the answer has no `expires_in`.
@@ -41,6 +45,9 @@ pub(crate) struct Exchanger {
 
 /// How the gateway authenticates at the token endpoint.
 enum ExchangeAuth {
+    /// `inherit`: the top-level client authentication, whatever its method (basic, post,
+    /// a JWT assertion with `aud` = the token endpoint, mutual TLS, none).
+    Inherited(Box<ClientAuthenticator>),
     /// `Authorization: Basic …`, computed once.
     Basic(Secret),
     Post {
@@ -63,11 +70,15 @@ pub(crate) enum Actor {
 
 impl Exchanger {
     /// The exchanger of an enabled `token_exchange` (validated by `Config::validate`).
-    pub(crate) fn new(config: &Config, te: &TokenExchange) -> Self {
+    ///
+    /// # Errors
+    /// A configuration error of the inherited client authentication (keys, certificates).
+    pub(crate) fn new(config: &Config, te: &TokenExchange) -> Result<Self, Error> {
         let request = &te.request;
-        let auth = exchange_auth(config, te);
-        Exchanger {
-            endpoint: te.token_endpoint.clone().unwrap_or_default(),
+        let endpoint = te.token_endpoint.clone().unwrap_or_default();
+        let auth = exchange_auth(config, te, &endpoint)?;
+        Ok(Exchanger {
+            endpoint,
             auth,
             subject_token_type: request.subject_token_type.clone(),
             requested_token_type: request.requested_token_type.clone(),
@@ -82,18 +93,27 @@ impl Exchanger {
             audience: request.audience.clone(),
             scope: (!request.scopes.is_empty()).then(|| request.scopes.join(" ")),
             resource: request.resource.clone(),
-            timeout: Duration::from_millis(config.timeout),
+            outbound: Outbound::new(config),
             cache: te.cache.enabled,
             default_ttl: Duration::from_secs(te.cache.ttl),
-        }
+        })
     }
 
     pub(crate) fn actor(&self) -> &Actor {
         &self.actor
     }
 
-    /// The exchange request for the client's token (and the actor token, if any).
-    pub(crate) fn request(&self, subject_token: &str, actor_token: Option<&str>) -> HttpRequest {
+    /// The exchange request for the client's token (and the actor token, if any), at `now`
+    /// (the time of an inherited client assertion).
+    ///
+    /// # Errors
+    /// A secret-free reason when an inherited client assertion could not be signed.
+    pub(crate) fn request(
+        &self,
+        subject_token: &str,
+        actor_token: Option<&str>,
+        now: UnixMs,
+    ) -> Result<HttpRequest, &'static str> {
         let mut form = form_urlencoded::Serializer::new(String::with_capacity(subject_token.len() + 256));
         form.append_pair("grant_type", GRANT_TYPE);
         form.append_pair("subject_token", subject_token);
@@ -114,12 +134,14 @@ impl Exchanger {
         if let Some(resource) = &self.resource {
             form.append_pair("resource", resource);
         }
-        let mut headers = vec![
-            ("Content-Type".to_owned(), "application/x-www-form-urlencoded".to_owned()),
-            ("Accept".to_owned(), "application/json".to_owned()),
-        ];
+        let mut request = self.outbound.request("POST", &self.endpoint, Purpose::TokenExchange);
+        request.headers.push(("Content-Type".to_owned(), "application/x-www-form-urlencoded".to_owned()));
+        request.headers.push(("Accept".to_owned(), "application/json".to_owned()));
         match &self.auth {
-            ExchangeAuth::Basic(header) => headers.push(("Authorization".to_owned(), header.expose().to_owned())),
+            ExchangeAuth::Inherited(auth) => auth.apply(&mut request, &mut form, now)?,
+            ExchangeAuth::Basic(header) => {
+                request.headers.push(("Authorization".to_owned(), header.expose().to_owned()))
+            }
             ExchangeAuth::Post { client_id, client_secret } => {
                 form.append_pair("client_id", client_id);
                 form.append_pair("client_secret", client_secret.expose());
@@ -129,14 +151,8 @@ impl Exchanger {
             }
             ExchangeAuth::None { client_id: None } => {}
         }
-        HttpRequest {
-            method: "POST",
-            url: self.endpoint.clone(),
-            headers,
-            body: form.finish().into_bytes(),
-            timeout: self.timeout,
-            purpose: Purpose::TokenExchange,
-        }
+        request.body = form.finish().into_bytes();
+        Ok(request)
     }
 
     /// Reads the token endpoint's answer. `Err` carries a detail for logs (never the
@@ -201,21 +217,14 @@ impl Exchanger {
     }
 }
 
-fn exchange_auth(config: &Config, te: &TokenExchange) -> ExchangeAuth {
+fn exchange_auth(config: &Config, te: &TokenExchange, endpoint: &str) -> Result<ExchangeAuth, Error> {
     let (method, id, secret) = match te.effective_client_auth() {
         ExchangeClientAuth::Inherit => {
-            let method = match config.effective_client_auth() {
-                ClientAuth::ClientSecretPost => ExchangeClientAuth::ClientSecretPost,
-                ClientAuth::None => ExchangeClientAuth::None,
-                // The JWT and mutual-TLS methods are refused at construction until the
-                // client authentication of introspection supports them.
-                _ => ExchangeClientAuth::ClientSecretBasic,
-            };
-            (method, config.client_id.clone(), config.client_secret.clone())
+            return Ok(ExchangeAuth::Inherited(Box::new(ClientAuthenticator::new(config, endpoint)?)));
         }
         other => (other, te.client_id.clone(), te.client_secret.clone()),
     };
-    match (method, id, secret) {
+    Ok(match (method, id, secret) {
         (ExchangeClientAuth::ClientSecretBasic, Some(id), Some(secret)) => {
             let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             let pair = format!("{}:{}", encode(&id), encode(secret.expose()));
@@ -228,7 +237,7 @@ fn exchange_auth(config: &Config, te: &TokenExchange) -> ExchangeAuth {
             ExchangeAuth::Post { client_id, client_secret }
         }
         (_, client_id, _) => ExchangeAuth::None { client_id },
-    }
+    })
 }
 
 /// The payload of a JWT (decoded, not verified: it came straight from the token endpoint
@@ -252,6 +261,8 @@ mod tests {
     use crate::TransportError;
     use serde_json::json;
 
+    const NOW: UnixMs = UnixMs(1_800_000_000_000);
+
     fn exchanger(te: Value) -> Exchanger {
         let base = json!({"resource": "https://mcp.example/mcp", "authorization_servers": ["https://as.example"],
             "introspection_endpoint": "https://as.example/introspect", "client_id": "gw", "client_secret": "gw-secret",
@@ -262,7 +273,7 @@ mod tests {
         }
         let config = crate::config::test_config(base, json!({"token_exchange": te_all}));
         let te = config.token_exchange.clone().unwrap();
-        Exchanger::new(&config, &te)
+        Exchanger::new(&config, &te).unwrap()
     }
 
     fn form(req: &HttpRequest) -> Vec<(String, String)> {
@@ -279,7 +290,7 @@ mod tests {
             "request": {"audience": ["a1", "a2"], "scopes": ["s1", "s2"], "resource": "https://up.example/mcp",
                         "actor_token_source": "config", "actor_token": "actor-1"}}));
         let Actor::Config(actor) = e.actor() else { panic!() };
-        let req = e.request("subject-1", Some(actor.expose()));
+        let req = e.request("subject-1", Some(actor.expose()), NOW).unwrap();
         assert_eq!(
             (req.method, req.url.as_str(), req.purpose),
             ("POST", "https://as.example/token", Purpose::TokenExchange)
@@ -310,12 +321,12 @@ mod tests {
     #[test]
     fn inherit_and_basic() {
         let e = exchanger(json!({"client_auth": "inherit"}));
-        let req = e.request("t", None);
+        let req = e.request("t", None, NOW).unwrap();
         let basic = base64::engine::general_purpose::STANDARD.encode("gw:gw-secret");
         assert_eq!(header(&req, "authorization"), Some(format!("Basic {basic}").as_str()));
         assert!(!form(&req).iter().any(|(k, _)| k.starts_with("client") || k.starts_with("actor")));
         let e = exchanger(json!({"client_auth": "none", "client_id": "pub"}));
-        assert!(form(&e.request("t", None)).contains(&("client_id".into(), "pub".into())));
+        assert!(form(&e.request("t", None, NOW).unwrap()).contains(&("client_id".into(), "pub".into())));
     }
 
     fn answer(body: Value) -> HttpResult {
@@ -330,6 +341,7 @@ mod tests {
             header_values: Box::default(),
             refusal: None,
             claims_json: "{}".into(),
+            introspection: None,
         })
     }
 
@@ -361,5 +373,28 @@ mod tests {
         let timeout = e.read(Err(TransportError::new(TransportErrorKind::Timeout, "slow")), project);
         assert_eq!(timeout.unwrap_err(), "token exchange: timed out");
         assert!(e.read(Ok(HttpResponse::new(200, "application/json", "[1]")), project).is_err());
+    }
+
+    #[test]
+    fn inherit_uses_the_top_level_client_authentication_and_transport() {
+        let keys: Value = serde_json::from_str(include_str!("../tests/testdata/client-jwks.json")).unwrap();
+        let base = json!({"resource": "https://mcp.example/mcp", "authorization_servers": ["https://as.example"],
+            "introspection_endpoint": "https://as.example/introspect", "client_id": "gw",
+            "client_auth": "private_key_jwt", "client_jwk": keys["ec-p256"].clone(),
+            "https_proxy": "http://proxy.corp:3128", "http_version": 1.0, "passthrough_credentials": true,
+            "token_exchange": {"enabled": true, "token_endpoint": "https://as.example/token", "client_auth": "inherit"}});
+        let config = crate::config::test_config(base, json!({}));
+        let e = Exchanger::new(&config, config.token_exchange.as_ref().unwrap()).unwrap();
+        let req = e.request("t", None, NOW).unwrap();
+        let f = form(&req);
+        let assertion = f.iter().find(|(k, _)| k == "client_assertion").map(|(_, v)| v.clone()).unwrap();
+        let payload = assertion.split('.').nth(1).unwrap();
+        let claims: Value =
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert_eq!(claims["aud"], "https://as.example/token", "the assertion is for the token endpoint");
+        assert_eq!(claims["iat"], 1_800_000_000);
+        assert!(!req.headers.iter().any(|(n, _)| n == "Authorization"));
+        assert_eq!(req.proxy.as_ref().map(|p| p.url()), Some("http://proxy.corp:3128"));
+        assert_eq!(req.http_version, crate::HttpVersion::Http10);
     }
 }

@@ -6,6 +6,10 @@
 //! Fetching metadata and keys is sans-I/O like introspection: [`LocalJwt`] implements
 //! [`TokenValidation`]; each step either finishes or returns the next HTTP request with a
 //! [`JwtStep`]. Every time (cache expiry, the refetch limit) is the caller's `now`.
+//!
+//! The same machinery (header rules, issuer binding, metadata and key caches, signature)
+//! verifies signed introspection answers (RFC 9701) for the introspector, with that
+//! profile's claim rules ([`Profile::IntrospectionResponse`]).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +29,7 @@ use crate::decision::Reason;
 use crate::discovery::{self, AsMetadata, Candidate, Fetched};
 use crate::jwks::{read_jwks, KeySet, Selected};
 use crate::method::{HttpResult, MethodState, Progress, TokenValidation};
+use crate::outbound::Outbound;
 use crate::policy::Outcome;
 use crate::request::{HttpRequest, Purpose};
 use crate::Config;
@@ -67,14 +72,27 @@ pub(crate) enum JwtStep {
     RefetchKeys { slot: usize, url: String },
 }
 
+/// What kind of JWT a [`LocalJwt`] verifies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Profile {
+    /// An access token (RFC 9068): `exp` required, no ID/refresh/logout tokens, `typ` per
+    /// `access_token_type`.
+    AccessToken { require_at_jwt: bool },
+    /// A signed introspection answer (RFC 9701 §5): JOSE `typ`
+    /// `token-introspection+jwt`, `aud` the gateway's `client_id`, a `token_introspection`
+    /// object.
+    IntrospectionResponse { audience: String },
+}
+
 /// Local JWT validation for one validator: policy plus the metadata and key caches.
 pub(crate) struct LocalJwt {
     /// One `jsonwebtoken` validation per allowed algorithm, built once.
     validations: Vec<(Algorithm, Validation)>,
     issuers: IssuerBinding,
-    require_at_jwt: bool,
+    profile: Profile,
     leeway: i64,
     timeout: Duration,
+    outbound: Outbound,
     source: Source,
     retry: u32,
     jwks_ttl: Duration,
@@ -98,7 +116,19 @@ struct Refetch {
 }
 
 impl LocalJwt {
+    /// Validation of access tokens.
     pub(crate) fn new(config: &Config) -> Self {
+        let require_at_jwt = config.access_token_type == AccessTokenType::AtJwt;
+        LocalJwt::with_profile(config, Profile::AccessToken { require_at_jwt })
+    }
+
+    /// Verification of signed introspection answers addressed to the gateway's `client_id`.
+    pub(crate) fn for_introspection_responses(config: &Config) -> Self {
+        let audience = config.client_id.clone().unwrap_or_default();
+        LocalJwt::with_profile(config, Profile::IntrospectionResponse { audience })
+    }
+
+    fn with_profile(config: &Config, profile: Profile) -> Self {
         let validations = config
             .effective_algorithms()
             .iter()
@@ -123,9 +153,10 @@ impl LocalJwt {
         LocalJwt {
             validations,
             issuers: IssuerBinding::new(config),
-            require_at_jwt: config.access_token_type == AccessTokenType::AtJwt,
+            profile,
             leeway: i64::try_from(config.jwt_claims_leeway).unwrap_or(i64::MAX),
             timeout: Duration::from_millis(config.timeout),
+            outbound: Outbound::new(config),
             source,
             retry: config.metadata_discovery_retry.max(1),
             jwks_ttl: Duration::from_secs(config.jwks_cache_ttl),
@@ -159,7 +190,7 @@ impl LocalJwt {
                         self.with_keys(token, &header, now)
                     }
                     Fetched::Failed(detail) if attempt < self.retry => need(
-                        discovery::get_request(&current.url, self.timeout, Purpose::Discovery),
+                        self.outbound.get_json(&current.url, Purpose::Discovery),
                         JwtStep::Discover { candidate, attempt: attempt + 1, transient: Some(detail) },
                     ),
                     Fetched::Failed(detail) => self.next_candidate(candidates, candidate, Some(detail.clone()), detail),
@@ -199,7 +230,7 @@ impl LocalJwt {
         let next = after + 1;
         match candidates.get(next).filter(|c| c.server == candidates[after].server) {
             Some(c) => need(
-                discovery::get_request(&c.url, self.timeout, Purpose::Discovery),
+                self.outbound.get_json(&c.url, Purpose::Discovery),
                 JwtStep::Discover { candidate: next, attempt: 1, transient },
             ),
             None => match transient {
@@ -234,7 +265,7 @@ impl LocalJwt {
         }
         Err(Box::new(match candidates.iter().position(|c| c.server == slot) {
             Some(candidate) => need(
-                discovery::get_request(&candidates[candidate].url, self.timeout, Purpose::Discovery),
+                self.outbound.get_json(&candidates[candidate].url, Purpose::Discovery),
                 JwtStep::Discover { candidate, attempt: 1, transient: None },
             ),
             None => unavailable("discovery: no metadata URL can be derived"),
@@ -265,7 +296,7 @@ impl LocalJwt {
     }
 
     fn jwks_request(&self, url: &str) -> HttpRequest {
-        discovery::get_request(url, self.timeout, Purpose::Jwks)
+        self.outbound.get_json(url, Purpose::Jwks)
     }
 
     /// True (and the refetch is recorded) if `url` was not refetched in the last 60 s.
@@ -294,7 +325,7 @@ impl LocalJwt {
             Err(reason) => return invalid(reason),
         };
         match self.check_claims(&claims, slot, now.secs()) {
-            Ok(()) => Progress::Claims(claims),
+            Ok(()) => Progress::Claims(claims, None),
             Err(reason) => invalid(reason),
         }
     }
@@ -325,11 +356,19 @@ impl LocalJwt {
             Some(Value::String(k)) => Some(k.clone()),
             Some(_) => return Err(Reason::TokenMalformed),
         };
-        if self.require_at_jwt {
-            let ok = header
-                .get("typ")
-                .and_then(Value::as_str)
-                .is_some_and(|t| t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt"));
+        let required_typ = match &self.profile {
+            Profile::AccessToken { require_at_jwt: true } => Some("at+jwt"),
+            Profile::AccessToken { require_at_jwt: false } => None,
+            // RFC 9701 §5 (explicit typing, RFC 8725 §3.11): an access token or an ID token
+            // signed by the same keys is never taken for an introspection answer.
+            Profile::IntrospectionResponse { .. } => Some("token-introspection+jwt"),
+        };
+        if let Some(typ) = required_typ {
+            let ok = header.get("typ").and_then(Value::as_str).is_some_and(|t| {
+                t.eq_ignore_ascii_case(typ)
+                    || t.get(..12).is_some_and(|p| p.eq_ignore_ascii_case("application/"))
+                        && t[12..].eq_ignore_ascii_case(typ)
+            });
             if !ok {
                 return Err(Reason::TokenTypeInvalid);
             }
@@ -359,12 +398,36 @@ impl LocalJwt {
     /// `exp` present, `iat` not in the future, `iss` accepted and bound to the key slot
     /// that verified the signature. (`exp`/`nbf` times and `aud` are checked by the policy.)
     fn check_claims(&self, claims: &Map<String, Value>, slot: usize, now: i64) -> Result<(), Reason> {
-        if !claims::is_access_token(claims) {
-            return Err(Reason::TokenTypeInvalid);
-        }
-        match claims::numeric_date(claims, "exp") {
-            Ok(Some(_)) => {}
-            _ => return Err(Reason::TokenMalformed),
+        match &self.profile {
+            Profile::AccessToken { .. } => {
+                if !claims::is_access_token(claims) {
+                    return Err(Reason::TokenTypeInvalid);
+                }
+                match claims::numeric_date(claims, "exp") {
+                    Ok(Some(_)) => {}
+                    _ => return Err(Reason::TokenMalformed),
+                }
+            }
+            Profile::IntrospectionResponse { audience } => {
+                // RFC 9701 §5: addressed to this resource server; the answer itself is the
+                // `token_introspection` object. An `exp`, if the server sets one, holds.
+                let addressed = match claims.get("aud") {
+                    Some(Value::String(a)) => a == audience,
+                    Some(Value::Array(all)) => all.iter().any(|a| a.as_str() == Some(audience.as_str())),
+                    _ => false,
+                };
+                if !addressed {
+                    return Err(Reason::AudienceMismatch);
+                }
+                if !claims.get("token_introspection").is_some_and(Value::is_object) {
+                    return Err(Reason::TokenMalformed);
+                }
+                match claims::numeric_date(claims, "exp") {
+                    Ok(Some(exp)) if exp <= now.saturating_sub(self.leeway) => return Err(Reason::TokenExpired),
+                    Ok(_) => {}
+                    Err(()) => return Err(Reason::TokenMalformed),
+                }
+            }
         }
         match claims::numeric_date(claims, "iat") {
             Ok(Some(iat)) if iat > now.saturating_add(self.leeway) => return Err(Reason::TokenNotYetValid),
@@ -482,7 +545,7 @@ impl TokenValidation for LocalJwt {
     fn resume(&self, token: &str, state: MethodState, result: HttpResult, now: UnixMs) -> Progress {
         match state {
             MethodState::Jwt(step) => self.resume_step(token, step, result, now),
-            MethodState::Introspect => unavailable("jwt: unexpected step"),
+            MethodState::Introspect | MethodState::IntrospectKeys(_) => unavailable("jwt: unexpected step"),
         }
     }
 }

@@ -61,6 +61,7 @@
 
 mod cache;
 mod claims;
+mod client_auth;
 mod clock;
 pub mod config;
 mod decision;
@@ -79,6 +80,7 @@ mod jwt;
 mod metadata;
 mod method;
 mod metrics;
+mod outbound;
 mod policy;
 mod request;
 mod scopes;
@@ -89,13 +91,14 @@ mod ureq_transport;
 mod validator;
 
 pub use crate::claims::MAX_HEADER_VALUE_LEN;
-pub use crate::config::Config;
+pub use crate::config::{Config, HttpVersion};
 pub use crate::decision::{Decision, Forward, Identity, LogLevel, Reason, Refusal, Response};
 pub use crate::error::{Error, ErrorKind};
 pub use crate::metrics::MetricsSnapshot;
 pub use crate::policy::Policy;
 pub use crate::request::{
-    HttpRequest, HttpResponse, Purpose, Request, TransportError, TransportErrorKind, MAX_RESPONSE_BODY,
+    ClientCertificate, HttpRequest, HttpResponse, ProxyRoute, Purpose, Request, TransportError, TransportErrorKind,
+    MAX_RESPONSE_BODY,
 };
 pub use crate::token::{Secret, MAX_TOKEN_LEN};
 pub use crate::transport::Transport;

@@ -8,14 +8,17 @@ use crate::clock::UnixMs;
 use crate::jwt::JwtStep;
 use crate::policy::Outcome;
 use crate::request::{HttpRequest, HttpResponse, TransportError};
+use crate::token::Secret;
 
 /// The result of one HTTP exchange the host performed.
 pub(crate) type HttpResult = Result<HttpResponse, TransportError>;
 
 /// Where a validation stands after a step.
 pub(crate) enum Progress {
-    /// The token is genuine and active: the policy's token rules apply to these claims.
-    Claims(Map<String, Value>),
+    /// The token is genuine and active: the policy's token rules apply to these claims. The
+    /// second member is the raw introspection result as the host sees it
+    /// (`introspection_format`), when configured.
+    Claims(Map<String, Value>, Option<Box<str>>),
     /// Decided without claims (rejected, or the authorization server failed).
     Done(Outcome),
     /// Perform this request, then resume with the state.
@@ -30,6 +33,18 @@ pub(crate) enum MethodState {
     Introspect,
     /// Authorization-server metadata or a key set for local JWT validation.
     Jwt(JwtStep),
+    /// Authorization-server metadata or a key set to verify a signed (RFC 9701)
+    /// introspection answer, kept here meanwhile.
+    IntrospectKeys(Box<IntrospectKeys>),
+}
+
+/// A signed introspection answer waiting for the keys that verify it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IntrospectKeys {
+    /// The compact JWS the authorization server answered (token facts: redacted).
+    pub(crate) response: Secret,
+    /// What is being fetched.
+    pub(crate) step: JwtStep,
 }
 
 /// A way to validate a token.

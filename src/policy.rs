@@ -249,8 +249,9 @@ impl Policy {
     }
 
     /// Applies the token-level rules (time, audience) to validated claims and keeps what
-    /// decisions need: nothing else of the claims is kept.
-    pub(crate) fn grant(&self, claims: &Map<String, Value>, now: UnixMs) -> Outcome {
+    /// decisions need ([`Policy::project`]), with the raw introspection answer already
+    /// encoded per `introspection_format`, when configured.
+    pub(crate) fn grant(&self, claims: &Map<String, Value>, introspection: Option<Box<str>>, now: UnixMs) -> Outcome {
         let (Ok(exp), Ok(nbf)) = (claims::numeric_date(claims, "exp"), claims::numeric_date(claims, "nbf")) else {
             return Outcome::invalid(Reason::TokenMalformed);
         };
@@ -260,13 +261,24 @@ impl Policy {
         if !self.audience.audience_matches(claims.get("aud")) {
             return Outcome::invalid(Reason::AudienceMismatch);
         }
-        Outcome::Valid(self.project(claims, exp, nbf))
+        Outcome::Valid(self.project_with(claims, exp, nbf, introspection))
     }
 
     /// What a request forwarded with these claims carries: the claim header values, the
     /// identity, a refusal (consumer or groups claim missing, a claim that cannot be a
     /// header) and the claims as compact JSON, rendered once.
     pub(crate) fn project(&self, claims: &Map<String, Value>, exp: Option<i64>, nbf: Option<i64>) -> Arc<Grant> {
+        self.project_with(claims, exp, nbf, None)
+    }
+
+    /// [`Policy::project`], keeping the raw introspection answer (`introspection_format`).
+    fn project_with(
+        &self,
+        claims: &Map<String, Value>,
+        exp: Option<i64>,
+        nbf: Option<i64>,
+        introspection: Option<Box<str>>,
+    ) -> Arc<Grant> {
         let (header_values, header_invalid) = match self.headers.render(claims) {
             Ok(values) => (values, false),
             Err(_) => (Box::default(), true),
@@ -305,7 +317,7 @@ impl Policy {
             None
         };
         let claims_json = serde_json::to_string(claims).expect("a JSON map serializes").into_boxed_str();
-        Arc::new(Grant { exp, nbf, identity, header_values, refusal, claims_json })
+        Arc::new(Grant { exp, nbf, identity, header_values, refusal, claims_json, introspection })
     }
 
     /// An allowed request once its token is exchanged: the upstream gets the exchanged
@@ -616,7 +628,7 @@ mod tests {
     }
 
     fn grant(p: &Policy, claims: Value, now: UnixMs) -> Outcome {
-        p.grant(claims.as_object().unwrap(), now)
+        p.grant(claims.as_object().unwrap(), None, now)
     }
 
     #[test]

@@ -3,7 +3,11 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::config::HttpVersion;
+use crate::token::Secret;
 
 /// The parts of one client request that the validator needs. Borrowed from the host's own
 /// request representation; building one allocates only the header list.
@@ -95,9 +99,14 @@ impl Purpose {
     }
 }
 
-/// An HTTP request the host must perform for the validator (to the authorization server).
+/// An HTTP request the host must perform for the validator (to the authorization server),
+/// with everything a host doing its own I/O needs to perform it as configured: where to
+/// connect (directly or through a forward proxy), which HTTP version, whether to reuse the
+/// connection, whether to verify the server's certificate, and which client certificate to
+/// present.
 ///
-/// Its body and headers carry the token and client credentials: `Debug` redacts them.
+/// Its body and headers carry the token and client credentials, the client key and the
+/// proxy credentials are secrets: `Debug` redacts them all.
 #[derive(Clone)]
 pub struct HttpRequest {
     /// `GET` or `POST`.
@@ -113,6 +122,24 @@ pub struct HttpRequest {
     pub timeout: Duration,
     /// What the call is for.
     pub purpose: Purpose,
+    /// For `https://` URLs: verify the server's certificate chain and name (`ssl_verify`;
+    /// on the mutual-TLS introspection call, `tls_client_auth_ssl_verify`). `false` is a
+    /// deliberate operator choice (e.g. a self-signed authorization server): skip the
+    /// verification then. Meaningless for `http://` URLs.
+    pub verify_certificate: bool,
+    /// The client certificate to present in the TLS handshake (RFC 8705 mutual TLS:
+    /// `client_auth` `tls_client_auth` or `self_signed_tls_client_auth`, on the
+    /// introspection call only). `None`: present none.
+    pub client_certificate: Option<ClientCertificate>,
+    /// The forward proxy to send the request through (`http_proxy` for `http://` URLs,
+    /// `https_proxy` for `https://` URLs, unless `no_proxy` names the host). `None`: connect
+    /// to the URL's host directly.
+    pub proxy: Option<ProxyRoute>,
+    /// The HTTP version to speak (`http_version`).
+    pub http_version: HttpVersion,
+    /// Whether the connection may be kept open and reused for later calls (`keepalive`);
+    /// `false`: a fresh connection for this call, closed after it.
+    pub keepalive: bool,
 }
 
 impl fmt::Debug for HttpRequest {
@@ -124,6 +151,96 @@ impl fmt::Debug for HttpRequest {
             .field("body", &format_args!("[redacted; {} bytes]", self.body.len()))
             .field("timeout", &self.timeout)
             .field("purpose", &self.purpose)
+            .field("verify_certificate", &self.verify_certificate)
+            .field("client_certificate", &self.client_certificate)
+            .field("proxy", &self.proxy)
+            .field("http_version", &self.http_version)
+            .field("keepalive", &self.keepalive)
+            .finish()
+    }
+}
+
+/// The TLS client certificate an [`HttpRequest`] must be sent with (RFC 8705), from
+/// `tls_client_auth_cert` and `tls_client_auth_key`, checked at construction: the
+/// certificate PEM holds at least one certificate (the first is the client's, any others
+/// its chain) and the key PEM one private key (PKCS#8, PKCS#1 RSA or SEC1 EC) that belongs
+/// to it. Cheap to clone (shared). `Debug` prints neither.
+#[derive(Clone)]
+pub struct ClientCertificate {
+    pem: Arc<(String, Secret)>,
+}
+
+impl ClientCertificate {
+    pub(crate) fn new(cert_pem: String, key_pem: Secret) -> Self {
+        ClientCertificate { pem: Arc::new((cert_pem, key_pem)) }
+    }
+
+    /// The certificate chain, PEM (`-----BEGIN CERTIFICATE-----` blocks; the client's own
+    /// certificate first), as configured.
+    pub fn cert_pem(&self) -> &str {
+        &self.pem.0
+    }
+
+    /// The private key, PEM, as configured. A secret: never log it.
+    pub fn key_pem(&self) -> &str {
+        self.pem.1.expose()
+    }
+}
+
+impl fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientCertificate([redacted])")
+    }
+}
+
+impl PartialEq for ClientCertificate {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.pem, &other.pem) || *self.pem == *other.pem
+    }
+}
+
+impl Eq for ClientCertificate {}
+
+/// A forward proxy an [`HttpRequest`] goes through (decided by the core from `http_proxy`,
+/// `https_proxy`, their `*_proxy_authorization` and `no_proxy`).
+///
+/// How to use it (RFC 9110 §9.3.6, RFC 9112 §3.2): for an `https://` URL, open a tunnel
+/// with `CONNECT host:port` to the proxy (sending [`ProxyRoute::authorization`] as
+/// `Proxy-Authorization` on the `CONNECT`), then TLS to the authorization server through it
+/// (end to end: the proxy sees no plaintext). For an `http://` URL, either send the request
+/// to the proxy in absolute form (`POST http://host/path HTTP/1.1`, with
+/// `Proxy-Authorization` on it) or tunnel it the same way; the built-in ureq transport
+/// tunnels both. A proxy answer other than 2xx to the `CONNECT` (407: wrong credentials) is
+/// a failed call (report [`TransportErrorKind::Connect`]).
+///
+/// Cheap to clone (shared). `Debug` redacts the authorization.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyRoute {
+    inner: Arc<(String, Option<Secret>)>,
+}
+
+impl ProxyRoute {
+    pub(crate) fn new(url: String, authorization: Option<Secret>) -> Self {
+        ProxyRoute { inner: Arc::new((url, authorization)) }
+    }
+
+    /// The proxy's URL, `http://host[:port]` (port 80 when absent), as configured.
+    pub fn url(&self) -> &str {
+        &self.inner.0
+    }
+
+    /// The complete `Proxy-Authorization` header value (e.g. `Basic dXNlcjpwYXNz`), when
+    /// configured. A secret: never log it.
+    pub fn authorization(&self) -> Option<&str> {
+        self.inner.1.as_ref().map(Secret::expose)
+    }
+}
+
+impl fmt::Debug for ProxyRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyRoute")
+            .field("url", &self.url())
+            .field("authorization", &self.inner.1.as_ref().map(|_| "[redacted]"))
             .finish()
     }
 }

@@ -148,22 +148,23 @@ impl Validator {
     /// Validates the configuration and builds the validator.
     ///
     /// # Errors
-    /// A configuration error naming the field, or [`ErrorKind::Unsupported`](crate::ErrorKind)
-    /// naming a configured feature this build does not implement yet.
+    /// A configuration error naming the field.
     pub fn new(config: Config) -> Result<Self, Error> {
         config.validate()?;
-        config.check_supported()?;
         let method: Box<dyn TokenValidation> = match &config.introspection_endpoint {
             // Introspection always wins when configured, as in Kong.
-            Some(url) => Box::new(Introspector::new(&config, url)),
+            Some(url) => Box::new(Introspector::new(&config, url)?),
             None => Box::new(LocalJwt::new(&config)),
         };
         let cache = config.cache_introspection.then(|| TtlCache::new(config.cache_max_entries));
-        let exchange = config.token_exchange.as_ref().filter(|t| t.enabled).map(|te| {
-            let exchanger = Exchanger::new(&config, te);
-            let cache = exchanger.cache.then(|| TtlCache::new(config.cache_max_entries));
-            Exchange { exchanger, cache, flights: Flights::new() }
-        });
+        let exchange = match config.token_exchange.as_ref().filter(|t| t.enabled) {
+            Some(te) => {
+                let exchanger = Exchanger::new(&config, te)?;
+                let cache = exchanger.cache.then(|| TtlCache::new(config.cache_max_entries));
+                Some(Exchange { exchanger, cache, flights: Flights::new() })
+            }
+            None => None,
+        };
         let shared = Shared {
             policy: Policy::new(config),
             method,
@@ -432,8 +433,8 @@ impl Shared {
     /// (or a ticket, when another validation is already fetching that document).
     fn advance(shared: &Arc<Shared>, flow: Box<Flow>, progress: Progress, fetched_at: UnixMs, now: UnixMs) -> Step {
         match progress {
-            Progress::Claims(claims) => {
-                Shared::finish(shared, flow, shared.policy.grant(&claims, now), fetched_at, now)
+            Progress::Claims(claims, introspection) => {
+                Shared::finish(shared, flow, shared.policy.grant(&claims, introspection, now), fetched_at, now)
             }
             Progress::Done(outcome) => Shared::finish(shared, flow, outcome, fetched_at, now),
             Progress::Need(http, state) => {
@@ -499,7 +500,13 @@ impl Shared {
             lead.complete(ExchangeSettled { result: Ok(Arc::clone(&exchanged)) });
             return Step::Done(shared.policy.with_exchange(&job.ctx, forward.clone(), exchanged));
         }
-        let http = ex.exchanger.request(job.token.expose(), job.actor.as_ref().map(Secret::expose));
+        let http = match ex.exchanger.request(job.token.expose(), job.actor.as_ref().map(Secret::expose), now) {
+            Ok(http) => http,
+            Err(detail) => {
+                lead.complete(ExchangeSettled { result: Err(Cow::Borrowed(detail)) });
+                return Step::Done(shared.policy.unavailable(&job.ctx, Cow::Borrowed(detail)));
+            }
+        };
         let flow = Box::new(ExchangeFlow { job, forward: forward.clone(), key, lead });
         let stage = Stage::Exchange(flow);
         let (purpose, issued) = (http.purpose, now);
@@ -547,11 +554,16 @@ impl Shared {
     /// The key of the response a step waits for (see [`Pending::cache_key`]).
     fn step_key(&self, flow: &Flow, state: &MethodState, url: &str, now: UnixMs) -> Key {
         let url = url.as_bytes();
-        match state {
-            MethodState::Introspect => flow.key,
-            MethodState::Jwt(JwtStep::Discover { .. }) => self.policy.derived_key(&[b"discovery", url]),
-            MethodState::Jwt(JwtStep::FetchKeys { .. }) => self.policy.derived_key(&[b"jwks", url]),
-            MethodState::Jwt(JwtStep::RefetchKeys { .. }) => {
+        let step = match state {
+            MethodState::Introspect => return flow.key,
+            // The keys that verify a signed introspection answer are the same documents.
+            MethodState::Jwt(step) => step,
+            MethodState::IntrospectKeys(waiting) => &waiting.step,
+        };
+        match step {
+            JwtStep::Discover { .. } => self.policy.derived_key(&[b"discovery", url]),
+            JwtStep::FetchKeys { .. } => self.policy.derived_key(&[b"jwks", url]),
+            JwtStep::RefetchKeys { .. } => {
                 let minute = now.secs().div_euclid(60).to_le_bytes();
                 self.policy.derived_key(&[b"jwks-refetch", url, &minute])
             }
@@ -560,15 +572,14 @@ impl Shared {
 
     /// How long a follower may sensibly wait for a token's validation: every call it
     /// may chain (local JWT: discovery across every server with retries, then two key
-    /// fetches; an exchange after either), each bounded by `timeout`, plus a second.
+    /// fetches; introspection: one more call before those, when the answer is signed; an
+    /// exchange after either), each bounded by `timeout`, plus a second.
     fn max_wait(&self) -> Duration {
         let config = self.policy.config();
-        let calls = if config.introspection_endpoint.is_some() {
-            2
-        } else {
-            let servers = config.authorization_servers.len() as u64;
-            3 * servers * u64::from(config.metadata_discovery_retry) + 2
-        } + u64::from(self.exchange.is_some());
+        let servers = config.authorization_servers.len() as u64;
+        let key_calls = 3 * servers * u64::from(config.metadata_discovery_retry) + 2;
+        let calls = if config.introspection_endpoint.is_some() { 1 + key_calls } else { key_calls }
+            + u64::from(self.exchange.is_some());
         Duration::from_millis(config.timeout.saturating_mul(calls)) + Duration::from_secs(1)
     }
 }
@@ -822,7 +833,8 @@ mod tests {
         let Step::Need(_, _pending) = v.begin(&req, t0) else { panic!() };
         let Step::Wait(ticket) = v.begin(&req, t0) else { panic!() };
         assert!(!ticket.wait(Duration::from_millis(5)));
-        assert_eq!(ticket.max_wait(), Duration::from_millis(2 * 10_000 + 1_000));
+        // Introspection, then (for a signed answer) discovery with 3 tries and two key fetches.
+        assert_eq!(ticket.max_wait(), Duration::from_millis(12 * 10_000 + 1_000));
         let Step::Done(d) = ticket.resume(t0) else { panic!() };
         assert_eq!(d.as_response().unwrap().status(), 503);
     }

@@ -812,19 +812,17 @@ fn kong_documentation_config_works_unchanged() {
 }
 
 #[test]
-fn unsupported_features_are_named_errors() {
+fn formerly_unsupported_features_build() {
     let base = |extra: Value| Config::from_value(config_json("http://127.0.0.1:9/i", extra)).unwrap();
-    for (extra, field) in [
-        (json!({"client_auth": "private_key_jwt", "client_jwk": {"kty": "RSA"}}), "client_auth"),
-        (json!({"http_proxy": "http://proxy:3128"}), "http_proxy"),
+    // Forward proxies and HTTP/1.0 (issue 10), token exchange (issue 11).
+    for extra in [
+        json!({"http_proxy": "http://proxy:3128", "http_proxy_authorization": "Basic dTpw", "no_proxy": "as.internal"}),
+        json!({"https_proxy": "http://proxy:3128"}),
+        json!({"http_version": 1.0, "keepalive": false}),
+        json!({"passthrough_credentials": true, "token_exchange": {"enabled": true, "token_endpoint": "http://as/token"}}),
     ] {
-        let err = Validator::new(base(extra.clone())).unwrap_err();
-        assert_eq!(err.kind(), mcp_oauth2::ErrorKind::Unsupported, "{extra}");
-        assert_eq!(err.field(), Some(field), "{err}");
+        assert!(Validator::new(base(extra.clone())).is_ok(), "{extra}");
     }
-    // Token exchange (issue 11) is implemented.
-    let exchange = json!({"passthrough_credentials": true, "token_exchange": {"enabled": true, "token_endpoint": "http://as/token"}});
-    assert!(Validator::new(base(exchange)).is_ok());
     // Local JWT validation (branch jwt) lifted the former introspection_endpoint requirement.
     assert!(Validator::new(base(json!({"introspection_endpoint": null, "jwks_endpoint": "http://as/jwks"}))).is_ok());
 }

@@ -645,6 +645,35 @@ pub unsafe extern "C" fn mcp_oauth2_decision_credential(
     unsafe { identity_str(decision, credential_out, Identity::credential) }
 }
 
+/// The raw introspection result, encoded per the configured `introspection_format`: the
+/// JSON object the authorization server answered, as text (for a signed RFC 9701 answer, the
+/// JSON text of its `token_introspection` claim), as is (`string`), in standard base64 with
+/// padding (`base64`) or in URL-safe base64 without padding (`base64url`). It describes the
+/// token (subject, scopes, client): treat it as personal data, not for logs.
+///
+/// `introspection_out` receives a view into `decision`, valid until it is freed (not
+/// NUL-terminated).
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` when `introspection_format` is unset (also: local JWT
+/// validation) or the decision is denied; `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `decision` is NULL or live; `introspection_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same decision.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_decision_introspection(
+    decision: *const mcp_oauth2_decision,
+    introspection_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        get(decision, introspection_out, |d| {
+            forward(d)?.introspection().map(mcp_oauth2_str::of).ok_or(mcp_oauth2_result::Absent)
+        })
+    }
+}
+
 /// The number of values of the configured `consumer_groups_claim`.
 ///
 /// # Errors

@@ -9,7 +9,10 @@ use super::{
     mcp_oauth2_decision, mcp_oauth2_header, mcp_oauth2_result, mcp_oauth2_str, out, slice, system_time, write_out,
     write_pair, Result,
 };
-use crate::{Decision, HttpRequest, HttpResponse, Pending, Purpose, Step, Ticket, TransportError, TransportErrorKind};
+use crate::{
+    Decision, HttpRequest, HttpResponse, HttpVersion, Pending, Purpose, Step, Ticket, TransportError,
+    TransportErrorKind,
+};
 
 /// How an HTTP exchange failed, for `mcp_oauth2_pending_fail` (passed as a `uint32_t`).
 #[repr(u32)]
@@ -33,7 +36,9 @@ pub enum mcp_oauth2_transport_error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mcp_oauth2_pending_state {
     /// The host performs the HTTP request it describes (`_method`, `_url`, `_header`,
-    /// `_body`, `_timeout_ms`), then calls `mcp_oauth2_pending_resume` or
+    /// `_body`, `_timeout_ms`; how to connect: `_verify_certificate`, `_client_certificate`,
+    /// `_proxy_url`, `_proxy_authorization`, `_http_version`, `_keepalive`), then calls
+    /// `mcp_oauth2_pending_resume` or
     /// `mcp_oauth2_pending_fail`. This request leads: concurrent requests for the same token
     /// wait for it.
     Http = 1,
@@ -51,8 +56,8 @@ pub enum mcp_oauth2_pending_state {
 /// host, freed with `mcp_oauth2_pending_free`, also after it was resumed. Freeing it
 /// unresumed abandons the validation: requests waiting on it get a 503.
 ///
-/// Its request carries the token and the gateway's client credentials: do not log the body
-/// or the `Authorization` header.
+/// Its request carries the token and the gateway's client credentials: do not log the body,
+/// the `Authorization` header, the client key or the `Proxy-Authorization` value.
 ///
 /// Thread safety: the getters may run concurrently with each other; `resume`, `fail` and
 /// `continue` must not run concurrently with anything else on the same pending. A pending
@@ -191,7 +196,8 @@ pub enum mcp_oauth2_purpose {
     Introspection = 1,
     /// RFC 8414 / OpenID Connect authorization-server metadata (to find the keys).
     Discovery = 2,
-    /// The authorization server's JSON Web Key Set, for local JWT validation.
+    /// The authorization server's JSON Web Key Set: for local JWT validation, or to verify
+    /// a signed (RFC 9701) introspection answer.
     Jwks = 3,
     /// RFC 8693 token exchange (`token_exchange`): the answer is about this token (and the
     /// actor token) alone, like an introspection answer.
@@ -358,6 +364,199 @@ pub unsafe extern "C" fn mcp_oauth2_pending_timeout_ms(
         let ms = u64::try_from(http.timeout.as_millis()).unwrap_or(u64::MAX);
         // SAFETY: checked by `out`; writable per the caller contract.
         unsafe { write_out(timeout_ms_out, ms) };
+        Ok(())
+    })
+}
+
+/// Whether to verify the authorization server's certificate (chain and name) on this call,
+/// for an `https://` URL: the configured `ssl_verify`, or `tls_client_auth_ssl_verify` on
+/// the mutual-TLS introspection call. `false` is a deliberate operator choice (e.g. a
+/// self-signed authorization server): skip the verification then. Meaningless for
+/// `http://` URLs.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
+///
+/// # Safety
+/// `pending` is NULL or live; `verify_out` is NULL or writable.
+/// Thread safety: see `mcp_oauth2_pending`.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_pending_verify_certificate(
+    pending: *const mcp_oauth2_pending,
+    verify_out: *mut bool,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let http = unsafe { http_of(pending) }?;
+        let verify_out = out(verify_out)?;
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(verify_out, http.verify_certificate) };
+        Ok(())
+    })
+}
+
+/// The TLS client certificate to present on this call (RFC 8705 mutual TLS: `client_auth`
+/// `tls_client_auth` or `self_signed_tls_client_auth`, on the introspection call only):
+/// the configured `tls_client_auth_cert` (PEM; the client's certificate first, then its
+/// chain) and `tls_client_auth_key` (PEM private key: a secret, never log it). Checked at
+/// construction: both parse and the key belongs to the certificate.
+///
+/// `cert_pem_out` and `key_pem_out` receive views into `pending`, valid until it is resumed
+/// or freed (not NUL-terminated; copy them if your TLS library needs C strings). Neither is
+/// written on an error.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` when the call presents no client certificate;
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
+///
+/// # Safety
+/// `pending` is NULL or live; `cert_pem_out` and `key_pem_out` are NULL or writable.
+/// Thread safety: see `mcp_oauth2_pending`.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_pending_client_certificate(
+    pending: *const mcp_oauth2_pending,
+    cert_pem_out: *mut mcp_oauth2_str,
+    key_pem_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let http = unsafe { http_of(pending) }?;
+        let pair = || {
+            let c = http.client_certificate.as_ref().ok_or(mcp_oauth2_result::Absent)?;
+            Ok((c.cert_pem(), c.key_pem()))
+        };
+        // SAFETY: writable outputs per the caller contract; views into `pending`.
+        unsafe { write_pair(cert_pem_out, key_pem_out, pair) }
+    })
+}
+
+/// The forward proxy to send this call through, `http://host[:port]` (port 80 when
+/// absent): `https_proxy` for an `https://` URL, `http_proxy` for an `http://` URL, unless
+/// `no_proxy` names the host. For an `https://` URL open a tunnel with `CONNECT host:port`
+/// (with `mcp_oauth2_pending_proxy_authorization` as `Proxy-Authorization`), then TLS to the
+/// authorization server inside it; for an `http://` URL send the request to the proxy in
+/// absolute form (`POST http://host/path HTTP/1.1`, with `Proxy-Authorization`) or tunnel it
+/// the same way. A proxy answer other than 2xx (407: wrong credentials) is a failed call:
+/// `mcp_oauth2_pending_fail` with `MCP_OAUTH2_TRANSPORT_ERROR_CONNECT`.
+///
+/// `url_out` receives a view into `pending`, valid until it is resumed or freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` when the call goes directly to the URL's host;
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
+///
+/// # Safety
+/// `pending` is NULL or live; `url_out` is NULL or writable.
+/// Thread safety: see `mcp_oauth2_pending`.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_pending_proxy_url(
+    pending: *const mcp_oauth2_pending,
+    url_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let http = unsafe { http_of(pending) }?;
+        let url_out = out(url_out)?;
+        let proxy = http.proxy.as_ref().ok_or(mcp_oauth2_result::Absent)?;
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(url_out, mcp_oauth2_str::of(proxy.url())) };
+        Ok(())
+    })
+}
+
+/// The whole `Proxy-Authorization` value to send to the proxy of this call (the configured
+/// `http_proxy_authorization` or `https_proxy_authorization`, e.g. `Basic dXNlcjpwYXNz`): on
+/// the `CONNECT`, or on the absolute-form request. A secret: never log it.
+///
+/// `authorization_out` receives a view into `pending`, valid until it is resumed or freed.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` when the call goes directly, or its proxy has no configured
+/// authorization; `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
+///
+/// # Safety
+/// `pending` is NULL or live; `authorization_out` is NULL or writable.
+/// Thread safety: see `mcp_oauth2_pending`.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_pending_proxy_authorization(
+    pending: *const mcp_oauth2_pending,
+    authorization_out: *mut mcp_oauth2_str,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let http = unsafe { http_of(pending) }?;
+        let authorization_out = out(authorization_out)?;
+        let value = http.proxy.as_ref().and_then(|p| p.authorization()).ok_or(mcp_oauth2_result::Absent)?;
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(authorization_out, mcp_oauth2_str::of(value)) };
+        Ok(())
+    })
+}
+
+/// The HTTP version to speak on a call (`mcp_oauth2_pending_http_version`, as a
+/// `uint32_t`): the configured `http_version`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum mcp_oauth2_http_version {
+    /// HTTP/1.0.
+    Http10 = 10,
+    /// HTTP/1.1.
+    Http11 = 11,
+}
+
+/// The HTTP version to speak on this call (`mcp_oauth2_http_version`).
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
+///
+/// # Safety
+/// `pending` is NULL or live; `version_out` is NULL or writable.
+/// Thread safety: see `mcp_oauth2_pending`.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_pending_http_version(
+    pending: *const mcp_oauth2_pending,
+    version_out: *mut mcp_oauth2_http_version,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let http = unsafe { http_of(pending) }?;
+        let version_out = out(version_out)?;
+        let version = match http.http_version {
+            HttpVersion::Http10 => mcp_oauth2_http_version::Http10,
+            HttpVersion::Http11 => mcp_oauth2_http_version::Http11,
+        };
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(version_out, version) };
+        Ok(())
+    })
+}
+
+/// Whether the connection of this call may be kept open and reused for later calls (the
+/// configured `keepalive`); `false`: a fresh connection for this call, closed after it.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
+///
+/// # Safety
+/// `pending` is NULL or live; `keepalive_out` is NULL or writable.
+/// Thread safety: see `mcp_oauth2_pending`.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_pending_keepalive(
+    pending: *const mcp_oauth2_pending,
+    keepalive_out: *mut bool,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let http = unsafe { http_of(pending) }?;
+        let keepalive_out = out(keepalive_out)?;
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(keepalive_out, http.keepalive) };
         Ok(())
     })
 }

@@ -215,9 +215,12 @@ pub unsafe extern "C" fn mcp_oauth2_validator_begin(
 }
 
 /// Decides one request, performing the authorization-server calls itself with the built-in
-/// blocking HTTP client (ureq + rustls; `timeout`, `ssl_verify` and `keepalive` from the
-/// configuration). Blocks the calling thread for at most about twice the configured
-/// `timeout`. Concurrent misses for one token share one call (single flight).
+/// blocking HTTP client (ureq + rustls), as the configuration says: `timeout`, `ssl_verify`
+/// / `tls_client_auth_ssl_verify`, the mutual-TLS client certificate, `http_proxy` /
+/// `https_proxy` (a `CONNECT` tunnel, with the configured `Proxy-Authorization`) and
+/// `no_proxy`, `http_version`, `keepalive`. Blocks the calling thread for at most the
+/// configured `timeout` per call it chains (one for introspection; metadata and key-set
+/// fetches for local JWTs or a signed introspection answer). Concurrent misses for one token share one call (single flight).
 ///
 /// On success `*decision_out` receives a new decision that the host owns and frees with
 /// `mcp_oauth2_decision_free`. An unreachable or failing authorization server is a decision
