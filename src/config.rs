@@ -463,7 +463,7 @@ pub struct Config {
     /// `mtls_introspection_endpoint`: URL string; default unset. With a mutual-TLS
     /// `client_auth` (`tls_client_auth`, `self_signed_tls_client_auth`) introspection goes
     /// here instead of `introspection_endpoint` (RFC 8705 §5 `mtls_endpoint_aliases`). Set
-    /// with another `client_auth` it would have no effect: a configuration error. All
+    /// with another `client_auth` it has no effect: a construction warning. All
     /// surfaces.
     #[serde(default)]
     pub mtls_introspection_endpoint: Option<String>,
@@ -536,7 +536,7 @@ pub struct Config {
     /// Required by `client_secret_basic`, `client_secret_post` and `client_secret_jwt` (the
     /// HMAC key of its assertions); setting it makes `client_secret_basic` the default
     /// `client_auth`. With `private_key_jwt`, the mutual-TLS methods or `none` it would have
-    /// no effect: a configuration error. All surfaces.
+    /// no effect: a construction warning. All surfaces.
     #[serde(default)]
     pub client_secret: Option<Secret>,
     /// `client_auth`: string, one of [`ClientAuth`]; default `client_secret_basic` when
@@ -580,7 +580,7 @@ pub struct Config {
     pub tls_client_auth_key: Option<Secret>,
     /// `tls_client_auth_ssl_verify`: boolean; default `true`. Verify the AS certificate on
     /// the mutual-TLS introspection call (`ssl_verify` governs every other call). `false`
-    /// with another `client_auth` would have no effect: a configuration error. Carried on the
+    /// with another `client_auth` has no effect: a construction warning. Carried on the
     /// request as [`HttpRequest::verify_certificate`](crate::HttpRequest); all surfaces.
     #[serde(default = "default_tls_client_auth_ssl_verify")]
     pub tls_client_auth_ssl_verify: bool,
@@ -978,9 +978,6 @@ impl Config {
                 }
             }
             match auth {
-                Some(_) if url.is_none() => {
-                    return Err(Error::config(auth_field, format!("has no effect without {field}")));
-                }
                 Some(a) if a.expose().is_empty() || a.expose().bytes().any(|b| b.is_ascii_control()) => {
                     return Err(Error::config(
                         auth_field,
@@ -991,9 +988,6 @@ impl Config {
             }
         }
         if let Some(list) = &self.no_proxy {
-            if self.http_proxy.is_none() && self.https_proxy.is_none() {
-                return Err(Error::config("no_proxy", "has no effect without http_proxy or https_proxy"));
-            }
             crate::outbound::NoProxy::parse(list)?;
         }
         Ok(())
@@ -1003,21 +997,6 @@ impl Config {
     /// library itself sends. They, `introspection_format` and `introspection_jwt_response`
     /// need an introspection endpoint to have an effect.
     fn validate_introspection_extras(&self) -> Result<(), Error> {
-        if self.introspection_endpoint.is_none() {
-            for (field, set) in [
-                ("args", !self.args.is_empty()),
-                ("headers", !self.headers.is_empty()),
-                ("introspection_format", self.introspection_format.is_some()),
-                ("introspection_jwt_response", self.introspection_jwt_response),
-            ] {
-                if set {
-                    return Err(Error::config(
-                        field,
-                        "has no effect without introspection_endpoint (tokens are validated locally as JWTs)",
-                    ));
-                }
-            }
-        }
         if self.introspection_jwt_response && self.client_id.as_deref().is_none_or(str::is_empty) {
             return Err(Error::config(
                 "client_id",
@@ -1098,27 +1077,64 @@ impl Config {
         Ok(())
     }
 
-    /// Client-authentication fields the chosen method does not use are errors, not silently
-    /// ignored (a stale `client_jwk` must not look like it signs anything).
-    fn validate_client_auth_fields(&self) -> Result<(), Error> {
+    /// Fields that are set but have no effect with the rest of the configuration: Kong
+    /// accepts them, so they load here too (a pasted configuration must keep working), and
+    /// construction says so instead: one warning each (`Validator::warnings`), so that a stale
+    /// `client_jwk` never looks like it signs anything.
+    pub(crate) fn ineffective_fields(&self) -> Vec<String> {
         let auth = self.effective_client_auth();
         let jwt = matches!(auth, ClientAuth::ClientSecretJwt | ClientAuth::PrivateKeyJwt);
         let uses_secret =
             matches!(auth, ClientAuth::ClientSecretBasic | ClientAuth::ClientSecretPost | ClientAuth::ClientSecretJwt);
-        for (field, set, used) in [
-            ("client_secret", self.client_secret.is_some(), uses_secret),
-            ("client_jwk", self.client_jwk.is_some(), auth == ClientAuth::PrivateKeyJwt),
-            ("client_alg", self.client_alg.is_some(), jwt),
-            ("client_assertion_audience", self.client_assertion_audience.is_some(), jwt),
-            ("tls_client_auth_cert", self.tls_client_auth_cert.is_some(), auth.is_tls()),
-            ("tls_client_auth_key", self.tls_client_auth_key.is_some(), auth.is_tls()),
-            ("tls_client_auth_ssl_verify", !self.tls_client_auth_ssl_verify, auth.is_tls()),
-            ("mtls_introspection_endpoint", self.mtls_introspection_endpoint.is_some(), auth.is_tls()),
+        let because_auth = format!("has no effect with client_auth {}", auth.as_str());
+        let no_introspection = "has no effect without introspection_endpoint (tokens are validated locally as JWTs)";
+        let no_proxy = self.http_proxy.is_none() && self.https_proxy.is_none();
+        let mut out = Vec::new();
+        for (field, set, used, why) in [
+            ("client_secret", self.client_secret.is_some(), uses_secret, because_auth.as_str()),
+            ("client_jwk", self.client_jwk.is_some(), auth == ClientAuth::PrivateKeyJwt, &because_auth),
+            ("client_alg", self.client_alg.is_some(), jwt, &because_auth),
+            ("client_assertion_audience", self.client_assertion_audience.is_some(), jwt, &because_auth),
+            ("tls_client_auth_cert", self.tls_client_auth_cert.is_some(), auth.is_tls(), &because_auth),
+            ("tls_client_auth_key", self.tls_client_auth_key.is_some(), auth.is_tls(), &because_auth),
+            ("tls_client_auth_ssl_verify", !self.tls_client_auth_ssl_verify, auth.is_tls(), &because_auth),
+            ("mtls_introspection_endpoint", self.mtls_introspection_endpoint.is_some(), auth.is_tls(), &because_auth),
+            ("args", !self.args.is_empty(), self.introspection_endpoint.is_some(), no_introspection),
+            ("headers", !self.headers.is_empty(), self.introspection_endpoint.is_some(), no_introspection),
+            (
+                "introspection_format",
+                self.introspection_format.is_some(),
+                self.introspection_endpoint.is_some(),
+                no_introspection,
+            ),
+            (
+                "introspection_jwt_response",
+                self.introspection_jwt_response,
+                self.introspection_endpoint.is_some(),
+                no_introspection,
+            ),
+            (
+                "http_proxy_authorization",
+                self.http_proxy_authorization.is_some(),
+                self.http_proxy.is_some(),
+                "has no effect without http_proxy",
+            ),
+            (
+                "https_proxy_authorization",
+                self.https_proxy_authorization.is_some(),
+                self.https_proxy.is_some(),
+                "has no effect without https_proxy",
+            ),
+            ("no_proxy", self.no_proxy.is_some(), !no_proxy, "has no effect without http_proxy or https_proxy"),
         ] {
             if set && !used {
-                return Err(Error::config(field, format!("has no effect with client_auth {}", auth.as_str())));
+                out.push(format!("{field}: set, but {why}"));
             }
         }
+        out
+    }
+
+    fn validate_client_auth_fields(&self) -> Result<(), Error> {
         if self.client_assertion_audience.as_deref().is_some_and(str::is_empty) {
             return Err(Error::config("client_assertion_audience", "must not be empty"));
         }
@@ -1142,8 +1158,24 @@ impl Config {
                 alg.as_str(),
                 "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "ES512" | "EdDSA"
             ),
-            // Refused earlier (validate_client_auth_fields): no other method signs anything.
-            _ => false,
+            // No other method signs anything: the value has no effect (a warning, see
+            // `ineffective_fields`), but it must still name a JWS algorithm Kong knows.
+            _ => matches!(
+                alg.as_str(),
+                "HS256"
+                    | "HS384"
+                    | "HS512"
+                    | "RS256"
+                    | "RS384"
+                    | "RS512"
+                    | "PS256"
+                    | "PS384"
+                    | "PS512"
+                    | "ES256"
+                    | "ES384"
+                    | "ES512"
+                    | "EdDSA"
+            ),
         };
         if !ok {
             return Err(Error::config(
@@ -1648,9 +1680,12 @@ mod tests {
         .unwrap();
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("kong-secret") && !dbg.contains("te-secret-value"), "{dbg}");
-        // A stale key of another method is refused, without echoing it.
-        let e = err(with(json!({"client_jwk": {"kty": "oct", "k": "c2VjcmV0LWp3ay12YWx1ZQ"}})));
-        assert_eq!(e, "client_jwk: has no effect with client_auth client_secret_basic");
+        // A stale key of another method loads (Kong accepts it) and is warned about, without
+        // echoing it.
+        let c = Config::from_value(with(json!({"client_jwk": {"kty": "oct", "k": "c2VjcmV0LWp3ay12YWx1ZQ"}}))).unwrap();
+        let w = c.ineffective_fields();
+        assert_eq!(w, ["client_jwk: set, but has no effect with client_auth client_secret_basic"]);
+        assert!(!format!("{w:?} {c:?}").contains("c2VjcmV0"));
     }
 
     #[test]

@@ -235,13 +235,23 @@ mod tests {
         assert!(err(json!({"http_proxy": "https://p:1"})).starts_with("http_proxy: must be the proxy's http://"));
         assert!(err(json!({"https_proxy": "http://p:1/path"})).starts_with("https_proxy:"));
         assert!(err(json!({"https_proxy": "http://u:pw@p:1"})).starts_with("https_proxy: must not contain credentials"));
+        let warned = |extra: serde_json::Value| {
+            let mut v = json!({"resource": "https://mcp.example/mcp", "authorization_servers": ["https://as.example"]});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            crate::Config::from_value(v).unwrap().ineffective_fields()
+        };
         assert_eq!(
-            err(json!({"http_proxy_authorization": "Basic x"})),
-            "http_proxy_authorization: has no effect without http_proxy"
+            warned(json!({"http_proxy_authorization": "Basic x"})),
+            ["http_proxy_authorization: set, but has no effect without http_proxy"]
         );
         assert!(err(json!({"https_proxy": "http://p:1", "https_proxy_authorization": "Basic a\r\nX: y"}))
             .starts_with("https_proxy_authorization: must be"));
-        assert_eq!(err(json!({"no_proxy": "a.example"})), "no_proxy: has no effect without http_proxy or https_proxy");
+        assert_eq!(
+            warned(json!({"no_proxy": "a.example"})),
+            ["no_proxy: set, but has no effect without http_proxy or https_proxy"]
+        );
         let e = err(json!({"http_proxy": "http://p:1", "no_proxy": "a.example, http://b.example:80"}));
         assert!(e.starts_with("no_proxy: entry 2 is not"), "{e}");
         assert!(err(json!({"http_proxy": "http://p:1", "no_proxy": "*.example"})).starts_with("no_proxy: entry 1"));

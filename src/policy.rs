@@ -449,7 +449,7 @@ fn authorization_values<'a>(req: &Request<'a>) -> ([&'a [u8]; 2], usize) {
 }
 
 fn construction_warnings(config: &Config) -> Vec<String> {
-    let mut warnings = Vec::new();
+    let mut warnings = config.ineffective_fields();
     let jwt_discovery = config.introspection_endpoint.is_none()
         && config.jwks_endpoint.is_none()
         && config.metadata_discovery_endpoint.is_none();

@@ -166,7 +166,10 @@ fn every_jwt_client_auth_method_introspects_and_a_wrong_key_is_a_503() {
         let r = respond(&d);
         assert_eq!((r.status(), r.reason()), (503, Reason::AuthorizationServerUnavailable), "{client}");
         let detail = r.detail().unwrap();
-        assert!(detail.starts_with("introspection: HTTP 401 (the authorization server refused the gateway"), "{detail}");
+        assert!(
+            detail.starts_with("introspection: HTTP 401 (the authorization server refused the gateway"),
+            "{detail}"
+        );
         let field = if client == "gw-hs256" { "client_secret" } else { "client_jwk" };
         assert!(detail.contains(field), "{client}: the hint names {field}: {detail}");
     }

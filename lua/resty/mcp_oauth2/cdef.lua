@@ -41,6 +41,14 @@ enum mcp_oauth2_purpose
 
 typedef uint32_t mcp_oauth2_purpose;
 
+enum mcp_oauth2_http_version
+ {
+  MCP_OAUTH2_HTTP_VERSION_HTTP10 = 10,
+  MCP_OAUTH2_HTTP_VERSION_HTTP11 = 11,
+};
+
+typedef uint32_t mcp_oauth2_http_version;
+
 enum mcp_oauth2_pending_state
  {
   MCP_OAUTH2_PENDING_STATE_HTTP = 1,
@@ -199,6 +207,9 @@ mcp_oauth2_result mcp_oauth2_decision_consumer(const struct mcp_oauth2_decision 
 mcp_oauth2_result mcp_oauth2_decision_credential(const struct mcp_oauth2_decision *decision,
                                                  struct mcp_oauth2_str *credential_out);
 
+mcp_oauth2_result mcp_oauth2_decision_introspection(const struct mcp_oauth2_decision *decision,
+                                                    struct mcp_oauth2_str *introspection_out);
+
 mcp_oauth2_result mcp_oauth2_decision_consumer_group_count(const struct mcp_oauth2_decision *decision,
                                                            size_t *count_out);
 
@@ -265,6 +276,25 @@ mcp_oauth2_result mcp_oauth2_pending_body(const struct mcp_oauth2_pending *pendi
 
 mcp_oauth2_result mcp_oauth2_pending_timeout_ms(const struct mcp_oauth2_pending *pending,
                                                 uint64_t *timeout_ms_out);
+
+mcp_oauth2_result mcp_oauth2_pending_verify_certificate(const struct mcp_oauth2_pending *pending,
+                                                        bool *verify_out);
+
+mcp_oauth2_result mcp_oauth2_pending_client_certificate(const struct mcp_oauth2_pending *pending,
+                                                        struct mcp_oauth2_str *cert_pem_out,
+                                                        struct mcp_oauth2_str *key_pem_out);
+
+mcp_oauth2_result mcp_oauth2_pending_proxy_url(const struct mcp_oauth2_pending *pending,
+                                               struct mcp_oauth2_str *url_out);
+
+mcp_oauth2_result mcp_oauth2_pending_proxy_authorization(const struct mcp_oauth2_pending *pending,
+                                                         struct mcp_oauth2_str *authorization_out);
+
+mcp_oauth2_result mcp_oauth2_pending_http_version(const struct mcp_oauth2_pending *pending,
+                                                  mcp_oauth2_http_version *version_out);
+
+mcp_oauth2_result mcp_oauth2_pending_keepalive(const struct mcp_oauth2_pending *pending,
+                                               bool *keepalive_out);
 
 mcp_oauth2_result mcp_oauth2_pending_get_state(const struct mcp_oauth2_pending *pending,
                                                mcp_oauth2_pending_state *state_out);
