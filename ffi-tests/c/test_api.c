@@ -151,11 +151,13 @@ static void test_invalid_config(void) {
     expect_config_error(bad_url, strlen(bad_url), MCP_OAUTH2_RESULT_INVALID_CONFIG, "resource", "");
     const char *missing = "{\"authorization_servers\": [\"https://as.example.com\"]}";
     expect_config_error(missing, strlen(missing), MCP_OAUTH2_RESULT_INVALID_CONFIG, NULL, "resource");
-    const char *unsupported =
+    /* Every client_auth is implemented now: a bad certificate is an invalid configuration. */
+    const char *bad_cert =
         "{\"resource\": \"https://mcp.example.com/mcp\", \"authorization_servers\": [\"https://as.example.com\"],"
         " \"introspection_endpoint\": \"https://as.example.com/i\", \"client_id\": \"gw\","
         " \"client_auth\": \"tls_client_auth\", \"tls_client_auth_cert\": \"x\", \"tls_client_auth_key\": \"y\"}";
-    expect_config_error(unsupported, strlen(unsupported), MCP_OAUTH2_RESULT_UNSUPPORTED, "client_auth", "");
+    expect_config_error(bad_cert, strlen(bad_cert), MCP_OAUTH2_RESULT_INVALID_CONFIG, "tls_client_auth_cert",
+                        "no PEM certificate");
     const char not_utf8[] = "{\"resource\": \"\xff\"}";
     expect_config_error(not_utf8, sizeof not_utf8 - 1, MCP_OAUTH2_RESULT_INVALID_CONFIG, NULL, "UTF-8");
     const char *not_object = "[1, 2]";
