@@ -85,26 +85,25 @@ fn cache_hit(c: &mut Criterion) {
         _ => false,
     };
     assert!(hit());
-    paired_ratio("cache-hit decision (begin)", hit, "SHA-256 of the 1 KB token", || {
+    paired_ratio("cache-hit decision (begin)", hit, "SHA-256 of the 1 KB token", 201, 2_000, || {
         black_box(Sha256::digest(black_box(token.as_bytes())));
         true
     });
 }
 
-/// Prints the median ratio of `a` to `b` over alternating batches, with quartiles.
-fn paired_ratio(a_name: &str, a: impl Fn() -> bool, b_name: &str, b: impl Fn() -> bool) {
-    const ROUNDS: usize = 201;
-    const BATCH: u32 = 2_000;
-    let mut ratios = Vec::with_capacity(ROUNDS);
+/// Prints the median ratio of `a` to `b` over `rounds` alternating batches of `batch`
+/// calls each, with quartiles.
+fn paired_ratio(a_name: &str, a: impl Fn() -> bool, b_name: &str, rounds: usize, batch: u32, b: impl Fn() -> bool) {
+    let mut ratios = Vec::with_capacity(rounds);
     let (mut a_total, mut b_total) = (0.0, 0.0);
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         let start = Instant::now();
-        for _ in 0..BATCH {
+        for _ in 0..batch {
             assert!(a());
         }
         let ta = start.elapsed().as_secs_f64();
         let start = Instant::now();
-        for _ in 0..BATCH {
+        for _ in 0..batch {
             assert!(b());
         }
         let tb = start.elapsed().as_secs_f64();
@@ -113,15 +112,15 @@ fn paired_ratio(a_name: &str, a: impl Fn() -> bool, b_name: &str, b: impl Fn() -
         b_total += tb;
     }
     ratios.sort_by(f64::total_cmp);
-    let per = |t: f64| t / f64::from(BATCH) / ROUNDS as f64 * 1e9;
+    let per = |t: f64| t / f64::from(batch) / rounds as f64 * 1e9;
     println!(
-        "paired: {a_name} {:.0} ns, {b_name} {:.0} ns; ratio {:.2}x (median of {ROUNDS} alternating rounds; \
+        "paired: {a_name} {:.0} ns, {b_name} {:.0} ns; ratio {:.2}x (median of {rounds} alternating rounds; \
          quartiles {:.2}x..{:.2}x)",
         per(a_total),
         per(b_total),
-        ratios[ROUNDS / 2],
-        ratios[ROUNDS / 4],
-        ratios[3 * ROUNDS / 4],
+        ratios[rounds / 2],
+        ratios[rounds / 4],
+        ratios[3 * rounds / 4],
     );
 }
 
@@ -160,6 +159,23 @@ fn cold(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // Criterion runs the two one after the other; on a shared machine only alternating
+    // batches compare them fairly.
+    let raw = || {
+        let mut r = agent
+            .post(&url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send(format!("token={}&token_type_hint=access_token", "y".repeat(1024)))
+            .unwrap();
+        r.body_mut().read_to_vec().is_ok()
+    };
+    let decide = || {
+        validator
+            .authorize(&Request::new("POST", "/mcp").header("Authorization", black_box(&auth)), &transport)
+            .is_forward()
+    };
+    paired_ratio("cold decision (authorize, UreqTransport)", decide, "raw POST (ureq)", 41, 50, raw);
 }
 
 criterion_group!(benches, cache_hit, cold);
