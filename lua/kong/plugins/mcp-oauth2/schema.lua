@@ -129,6 +129,8 @@ return {
           { trusted_proxies = string_array },
           { issuers = string_array },
           { issuer_aliases = string_map },
+          { client_assertion_audience = { type = "string" } },
+          { introspection_jwt_response = { type = "boolean", default = false, required = true } },
           { scope_implies = { type = "map", keys = { type = "string" }, values = string_array } },
           { allowed_origins = string_array },
         },
