@@ -194,6 +194,7 @@ return {
           { cache_ttl_negative = { type = "integer", default = 5 } },
           { trusted_proxies = string_array },
           { issuers = string_array },
+          { issuer_aliases = string_map },
           { scope_implies = { type = "map", keys = { type = "string" }, values = string_array } },
           { allowed_origins = string_array },
         },
