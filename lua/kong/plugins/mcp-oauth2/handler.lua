@@ -39,7 +39,7 @@ MCPOAuth2Handler.CONSUMER_NEG_TTL = 30
 
 -- kong.request.get_headers reads at most this many headers (Kong's maximum); a request
 -- with more is answered 400 by the core rather than decided on a truncated list.
-local MAX_HEADERS = 1000
+MCPOAuth2Handler.MAX_HEADERS = 1000
 
 -- One resty.mcp_oauth2 object per plugin configuration. Kong hands the handler a new conf
 -- table whenever the configuration changes, so a weak-keyed table rebuilds the validator
@@ -155,7 +155,7 @@ end
 -- headers than can be read: then the core answers 400.
 local function request_table(auth)
   local method = kong.request.get_method()
-  local headers, err = kong.request.get_headers(MAX_HEADERS)
+  local headers, err = kong.request.get_headers(MCPOAuth2Handler.MAX_HEADERS)
   local req = {
     method = method,
     path = kong.request.get_path(),
