@@ -3,7 +3,8 @@
 # Scenarios, interleaved over ROUNDS rounds (one nginx worker pinned to CPU 0, wrk on CPU 1):
 #   (a) proxying, no access handler
 #   (b) a no-op access_by_lua_block that sets one header (the floor of any Lua handler)
-#   (c) the module on cache hits, one claim header
+#   (c) the module on cache hits, one claim header, with its body filter (streams); the
+#       core's metrics are always counted
 #   (d) every request introspected against a fast local AS: no cache, and a new token per
 #       request (unique-token.lua), so no request shares another's AS call
 #   (e) the floor of (d): a Lua access handler making the same subrequest to the same AS,
