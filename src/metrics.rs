@@ -213,10 +213,7 @@ impl MetricsSnapshot {
 
         let requests = KINDS.iter().enumerate().flat_map(|(k, kind)| {
             RESULTS.iter().enumerate().map(move |(r, result)| {
-                counter_metric(
-                    &[("kind", kind), ("result", result)],
-                    self.slots[REQUESTS_AT + k * RESULTS.len() + r],
-                )
+                counter_metric(&[("kind", kind), ("result", result)], self.slots[REQUESTS_AT + k * RESULTS.len() + r])
             })
         });
         families.push(family(
@@ -256,10 +253,8 @@ impl MetricsSnapshot {
             latency,
         ));
 
-        let waits = WAITS
-            .iter()
-            .enumerate()
-            .map(|(i, w)| counter_metric(&[("waits_for", w)], self.slots[WAITS_AT + i]));
+        let waits =
+            WAITS.iter().enumerate().map(|(i, w)| counter_metric(&[("waits_for", w)], self.slots[WAITS_AT + i]));
         families.push(family(
             "mcp_oauth2_single_flight_waits_total",
             "Requests that waited for another request's authorization-server call instead of making their own.",

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use mcp_oauth2::{HttpRequest, HttpResponse, MetricsSnapshot, Request, Step, TransportError, TransportErrorKind, Validator};
+use mcp_oauth2::{
+    HttpRequest, HttpResponse, MetricsSnapshot, Request, Step, TransportError, TransportErrorKind, Validator,
+};
 use serde_json::json;
 
 fn validator() -> Validator {
@@ -26,7 +28,9 @@ fn parse(text: &str) -> HashMap<String, f64> {
         let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         labels.sort();
         let value = match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) | prometheus_parse::Value::Gauge(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Untyped(v)
+            | prometheus_parse::Value::Gauge(v) => v,
             prometheus_parse::Value::Histogram(buckets) => {
                 for b in buckets {
                     let mut l = labels.clone();
@@ -48,8 +52,11 @@ fn a_scripted_sequence_is_counted_and_rendered() {
     let v = validator();
     let t0 = SystemTime::now();
     let active = |scope: &str| -> Result<HttpResponse, TransportError> {
-        Ok(HttpResponse::new(200, "application/json",
-            json!({"active": true, "aud": "https://mcp.example/mcp", "scope": scope}).to_string()))
+        Ok(HttpResponse::new(
+            200,
+            "application/json",
+            json!({"active": true, "aud": "https://mcp.example/mcp", "scope": scope}).to_string(),
+        ))
     };
     let req = |token: &str| format!("Bearer {token}");
     let (a, b, c) = (req("tok-a"), req("tok-b"), req("tok-c"));
@@ -62,14 +69,18 @@ fn a_scripted_sequence_is_counted_and_rendered() {
     assert!(matches!(p.resume(active("mcp:read"), at), Step::Done(d) if d.is_forward()));
     assert!(matches!(t.resume(at), Step::Done(d) if d.is_forward()));
     // 3. tok-a again: a cache hit.
-    assert!(matches!(v.begin(&Request::new("GET", "/mcp").header("Authorization", &a), at), Step::Done(d) if d.is_forward()));
+    assert!(
+        matches!(v.begin(&Request::new("GET", "/mcp").header("Authorization", &a), at), Step::Done(d) if d.is_forward())
+    );
     // 4. tok-b lacks the scope: 403; tok-c: the AS times out after 2 s: 503.
     let Step::Need(_, p) = v.begin(&Request::new("GET", "/mcp").header("Authorization", &b), t0) else { panic!() };
     assert!(matches!(p.resume(active("other"), t0), Step::Done(d) if d.reason().as_str() == "insufficient_scope"));
     let Step::Need(_, p) = v.begin(&Request::new("GET", "/mcp").header("Authorization", &c), t0) else { panic!() };
     let late = t0 + Duration::from_secs(2);
     let timeout = Err(TransportError::new(TransportErrorKind::Timeout, "slow"));
-    assert!(matches!(p.resume(timeout, late), Step::Done(d) if d.reason().as_str() == "authorization_server_unavailable"));
+    assert!(
+        matches!(p.resume(timeout, late), Step::Done(d) if d.reason().as_str() == "authorization_server_unavailable")
+    );
     // 5. Revocation, and the host's shared cache.
     assert!(v.evict("tok-a"));
     v.record_shared_cache(true);
@@ -91,7 +102,10 @@ fn a_scripted_sequence_is_counted_and_rendered() {
     assert_eq!(get("mcp_oauth2_authorization_server_requests_total{kind=introspection,result=timeout}"), 1.0);
     assert_eq!(get("mcp_oauth2_single_flight_waits_total{waits_for=validation}"), 1.0);
     // Latency on the host's clock: 0 ms, 30 ms and 2 s.
-    assert_eq!(get("mcp_oauth2_authorization_server_request_duration_seconds_bucket{kind=introspection,le=0.005}"), 1.0);
+    assert_eq!(
+        get("mcp_oauth2_authorization_server_request_duration_seconds_bucket{kind=introspection,le=0.005}"),
+        1.0
+    );
     assert_eq!(get("mcp_oauth2_authorization_server_request_duration_seconds_bucket{kind=introspection,le=0.05}"), 2.0);
     assert_eq!(get("mcp_oauth2_authorization_server_request_duration_seconds_bucket{kind=introspection,le=2.5}"), 3.0);
     assert_eq!(get("mcp_oauth2_authorization_server_request_duration_seconds_sum{kind=introspection}"), 2.03);
