@@ -512,6 +512,8 @@ function _M.new(conf, opts)
     -- Open responses by token cache key: { exp, recheck_at, authz, path, origin, cut,
     -- busy, set = weak-keyed set of per-response states }.
     streams = {},
+    -- The same entries by the Authorization value that opened them.
+    streams_by_authz = {},
   }
   setmetatable(self, mt)
   register(self)
@@ -885,14 +887,23 @@ end
 -- The error_log level of this worker (ngx.errlog), read once: a decision whose level is
 -- filtered out costs one FFI call and no string.
 local sys_level
-local function log_filter()
-  if not sys_level then
-    local ok, level = pcall(function()
-      return require("ngx.errlog").get_sys_filter_level()
-    end)
-    sys_level = ok and tonumber(level) or ngx.NOTICE or 6
+local function read_sys_level()
+  local ok, errlog = pcall(require, "ngx.errlog")
+  if ok and type(errlog) == "table" and errlog.get_sys_filter_level then
+    local got, level = pcall(errlog.get_sys_filter_level)
+    if got and tonumber(level) then
+      return tonumber(level)
+    end
   end
-  return sys_level
+  return ngx.NOTICE or 6
+end
+local function log_filter()
+  local level = sys_level
+  if not level then
+    level = read_sys_level()
+    sys_level = level
+  end
+  return level
 end
 
 -- Logs a decision at the core's level (debug: allowed, metadata; info: refused; warn: a 503
@@ -1493,6 +1504,8 @@ local function apply_evictions()
   end
 end
 
+local weak_keys = { __mode = "k" }
+
 -- The token of an Authorization value the core accepted (`Bearer <token>`).
 local function bearer_token(authz)
   return authz and str_match(authz, "^[ \t]*[Bb][Ee][Aa][Rr][Ee][Rr] +([^ \t]+)")
@@ -1504,6 +1517,17 @@ end
 --- to hand to auth:filter() for every body chunk, or nil when there is nothing to watch.
 --- Open responses of one token share one entry, so they are re-validated together.
 function _M.track(self, authz, path, origin, valid_until, recheck_at)
+  if not authz then
+    return nil
+  end
+  -- By the header value first: the token's cache key (a SHA-256) is computed once per
+  -- token and worker while it has open responses, not per response.
+  local e = self.streams_by_authz[authz]
+  if e and not e.cut then
+    local st = { entry = e }
+    e.set[st] = true
+    return st
+  end
   local token = bearer_token(authz)
   if not token then
     return nil
@@ -1513,7 +1537,7 @@ function _M.track(self, authz, path, origin, valid_until, recheck_at)
     return nil
   end
   local key = ffi_string(key64, 64)
-  local e = self.streams[key]
+  e = self.streams[key]
   if not e or e.cut then
     if recheck_at and self.mode == "capture" and not self.recheck then
       if not self.warned_recheck then
@@ -1529,10 +1553,12 @@ function _M.track(self, authz, path, origin, valid_until, recheck_at)
       authz = authz, origin = origin,
       -- Only the path is sent to the recheck location: nothing that could split a header.
       path = str_gsub(path or "/", "[^%w%-%._~/%%]", "_"),
-      set = setmetatable({}, { __mode = "k" }),
+      set = setmetatable({}, weak_keys),
+      key = key,
     }
     self.streams[key] = e
   end
+  self.streams_by_authz[authz] = e
   local st = { entry = e }
   e.set[st] = true
   return st
@@ -1579,6 +1605,16 @@ function _M.body_filter(self)
   end
   local st = rawget(id, "_stream")
   if st == nil then
+    if ngx.arg[2] then
+      -- The whole response in one call (the usual JSON answer): nothing to watch, only
+      -- its token's exp to check.
+      local exp = rawget(id, "valid_until")
+      if exp and ngx_now() >= exp then
+        ngx.arg[1] = ""
+        ngx_log(ngx_INFO, "mcp_oauth2: response ended: token_expired")
+      end
+      return
+    end
     st = self:track(rawget(id, "_authz"), ngx_var.uri, ngx_var.http_origin, id.valid_until, id.recheck_at) or false
     rawset(id, "_stream", st)
   end
@@ -1658,9 +1694,13 @@ end
 -- Open responses whose token's cache entry aged out: one re-validation per token (the
 -- shared dict's single flight makes it one AS call across workers too).
 local function check_streams(self, now_ms)
+  local by_authz = self.streams_by_authz
   for key, e in pairs(self.streams) do
     if next(e.set) == nil then
       self.streams[key] = nil
+      if by_authz[e.authz] == e then
+        by_authz[e.authz] = nil
+      end
     elseif not e.cut and not e.busy and e.recheck_at and now_ms >= e.recheck_at then
       e.busy = true
       local ok, err = ngx.timer.at(0, recheck_timer, self, e)
