@@ -813,6 +813,26 @@ test('token exchange through the Kong handler: later plugins read kong.ctx.share
   assert.deepEqual(ex.params.client_id, ['exchanger']);
   assert.deepEqual(ex.params.client_secret, ['exchanger-secret']);
   assert.deepEqual(ex.params.audience, ['kong-upstream']);
+
+  // inherit + actor from the config + cache.enabled false: one exchange per request, with
+  // the gateway's own credentials and the configured actor token.
+  await fetch(`${EXCHANGE_URL}/__requests`, { method: 'DELETE' });
+  for (let i = 0; i < 2; i++) {
+    const ri = await request('/kong/mcp', { headers: { ...bearer(t), 'x-test-conf': 'ti' } });
+    assert.equal(ri.status, 200, ri.body);
+  }
+  const exs = await exchanges();
+  assert.equal(exs.length, 2, 'cache.enabled false: one exchange per request');
+  for (const e of exs) {
+    assert.equal(e.authorization, `Basic ${Buffer.from('gateway:gateway-secret').toString('base64')}`);
+    assert.deepEqual(e.params.actor_token, ['cfg-actor']);
+  }
+  // The token endpoint unreachable: 503, never the client's token upstream.
+  await clearUpstream();
+  const down = await request('/kong/mcp', { headers: { ...bearer(t), 'x-test-conf': 'td' } });
+  assert.equal(down.status, 503, down.body);
+  assert.equal(JSON.parse(down.body).error, 'temporarily_unavailable');
+  assert.deepEqual(await upstreamSeen(), []);
 });
 
 test('underscores_in_headers on: the `_` twins of claim headers never reach the upstream (resty and Kong)', async () => {
@@ -863,4 +883,8 @@ test('AS stopped: 503 without a challenge, never 401', async () => {
   // Failures are not cached: the same token fails again (the AS is still down), not 401.
   const again = await request('/mcp', { headers: { authorization: `Bearer ${t}` } });
   assert.equal(again.status, 503);
+  // Logged at warn with the reason and a detail naming the failed call, never the token.
+  const log = readFileSync(`${NGINX_PREFIX}/logs/error.log`, 'utf8');
+  assert.match(log, /\[warn\].*mcp_oauth2: authorization_server_unavailable 503: introspection: /);
+  assert.ok(!log.includes(t), 'no token in the error log');
 });

@@ -291,6 +291,22 @@ local function get_confs()
         request = { audience = { "kong-upstream" } },
       },
     }),
+    -- inherit (the gateway's own credentials), the actor token from the config, no cache.
+    ti = conf({
+      passthrough_credentials = true,
+      token_exchange = {
+        enabled = true,
+        token_endpoint = package.loaded.test_exchange_as .. "/token",
+        client_auth = "inherit",
+        request = { actor_token_source = "config", actor_token = "cfg-actor" },
+        cache = { enabled = false },
+      },
+    }),
+    -- The token endpoint unreachable.
+    td = conf({
+      passthrough_credentials = true,
+      token_exchange = { enabled = true, token_endpoint = "http://127.0.0.1:9/token", client_auth = "none" },
+    }),
   }
   -- In capture mode the timers re-validate open responses through this loopback location.
   require("kong.plugins.mcp-oauth2.handler").opts.recheck_url =
