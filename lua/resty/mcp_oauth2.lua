@@ -74,6 +74,7 @@ local str_byte = string.byte
 local concat = table.concat
 local io_open = io.open
 local math_min = math.min
+local floor = math.floor
 local math_max = math.max
 local ffi_new = ffi.new
 local ffi_gc = ffi.gc
@@ -1065,7 +1066,9 @@ local function apply(self, authz)
       local box = ffi_gc(ffi_new(dbox_t), C.mcp_oauth2_decision_free)
       box[0] = d
       dp[0] = nil
-      local id = setmetatable({ _d = box, _C = C, _authz = authz, _auth = self, valid_until = valid_until }, identity_mt)
+      local id = setmetatable({
+        _d = box, _C = C, _authz = authz, valid_until = valid_until, decided_at = ngx_now(),
+      }, identity_mt)
       ngx.ctx.mcp_oauth2 = id
       if self.n_variables > 0 then
         set_variables(self, id)
@@ -1436,18 +1439,36 @@ local EVICT_BATCH = 10000
 -- tried again this much later; the response stays open meanwhile.
 local RECHECK_RETRY_MS = 1000
 
--- Ends every open response of this worker whose token has this cache key.
-local function cut_streams(self, key, why)
+local function worker_pid()
+  local w = ngx.worker
+  return w and w.pid and w.pid() or 0
+end
+
+-- Ends every open response of this worker whose token has this cache key, or (with
+-- `before`, Unix s) those whose request was decided before then.
+local function cut_streams(self, key, why, before)
   local e = self.streams[key]
-  if e and not e.cut then
+  if not e or e.cut then
+    return
+  end
+  if not before then
     e.cut = why
+    return
+  end
+  for st in pairs(e.set) do
+    if not st.decided_at or st.decided_at <= before then
+      st.cut = why
+    end
   end
 end
 
--- Forgets a cache key in this worker (a revocation published by another worker).
-local function evict_key_here(self, key)
-  self.C.mcp_oauth2_validator_evict_key(self.v, key, #key, nil)
-  cut_streams(self, key, "token_evicted")
+-- Forgets a cache key in this worker: a revocation another worker published at
+-- `evicted_at` (Unix s). If this worker still had the token's answer, every open response
+-- of the token may rest on it: they end. Otherwise those decided after the eviction rest
+-- on a fresh answer (the shared dict's copy went with the eviction) and go on.
+local function evict_key_here(self, key, evicted_at)
+  local had = self.C.mcp_oauth2_validator_evict_key(self.v, key, #key, flag) == OK and flag[0]
+  cut_streams(self, key, "token_evicted", not had and evicted_at or nil)
 end
 
 --- Forgets a token (after revocation) in every worker within a tick (0.2 s): this worker's
@@ -1465,7 +1486,9 @@ function _M.evict(self, token)
     shm:delete(key)
     local seq, err = shm:incr("evict:seq", 1, 0)
     if seq then
-      local ok, serr = shm:set("evict:" .. seq, key, EVICT_TTL)
+      -- "<key> <when, Unix ms> <worker pid>": this worker applied it already.
+      local ok, serr = shm:set("evict:" .. seq, key .. " " .. floor(ngx_now() * 1000) .. " " .. worker_pid(),
+        EVICT_TTL)
       if not ok then
         ngx_log(ngx_ERR, "mcp_oauth2: eviction log: ", serr)
       end
@@ -1489,12 +1512,17 @@ local function apply_evictions()
       if last - seen > EVICT_BATCH then
         seen = last - EVICT_BATCH
       end
+      local me = worker_pid()
       for seq = seen + 1, last do
-        local key = shm:get("evict:" .. seq)
-        if key then
+        local entry = shm:get("evict:" .. seq)
+        local key, at, pid
+        if entry then
+          key, at, pid = str_match(entry, "^(%x+) (%d+) (%d+)$")
+        end
+        if key and tonumber(pid) ~= me then
           for h in pairs(handlers) do
             if h.shm == shm then
-              evict_key_here(h, key)
+              evict_key_here(h, key, tonumber(at) / 1000)
             end
           end
         end
@@ -1506,6 +1534,7 @@ end
 
 local weak_keys = { __mode = "k" }
 
+
 -- The token of an Authorization value the core accepted (`Bearer <token>`).
 local function bearer_token(authz)
   return authz and str_match(authz, "^[ \t]*[Bb][Ee][Aa][Rr][Ee][Rr] +([^ \t]+)")
@@ -1513,10 +1542,12 @@ end
 
 --- Starts watching one allowed response (a stream) for the end of its token: `authz` the
 --- request's Authorization value, `path` its path, `origin` its Origin (or nil),
---- `valid_until` (Unix s) and `recheck_at` (Unix ms) from the decision. Returns the state
+--- `valid_until` (Unix s) and `recheck_at` (Unix ms) from the decision, `decided_at` (Unix
+--- s) when the request was decided (an eviction another worker made after that, while
+--- this worker had no copy of the token's answer, leaves it open). Returns the state
 --- to hand to auth:filter() for every body chunk, or nil when there is nothing to watch.
 --- Open responses of one token share one entry, so they are re-validated together.
-function _M.track(self, authz, path, origin, valid_until, recheck_at)
+function _M.track(self, authz, path, origin, valid_until, recheck_at, decided_at)
   if not authz then
     return nil
   end
@@ -1524,7 +1555,7 @@ function _M.track(self, authz, path, origin, valid_until, recheck_at)
   -- token and worker while it has open responses, not per response.
   local e = self.streams_by_authz[authz]
   if e and not e.cut then
-    local st = { entry = e }
+    local st = { entry = e, decided_at = decided_at }
     e.set[st] = true
     return st
   end
@@ -1559,7 +1590,7 @@ function _M.track(self, authz, path, origin, valid_until, recheck_at)
     self.streams[key] = e
   end
   self.streams_by_authz[authz] = e
-  local st = { entry = e }
+  local st = { entry = e, decided_at = decided_at }
   e.set[st] = true
   return st
 end
@@ -1576,7 +1607,7 @@ function _M.filter(self, st)
     return true
   end
   local e = st.entry
-  local why = e.cut
+  local why = e.cut or st.cut
   if not why and e.exp and ngx_now() >= e.exp then
     why = "token_expired"
   end
@@ -1615,7 +1646,8 @@ function _M.body_filter(self)
       end
       return
     end
-    st = self:track(rawget(id, "_authz"), ngx_var.uri, ngx_var.http_origin, id.valid_until, id.recheck_at) or false
+    st = self:track(rawget(id, "_authz"), ngx_var.uri, ngx_var.http_origin, id.valid_until, id.recheck_at,
+      rawget(id, "decided_at")) or false
     rawset(id, "_stream", st)
   end
   if st and self:filter(st) then

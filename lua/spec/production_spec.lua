@@ -135,9 +135,12 @@ describe("revocation across workers", function()
     local r1 = mock.step(access(w1, "Bearer tok-r"))
     assert.is_true(r1.done, "w1 replays the shared answer")
     assert.equal(1, #calls2)
-    -- Without the log, w2 still answers from its cache after w1's evict; the tick applies it.
+    -- Without the log, w2 still answers from its cache after w1's evict; w2's worker's tick
+    -- applies it (a worker skips the entries it wrote itself).
     w1:evict("tok-r")
+    mock.worker = 1
     mcp._tick()
+    mock.worker = 0
     r = mock.step(access(w2, "Bearer tok-r"))
     assert.is_not_nil(r.waiting and r.waiting.http, "w2 asks the AS again")
     mock.step(r, 200, "application/json", '{"active":false}')
@@ -169,19 +172,53 @@ describe("streams", function()
     local w1 = handler({ shm = shm })
     local w2 = handler({ shm = shm })
     local exp = math.floor(mock.now()) + 3600
-    local s1 = w1:track("Bearer tok-s2", "/mcp", nil, exp, nil)
-    local s2 = w2:track("Bearer tok-s2", "/mcp", nil, exp, nil)
-    local other = w2:track("Bearer tok-s3", "/mcp", nil, exp, nil)
+    local s1 = w1:track("Bearer tok-s2", "/mcp", nil, exp, nil, mock.now())
+    local s2 = w2:track("Bearer tok-s2", "/mcp", nil, exp, nil, mock.now())
+    local other = w2:track("Bearer tok-s3", "/mcp", nil, exp, nil, mock.now())
+    mock.advance(0.05)
     w1:evict("tok-s2")
     local _, eof = chunk(w1, s1, "x")
     assert.is_true(eof)
+    -- In w1, a request decided after its own eviction (a fresh answer) streams on.
+    mock.advance(0.01)
+    local s1b = w1:track("Bearer tok-s2", "/mcp", nil, exp, nil, mock.now())
     _, eof = chunk(w2, s2, "x")
     assert.is_false(eof, "not before the tick")
+    -- In w2 (which had no copy of the answer): what was decided before the eviction ends,
+    -- what was decided after it goes on.
+    mock.advance(0.05)
+    local s2b = w2:track("Bearer tok-s2", "/mcp", nil, exp, nil, mock.now())
+    mock.worker = 1
     mcp._tick()
+    mock.worker = 0
     _, eof = chunk(w2, s2, "x")
     assert.is_true(eof)
+    _, eof = chunk(w2, s2b, "x")
+    assert.is_false(eof, "decided after the eviction, without a stale copy")
+    _, eof = chunk(w1, s1b, "x")
+    assert.is_false(eof, "decided after the eviction, in the worker that evicted")
     _, eof = chunk(w2, other, "x")
     assert.is_false(eof, "another token's stream goes on")
+  end)
+
+  it("a worker that still had the evicted token's answer ends all of its streams", function()
+    local shm = fresh_shm()
+    local w1 = handler({ shm = shm })
+    local w2 = handler({ shm = shm })
+    local r = mock.step(access(w2, "Bearer tok-s6"))
+    mock.step(r, 200, "application/json", active())
+    w1:evict("tok-s6")
+    mock.advance(0.05)
+    -- Decided after the eviction, but from w2's stale copy: it must end too.
+    local late = mock.step(access(w2, "Bearer tok-s6"))
+    assert.is_true(late.done, "answered from w2's own cache")
+    local st = w2:track("Bearer tok-s6", "/mcp", nil, late.ctx.mcp_oauth2.valid_until, nil,
+      late.ctx.mcp_oauth2.decided_at)
+    mock.worker = 1
+    mcp._tick()
+    mock.worker = 0
+    local _, eof = chunk(w2, st, "x")
+    assert.is_true(eof)
   end)
 
   it("re-validate once per token when the cache entry ages out, and end only if refused", function()

@@ -103,6 +103,7 @@ test('the nginx.conf of docs/openresty-and-kong.md works as shown', async () => 
   assert.match(ev.body, /^\{"evicted":(true|false)\}$/);
   // Not on the public listener.
   assert.equal((await request('/metrics', { base })).status, 404);
+  await sleep(300); // every worker has applied the eviction: the next stream is decided anew
   // The body filter ends a stream at the token's exp; here it just passes a stream through.
   const s = await sse('/mcp/sse?interval=20&count=5', { authorization: `Bearer ${t}` }, base);
   assert.equal(s.status, 200);

@@ -262,7 +262,7 @@ function MCPOAuth2Handler:access(conf)
   -- Watched by body_filter: the response ends when its token does.
   local authz = req.headers.authorization
   kong.ctx.plugin.mcp_oauth2_stream = auth:track(type(authz) == "string" and authz or nil, req.path,
-    type(req.headers.origin) == "string" and req.headers.origin or nil, d.valid_until, d.recheck_at)
+    type(req.headers.origin) == "string" and req.headers.origin or nil, d.valid_until, d.recheck_at, ngx.now())
   auth:release(d)
 end
 
