@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the Lua / OpenResty / Kong tests and benchmark need (idempotent):
 # Debian's nginx with the lua module, OpenResty's LuaJIT (luajit2, which lua-resty-core
-# needs; it conflicts with plain luajit), busted, wrk, and the Node test harness.
+# needs; it conflicts with plain luajit), busted, wrk, the Prometheus project's Python client
+# (its text-format parser checks auth:metrics()), and the Node test harness.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(nginx libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-resty-lrucache
-  luajit2 libluajit2-5.1-dev lua-cjson lua-busted wrk pkg-config procps curl)
+  luajit2 libluajit2-5.1-dev lua-cjson lua-busted wrk pkg-config procps curl python3 python3-prometheus-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -72,21 +72,32 @@ wait_port() { # file -> port
 }
 # `sub` for the documented config's claim_to_header (client_credentials tokens have none),
 # `groups` for the Kong consumer-group mapping.
-AS_EXTRA_CLAIMS='{"sub":"user-42","groups":["gold","unknown"]}' node tests/node/as-server.mjs >"$RUN/as.out" 2>"$RUN/as.log" & PIDS+=($!); AS_PID=$!
+# `uname` and `consumer_uuid` for the Kong consumer mapping by username and by id.
+CLAIMS='{"sub":"user-42","groups":["gold","unknown"],"uname":"app-user","consumer_uuid":"3f4c1c8e-0000-0000-0000-00000000a001"}'
+AS_EXTRA_CLAIMS=$CLAIMS node tests/node/as-server.mjs >"$RUN/as.out" 2>"$RUN/as.log" & PIDS+=($!); AS_PID=$!
+# A second AS whose tokens live 5 s: streams end at their exp.
+AS_TOKEN_TTL=5 AS_EXTRA_CLAIMS=$CLAIMS node tests/node/as-server.mjs >"$RUN/as2.out" 2>"$RUN/as2.log" & PIDS+=($!)
+# The RFC 8693 token endpoint (records every exchange).
+node tests/nginx/exchange-as.mjs >"$RUN/ex.out" 2>"$RUN/ex.log" & PIDS+=($!)
 node tests/nginx/echo-upstream.mjs >"$RUN/up.out" 2>"$RUN/up.log" & PIDS+=($!)
 AS_PORT=$(wait_port "$RUN/as.out")
+AS2_PORT=$(wait_port "$RUN/as2.out")
+EX_PORT=$(wait_port "$RUN/ex.out")
 UP_PORT=$(wait_port "$RUN/up.out")
-PORT=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
+PORT=$(free_port)
 AS="http://127.0.0.1:$AS_PORT"
-render() { # workers port -> the test nginx.conf
-  sed -e "s#@RUN@#$RUN#g" -e "s#@PORT@#$2#g" -e "s#@AS@#$AS#g" -e "s#@UP@#$UP_PORT#g" -e "s#@WORKERS@#$1#g" \
+render() { # workers port underscores-port -> the test nginx.conf
+  sed -e "s#@RUN@#$RUN#g" -e "s#@PORT@#$2#g" -e "s#@UPORT@#$3#g" -e "s#@AS@#$AS#g" -e "s#@AS2@#http://127.0.0.1:$AS2_PORT#g" \
+    -e "s#@EX@#http://127.0.0.1:$EX_PORT#g" -e "s#@UP@#$UP_PORT#g" -e "s#@WORKERS@#$1#g" \
     tests/nginx/nginx.conf.template
 }
-render 2 "$PORT" >"$RUN/conf/nginx.conf"
+UPORT=$(free_port)
+render 2 "$PORT" "$UPORT" >"$RUN/conf/nginx.conf"
 # The same configuration with one worker: single flight inside a worker.
-ONE_PORT=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+ONE_PORT=$(free_port)
 mkdir -p "$RUN/one/conf" "$RUN/one/logs" "$RUN/one/tmp"
-render 1 "$ONE_PORT" >"$RUN/one/conf/nginx.conf"
+render 1 "$ONE_PORT" "$(free_port)" >"$RUN/one/conf/nginx.conf"
 chmod -R a+rX "$RUN"
 nginx -p "$RUN" -c conf/nginx.conf
 nginx -p "$RUN/one" -c conf/nginx.conf
@@ -96,7 +107,8 @@ for _ in $(seq 1 50); do [ -s "$RUN/logs/nginx.pid" ] && [ -s "$RUN/one/logs/ngi
 # only addresses, the secret and file locations change.
 DOC="$RUN/doc"
 mkdir -p "$DOC/conf" "$DOC/logs" "$DOC/tmp"
-DOC_PORT=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+DOC_PORT=$(free_port)
+DOC_ADMIN_PORT=$(free_port)
 awk '/^## A complete nginx.conf/{f=1} f&&/^```nginx/{p=1;next} p&&/^```/{exit} p' docs/openresty-and-kong.md >"$DOC/conf/doc.conf"
 [ -s "$DOC/conf/doc.conf" ] || { echo "no nginx.conf block found in docs/openresty-and-kong.md"; exit 1; }
 # The README shows the same nginx.conf: it must stay identical to the one run here.
@@ -110,6 +122,8 @@ awk '/^## OpenResty and Kong/{f=1} f&&/^```nginx/{p=1;next} p&&/^```/{exit} p' R
       -e "s#server auth.example.com:443;#server 127.0.0.1:$AS_PORT;#" \
       -e "s#server 127.0.0.1:9000;#server 127.0.0.1:$UP_PORT;#" \
       -e "s#listen 8080;#listen 127.0.0.1:$DOC_PORT;#" \
+      -e "s#listen 127.0.0.1:8081;#listen 127.0.0.1:$DOC_ADMIN_PORT;#" \
+      -e "s#http://127.0.0.1:8080/_mcp_oauth2_recheck#http://127.0.0.1:$DOC_PORT/_mcp_oauth2_recheck#" \
       -e "s#\"change-me\"#\"gateway-secret\"#" \
       -e "s#^http {#http {\n    client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fastcgi; uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;#" \
       "$DOC/conf/doc.conf"
@@ -119,5 +133,6 @@ nginx -p "$DOC" -c conf/nginx.conf
 for _ in $(seq 1 50); do [ -s "$DOC/logs/nginx.pid" ] && break; sleep 0.1; done
 
 # 4. nginx end-to-end.
-ONE_URL="http://127.0.0.1:$ONE_PORT" ONE_PREFIX="$RUN/one" DOC_URL="http://127.0.0.1:$DOC_PORT" NGINX_URL="http://127.0.0.1:$PORT" AS_URL="$AS" AS_PID="$AS_PID" UPSTREAM_URL="http://127.0.0.1:$UP_PORT" \
-  NGINX_PREFIX="$RUN" timeout 300 node --test --test-concurrency=1 tests/nginx/e2e.test.mjs
+ONE_URL="http://127.0.0.1:$ONE_PORT" ONE_PREFIX="$RUN/one" DOC_URL="http://127.0.0.1:$DOC_PORT" DOC_ADMIN_URL="http://127.0.0.1:$DOC_ADMIN_PORT" NGINX_URL="http://127.0.0.1:$PORT" AS_URL="$AS" AS_PID="$AS_PID" UPSTREAM_URL="http://127.0.0.1:$UP_PORT" \
+  AS2_URL="http://127.0.0.1:$AS2_PORT" EXCHANGE_URL="http://127.0.0.1:$EX_PORT" UNDERSCORE_URL="http://127.0.0.1:$UPORT" \
+  NGINX_PREFIX="$RUN" timeout 400 node --test --test-concurrency=1 tests/nginx/e2e.test.mjs

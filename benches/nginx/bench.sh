@@ -3,11 +3,12 @@
 # Scenarios, interleaved over ROUNDS rounds (one nginx worker pinned to CPU 0, wrk on CPU 1):
 #   (a) proxying, no access handler
 #   (b) a no-op access_by_lua_block that sets one header (the floor of any Lua handler)
-#   (c) the module on cache hits, one claim header
+#   (c) the module on cache hits, one claim header (the core's metrics are always counted)
 #   (d) every request introspected against a fast local AS: no cache, and a new token per
 #       request (unique-token.lua), so no request shares another's AS call
 #   (e) the floor of (d): a Lua access handler making the same subrequest to the same AS,
 #       without the module (what ngx.location.capture + the AS round trip cost by themselves)
+#   (f) (c) plus the body filter that ends streams when their token ends
 # Prints per-scenario median req/s, p99 and ratios to (a), and the µs per request (c) adds
 # over (b), two ways: from throughput (1e6/rps_c - 1e6/rps_b, one saturated worker) and
 # from the worker's own CPU time per request (/proc/PID/schedstat), which other load on a
@@ -49,7 +50,7 @@ check() { # path expected-status
   local got; got=$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH" "$BASE$1")
   [ "$got" = "$2" ] || { echo "sanity check failed: $1 -> $got (want $2)"; tail -5 "$RUN/logs/error.log"; exit 1; }
 }
-check /a/mcp 200; check /b/mcp 200; check /mcp 200; check /d/mcp 200; check /e/mcp 200
+check /a/mcp 200; check /b/mcp 200; check /mcp 200; check /d/mcp 200; check /e/mcp 200; check /f/mcp 200
 curl -s -o /dev/null -w '' "$BASE/mcp" # (no token) warms the 401 path too
 
 # In-worker loop of the (b) and (c) handler bodies (best of 5 runs each).
@@ -61,7 +62,7 @@ WORKER=$(pgrep -P "$(cat "$RUN/logs/nginx.pid")" | head -1)
 cpu_ns() { awk '{print $1}' "/proc/$WORKER/schedstat"; }
 WRK="wrk"
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then WRK="taskset -c 1 wrk"; fi
-declare -A PATHS=([a]=/a/mcp [b]=/b/mcp [c]=/mcp [d]=/d/mcp [e]=/e/mcp)
+declare -A PATHS=([a]=/a/mcp [b]=/b/mcp [c]=/mcp [d]=/d/mcp [e]=/e/mcp [f]=/f/mcp)
 OUT="$RUN/results.txt"; : >"$OUT"
 # Warm-up (JIT, connection pools).
 run_wrk() { # scenario duration [extra wrk args...]
@@ -72,9 +73,9 @@ run_wrk() { # scenario duration [extra wrk args...]
     $WRK -t1 -c"$CONNECTIONS" -d"$d" "$@" -H "$AUTH" "$BASE${PATHS[$s]}"
   fi
 }
-for s in a b c d e; do run_wrk "$s" 1s >/dev/null; done
+for s in a b c d e f; do run_wrk "$s" 1s >/dev/null; done
 for r in $(seq 1 "$ROUNDS"); do
-  for s in a b c d e; do
+  for s in a b c d e f; do
     calls0=$(curl -s "$BASE/as_calls")
     t0=$(cpu_ns)
     res=$(run_wrk "$s" "${DURATION}s" --latency)
@@ -104,10 +105,10 @@ for (const [s, , rps, p99, cpu] of lines) {
   by[s] ??= { rps: [], p99: [], cpu: [] };
   by[s].rps.push(+rps); by[s].p99.push(ms(p99)); by[s].cpu.push(+cpu);
 }
-const names = { a: 'proxy, no access handler', b: 'no-op access_by_lua (1 header)', c: 'mcp_oauth2, cache hit, 1 claim header', d: 'mcp_oauth2, introspect every request', e: 'capture to the AS only (floor of d)' };
+const names = { a: 'proxy, no access handler', b: 'no-op access_by_lua (1 header)', c: 'mcp_oauth2, cache hit, 1 claim header', d: 'mcp_oauth2, introspect every request', e: 'capture to the AS only (floor of d)', f: '(c) + the stream body filter' };
 const a = median(by.a.rps);
 console.log('\nscenario                                   req/s (median)   p99 ms   ratio to (a)   worker CPU µs/req');
-for (const s of ['a', 'b', 'c', 'd', 'e']) {
+for (const s of ['a', 'b', 'c', 'd', 'e', 'f']) {
   const r = median(by[s].rps);
   console.log(`(${s}) ${names[s].padEnd(38)} ${r.toFixed(0).padStart(12)} ${median(by[s].p99).toFixed(2).padStart(8)}   ${(r / a).toFixed(3).padStart(12)}   ${median(by[s].cpu).toFixed(2).padStart(10)}`);
 }
@@ -123,6 +124,7 @@ console.log(`(b) over (a), worker CPU time: ${median(by.a.cpu.map((ca, i) => by.
 const eOverB = median(by.b.cpu.map((cb, i) => by.e.cpu[i] - cb));
 const dOverE = median(by.e.cpu.map((ce, i) => by.d.cpu[i] - ce));
 console.log(`(e) over (b), worker CPU time: ${eOverB.toFixed(2)} µs (the subrequest and the AS round trip); (d) over (e): ${dOverE.toFixed(2)} µs (the module, its subrequest location and the uncached decision)`);
+console.log(`(f) over (c), worker CPU time: ${median(by.c.cpu.map((cc, i) => by.f.cpu[i] - cc)).toFixed(2)} µs (the body filter that ends streams)`);
 console.log(`(d)/(a) from worker CPU time: ${(median(by.a.cpu) / median(by.d.cpu)).toFixed(3)} (target >= 0.30; the throughput ratio above is noisier)`);
 JS
 cat "$RUN/loop.txt"

@@ -28,6 +28,16 @@ end
 
 local cached = validator()
 local uncached = validator({ cache_introspection = false })
+-- Token exchange (RFC 8693) after validation: the exchanged token is cached too.
+local exchanging = validator({
+  passthrough_credentials = true,
+  token_exchange = {
+    enabled = true,
+    token_endpoint = "http://127.0.0.1:9/token",
+    client_id = "exchanger", client_secret = "exchanger-secret",
+    request = { audience = { "upstream" } },
+  },
+})
 
 local authz = "Bearer bench-token-0123456789abcdefghijklmnopqrstuvwxyz"
 local answer = '{"active":true,"client_id":"bench","aud":"http://127.0.0.1:8080/mcp","exp":'
@@ -124,12 +134,47 @@ assert(C.mcp_oauth2_pending_resume(pp[0], now_ms(), 200, rh, 1, answer, #answer,
 C.mcp_oauth2_pending_free(pp)
 C.mcp_oauth2_decision_free(dp)
 
-run("cache hit: begin + claim value + valid_until + free", 200000, function(n)
+local plain = run("cache hit: begin + claim value + valid_until + free", 200000, function(n)
   for _ = 1, n do
     begin(cached)
     if not read_forward() then error("not a cache hit") end
   end
 end)
+
+-- Fill the exchanging validator's caches: introspection, then the exchange.
+begin(exchanging)
+assert(C.mcp_oauth2_pending_resume(pp[0], now_ms(), 200, rh, 1, answer, #answer, dp) == OK)
+assert(dp[0] == nil, "the exchange step follows")
+C.mcp_oauth2_pending_purpose(pp[0], u32)
+assert(u32[0] == C.MCP_OAUTH2_PURPOSE_TOKEN_EXCHANGE)
+local exchanged = '{"access_token":"exchanged-0123456789abcdefghijklmnopqrstuvwxyz",'
+  .. '"issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":3600}'
+assert(C.mcp_oauth2_pending_resume(pp[0], now_ms(), 200, rh, 1, exchanged, #exchanged, dp) == OK)
+C.mcp_oauth2_pending_free(pp)
+C.mcp_oauth2_decision_free(dp)
+
+-- What the wrapper reads with an exchange: the upstream Authorization too.
+local function read_exchanged()
+  local d = dp[0]
+  assert(C.mcp_oauth2_decision_allowed(d, flag) == OK and flag[0])
+  local value
+  if C.mcp_oauth2_decision_claim_header_value(d, 0, s1) == OK then
+    value = ffi_string(s1[0].ptr, s1[0].len)
+  end
+  assert(C.mcp_oauth2_decision_upstream_authorization(d, s2) == OK)
+  local authz = ffi_string(s2[0].ptr, s2[0].len)
+  C.mcp_oauth2_decision_valid_until(d, i64)
+  C.mcp_oauth2_decision_free(dp)
+  return value, authz
+end
+local ex = run("cached exchanged token: begin + claim + upstream Authorization + free", 200000, function(n)
+  for _ = 1, n do
+    begin(exchanging)
+    if dp[0] == nil then error("not a cache hit") end
+    read_exchanged()
+  end
+end)
+print(string.format("cached exchanged token over a plain cache hit: %.2fx (target <= 1.3)", ex / plain))
 run("uncached: begin -> pending getters -> resume -> decision read", 50000, function(n)
   for _ = 1, n do uncached_decision() end
 end)

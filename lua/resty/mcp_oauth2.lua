@@ -26,8 +26,19 @@
 --   library       path of mcp_oauth2.so (default: package.searchpath("mcp_oauth2",
 --                 package.cpath)), or an already loaded FFI library
 --   native        the Lua module table with config_json (default: require("mcp_oauth2"))
+--   recheck_url   http://127.0.0.1:PORT/_mcp_oauth2_recheck: the loopback location through
+--                 which a timer re-validates the token of an open response when its cache
+--                 entry ages out (needed with "capture"; other transports call the AS from
+--                 the timer itself)
+--   variables     true, or a list of names ("subject", "client_id", "scope", "consumer",
+--                 "credential", "groups", "claims"): access() sets $mcp_oauth2_<name>
+--                 (declare each with `set $mcp_oauth2_<name> "";` where access() runs)
+--   underscores_in_headers  true when nginx's `underscores_in_headers on`: access() then
+--                 drops every request header the decision says must not reach the upstream
+--                 (`X_User_Id` for `X-User-Id`), not only the exact names
 
 local ffi = require("ffi")
+local cjson = require("cjson.safe")
 require("resty.mcp_oauth2.cdef")
 
 local ngx = ngx
@@ -43,6 +54,8 @@ local ngx_sleep = ngx.sleep
 local ngx_now = ngx.now
 local ngx_ERR = ngx.ERR
 local ngx_WARN = ngx.WARN
+local ngx_INFO = ngx.INFO
+local ngx_DEBUG = ngx.DEBUG
 local HTTP_OK = ngx.HTTP_OK
 local type = type
 local pcall = pcall
@@ -56,8 +69,12 @@ local setmetatable = setmetatable
 local str_find = string.find
 local str_sub = string.sub
 local str_gsub = string.gsub
+local str_match = string.match
+local str_byte = string.byte
+local concat = table.concat
 local io_open = io.open
 local math_min = math.min
+local floor = math.floor
 local math_max = math.max
 local ffi_new = ffi.new
 local ffi_gc = ffi.gc
@@ -81,6 +98,7 @@ local INVALID_ARGUMENT = tonumber(K.MCP_OAUTH2_RESULT_INVALID_ARGUMENT)
 local STATE_HTTP = tonumber(K.MCP_OAUTH2_PENDING_STATE_HTTP)
 local STATE_WAIT = tonumber(K.MCP_OAUTH2_PENDING_STATE_WAIT)
 local PURPOSE_INTROSPECTION = tonumber(K.MCP_OAUTH2_PURPOSE_INTROSPECTION)
+local PURPOSE_TOKEN_EXCHANGE = tonumber(K.MCP_OAUTH2_PURPOSE_TOKEN_EXCHANGE)
 local READS_BODY = tonumber(K.MCP_OAUTH2_READS_BODY)
 local READS_FORWARDED = tonumber(K.MCP_OAUTH2_READS_FORWARDED)
 local READS_ORIGIN = tonumber(K.MCP_OAUTH2_READS_ORIGIN)
@@ -95,7 +113,10 @@ local PURPOSE_NAMES = {
   [tonumber(K.MCP_OAUTH2_PURPOSE_INTROSPECTION)] = "introspection",
   [tonumber(K.MCP_OAUTH2_PURPOSE_DISCOVERY)] = "discovery",
   [tonumber(K.MCP_OAUTH2_PURPOSE_JWKS)] = "jwks",
+  [tonumber(K.MCP_OAUTH2_PURPOSE_TOKEN_EXCHANGE)] = "token_exchange",
 }
+-- The core's log levels (mcp_oauth2_decision_log_level) as nginx's.
+local LOG_LEVELS = { [0] = ngx_DEBUG, [1] = ngx_INFO, [2] = ngx_WARN, [3] = ngx_ERR }
 local REFUSALS = {
   consumer_not_found = tonumber(K.MCP_OAUTH2_REFUSAL_CONSUMER_NOT_FOUND),
   consumer_groups_not_found = tonumber(K.MCP_OAUTH2_REFUSAL_CONSUMER_GROUPS_NOT_FOUND),
@@ -227,6 +248,86 @@ local function read_names(C, v, count_fn, get_fn, what)
   return names
 end
 
+--- Checks a configuration with the core exactly as new() builds it (config_json, then
+--- mcp_oauth2_validator_new), without keeping anything: true, or nil and the core's message
+--- naming the field. For schema validation (the Kong plugin's custom_validator).
+function _M.check(conf, opts)
+  opts = opts or {}
+  local native = opts.native or require("mcp_oauth2")
+  local json, err = native.config_json(conf)
+  if not json then
+    return nil, err
+  end
+  local C
+  C, err = load_library(opts.library)
+  if not C then
+    return nil, err
+  end
+  local vbox = ffi_new("mcp_oauth2_validator*[1]")
+  local ebox = ffi_new("mcp_oauth2_error*[1]")
+  local rc = C.mcp_oauth2_validator_new(json, #json, vbox, ebox)
+  C.mcp_oauth2_validator_free(vbox)
+  if rc == OK then
+    return true
+  end
+  if ebox[0] ~= nil then
+    C.mcp_oauth2_error_message(ebox[0], s1)
+    err = str1()
+    C.mcp_oauth2_error_free(ebox)
+    return nil, err
+  end
+  return nil, "mcp_oauth2_validator_new: " .. result_name(C, rc)
+end
+
+-- Names access() can write into $mcp_oauth2_<name> (opts.variables).
+local VARIABLES = {
+  subject = true, client_id = true, scope = true, consumer = true, credential = true,
+  groups = true, claims = true,
+}
+
+-- Every handler of this worker (weak): the timer's work list, and the recheck location's
+-- registry by configuration id.
+local handlers = setmetatable({}, { __mode = "k" })
+local by_id = setmetatable({}, { __mode = "v" })
+-- Per shared dict: the last sequence number of its eviction log this worker applied.
+local evict_seen = setmetatable({}, { __mode = "k" })
+-- The worker's timer: revocations from other workers, open responses to re-validate,
+-- metrics snapshots. Every TICK seconds.
+local TICK = 0.2
+local ticker_started = false
+
+local function start_ticker()
+  if ticker_started or not (ngx.timer and ngx.timer.every) then
+    return
+  end
+  if ngx.get_phase and ngx.get_phase() == "init" then
+    return -- no timers in init_by_lua: started by the first request instead
+  end
+  local ok, err = ngx.timer.every(TICK, function(premature)
+    if not premature then
+      local done, terr = pcall(_M._tick)
+      if not done then
+        ngx_log(ngx_ERR, "mcp_oauth2: timer: ", terr)
+      end
+    end
+  end)
+  if ok then
+    ticker_started = true
+  else
+    ngx_log(ngx_ERR, "mcp_oauth2: cannot start the worker timer: ", err)
+  end
+end
+
+local function register(self)
+  handlers[self] = true
+  by_id[self.id] = self
+  local shm = self.shm
+  if shm and evict_seen[shm] == nil then
+    evict_seen[shm] = shm:get("evict:seq") or 0
+  end
+  start_ticker()
+end
+
 --- Builds the handler. Returns the object, or nil and an error naming the field.
 function _M.new(conf, opts)
   opts = opts or {}
@@ -281,8 +382,20 @@ function _M.new(conf, opts)
   -- behaviour); the internal capture location sends only Authorization, Content-Type and
   -- Accept, so extra introspection headers cannot go that way.
   local tls = {}
+  local decoded = cjson.decode(json)
+  -- Token exchange: the upstream gets the exchanged token; an actor token may come from a
+  -- request header, which begin must then be given.
+  local exchange, actor_header, actor_var = false, nil, nil
+  local te = type(decoded) == "table" and decoded.token_exchange
+  if type(te) == "table" and te.enabled == true then
+    exchange = true
+    local r = type(te.request) == "table" and te.request or {}
+    if r.actor_token_source == "header" and type(r.actor_token_header) == "string" then
+      actor_header = r.actor_token_header:lower()
+      actor_var = "http_" .. str_gsub(actor_header, "-", "_")
+    end
+  end
   if mode ~= "custom" then
-    local decoded = require("cjson.safe").decode(json)
     if type(decoded) == "table" then
       if decoded.ssl_verify == false then
         tls.ssl_verify = false
@@ -325,7 +438,46 @@ function _M.new(conf, opts)
     return nil, err
   end
 
+  -- The same configuration gets the same id in every worker (a digest over it, never a
+  -- secret): the key of this handler's metrics in the shared dict and of the recheck
+  -- location's registry.
+  check(C, C.mcp_oauth2_validator_token_cache_key(v, "", 0, key64), "validator_token_cache_key")
+  local id = ffi_string(key64, 16)
+
+  -- Each configuration warning (plain-http endpoints, disabled certificate checks), once.
+  check(C, C.mcp_oauth2_validator_warning_count(v, sz), "validator_warning_count")
+  for i = 0, tonumber(sz[0]) - 1 do
+    if C.mcp_oauth2_validator_warning(v, i, s1) == OK then
+      ngx_log(ngx_WARN, "mcp_oauth2: configuration: ", str1())
+    end
+  end
+
+  local variables
+  if opts.variables == true then
+    variables = { "subject", "client_id", "scope", "consumer", "credential", "groups", "claims" }
+  elseif type(opts.variables) == "table" then
+    variables = {}
+    for _, name in ipairs(opts.variables) do
+      if not VARIABLES[name] then
+        return nil, "opts.variables: unknown name \"" .. tostring(name) .. "\""
+      end
+      variables[#variables + 1] = name
+    end
+  elseif opts.variables ~= nil and opts.variables ~= false then
+    return nil, "opts.variables: must be true or a list of names"
+  end
+
+  local recheck
+  if opts.recheck_url ~= nil then
+    local host, port, path = str_match(tostring(opts.recheck_url), "^http://([^/:]+):?(%d*)(/.*)$")
+    if not host then
+      return nil, "opts.recheck_url: must be http://HOST[:PORT]/PATH (a loopback address of this nginx)"
+    end
+    recheck = { host = host, port = tonumber(port) or 80, path = path }
+  end
+
   local self = {
+    id = id,
     C = C,
     vbox = vbox,
     v = v,
@@ -346,10 +498,27 @@ function _M.new(conf, opts)
     internal = internal,
     -- In-worker followers: semaphore -> pending box.
     waiters = {},
-    -- How often a request waited for another one's AS call (tests, diagnostics).
-    counts = { worker_waits = 0, shm_waits = 0 },
+    -- How often a request waited for another one's AS call, and re-validations of open
+    -- responses (tests, diagnostics).
+    counts = { worker_waits = 0, shm_waits = 0, rechecks = 0, streams_cut = 0 },
+    variables = variables,
+    n_variables = variables and #variables or 0,
+    underscores = opts.underscores_in_headers == true,
+    recheck = recheck,
+    exchange = exchange,
+    actor_header = actor_header,
+    actor_var = actor_var,
+    -- ngx.ctx.mcp_oauth2 after an allowed access() (opts.context = false: none).
+    context = opts.context ~= false,
+    -- Open responses by token cache key: { exp, recheck_at, authz, path, origin, cut,
+    -- busy, set = weak-keyed set of per-response states }.
+    streams = {},
+    -- The same entries by the Authorization value that opened them.
+    streams_by_authz = {},
   }
-  return setmetatable(self, mt)
+  setmetatable(self, mt)
+  register(self)
+  return self
 end
 
 -- ---------------------------------------------------------------------------------------
@@ -538,7 +707,13 @@ local function http_step(self, box)
   check(C, C.mcp_oauth2_pending_timeout_ms(p, u64), "pending_timeout_ms")
   local lock_wait = self.lock_wait or (2 * tonumber(u64[0]) / 1000 + 1)
 
+  -- Introspection and exchange answers are kept in the dict (and counted as its hits and
+  -- misses); metadata and key sets only go through the flight entry.
+  local kept = purpose == PURPOSE_INTROSPECTION or purpose == PURPOSE_TOKEN_EXCHANGE
   local stored = shm:get(key)
+  if kept then
+    C.mcp_oauth2_validator_record_shared_cache(self.v, stored ~= nil)
+  end
   if stored then
     return replay(self, box, stored)
   end
@@ -558,10 +733,10 @@ local function http_step(self, box)
     end
     -- Followers of this flight read its result, whatever it was (AS failures included).
     shm:set(flight_key, raw, lock_wait)
-    -- An introspection answer is kept for as long as the core keeps the decision it made
-    -- (never for failures: they have no cache TTL).
-    if purpose == PURPOSE_INTROSPECTION and dp[0] ~= nil
-        and C.mcp_oauth2_decision_cache_ttl_ms(dp[0], u64) == OK then
+    -- An introspection or exchange answer is kept for as long as the core keeps what it
+    -- derived from it (never failures: they have no cache TTL). Asked by key: after an
+    -- introspection that a token exchange follows there is no decision yet.
+    if kept and C.mcp_oauth2_validator_cache_ttl_ms(self.v, key, #key, ngx_now() * 1000, u64) == OK then
       local ttl = tonumber(u64[0]) / 1000
       if ttl >= 0.001 then
         local set_ok, set_err = shm:set(key, raw, ttl)
@@ -710,10 +885,146 @@ local function fail_closed(self, detail)
   return send(r.status, r.headers, r.body)
 end
 
--- Applies the decision in `dp` to this request and frees it: sets or clears each claim
--- header (an absent claim's header is cleared, so a client can never supply it), clears the
--- rest of the remove list, and returns true, valid_until; or answers the client.
-local function apply(self)
+-- The error_log level of this worker (ngx.errlog), read once: a decision whose level is
+-- filtered out costs one FFI call and no string.
+local sys_level
+local function read_sys_level()
+  local ok, errlog = pcall(require, "ngx.errlog")
+  if ok and type(errlog) == "table" and errlog.get_sys_filter_level then
+    local got, level = pcall(errlog.get_sys_filter_level)
+    if got and tonumber(level) then
+      return tonumber(level)
+    end
+  end
+  return ngx.NOTICE or 6
+end
+local function log_filter()
+  local level = sys_level
+  if not level then
+    level = read_sys_level()
+    sys_level = level
+  end
+  return level
+end
+
+-- Logs a decision at the core's level (debug: allowed, metadata; info: refused; warn: a 503
+-- from the AS side; error: internal), with its reason, status and detail. The core's
+-- reason and detail never hold a token, a secret or the AS's text.
+local function log_decision(C, d)
+  if C.mcp_oauth2_decision_log_level(d, u32) ~= OK then
+    return
+  end
+  local level = LOG_LEVELS[tonumber(u32[0])] or ngx_ERR
+  if level > log_filter() then
+    return
+  end
+  local reason = C.mcp_oauth2_decision_reason(d, s1) == OK and str1() or "?"
+  local status = C.mcp_oauth2_decision_status(d, u16) == OK and tonumber(u16[0]) or nil
+  local detail = C.mcp_oauth2_decision_detail(d, s1) == OK and str1() or nil
+  ngx_log(level, "mcp_oauth2: ", reason, status and (" " .. status) or " (forwarded)",
+    detail and (": " .. detail) or "")
+end
+
+-- The validated identity handed to what runs after access() (ngx.ctx.mcp_oauth2): fields
+-- are read from the allowed decision, which the table keeps, when first asked for.
+local function opt_str(fn)
+  return function(C, d)
+    if C[fn](d, s1) == OK then
+      return str1()
+    end
+  end
+end
+local IDENTITY = {
+  subject = opt_str("mcp_oauth2_decision_subject"),
+  client_id = opt_str("mcp_oauth2_decision_client_id"),
+  scope = opt_str("mcp_oauth2_decision_scope"),
+  consumer = opt_str("mcp_oauth2_decision_consumer"),
+  credential = opt_str("mcp_oauth2_decision_credential"),
+  claims_json = opt_str("mcp_oauth2_decision_claims_json"),
+  groups = function(C, d)
+    if C.mcp_oauth2_decision_consumer_group_count(d, sz) ~= OK then
+      return nil
+    end
+    local groups = {}
+    for i = 0, tonumber(sz[0]) - 1 do
+      if C.mcp_oauth2_decision_consumer_group(d, i, s1) == OK then
+        groups[#groups + 1] = str1()
+      end
+    end
+    return groups
+  end,
+  claims = function(C, d)
+    if C.mcp_oauth2_decision_claims_json(d, s1) == OK then
+      return cjson.decode(str1())
+    end
+  end,
+  exchanged_token = function(C, d)
+    if C.mcp_oauth2_decision_upstream_authorization(d, s1) == OK then
+      return (str_match(str1(), "^[Bb]earer +(.*)$"))
+    end
+  end,
+  valid_until = function(C, d)
+    if C.mcp_oauth2_decision_valid_until(d, i64) == OK then
+      return tonumber(i64[0])
+    end
+  end,
+  recheck_at = function(C, d)
+    if C.mcp_oauth2_decision_recheck_at(d, u64) == OK then
+      return tonumber(u64[0])
+    end
+  end,
+}
+local identity_mt = {
+  __index = function(t, k)
+    local get = IDENTITY[k]
+    local box = rawget(t, "_d")
+    if not get or not box or box[0] == nil then
+      return nil
+    end
+    local v = get(rawget(t, "_C"), box[0])
+    rawset(t, k, v)
+    return v
+  end,
+}
+
+local function set_variables(self, id)
+  local var = ngx_var
+  local names = self.variables
+  for i = 1, self.n_variables do
+    local name = names[i]
+    local v
+    if name == "groups" then
+      v = id.groups
+      v = v and concat(v, ",")
+    elseif name == "claims" then
+      v = id.claims_json
+    else
+      v = id[name]
+    end
+    var["mcp_oauth2_" .. name] = v or ""
+  end
+end
+
+-- With `underscores_in_headers on`, nginx passes `X_User_Id` beside `X-User-Id`; CGI/WSGI
+-- upstreams read both as one. Drops every request header the decision flags (the exact
+-- names are already cleared).
+local function drop_twins(C, d)
+  local headers = ngx_req.get_headers(0, true)
+  for name in pairs(headers) do
+    if str_find(name, "_", 1, true)
+        and C.mcp_oauth2_decision_must_remove(d, name, #name, flag) == OK and flag[0] then
+      clear_header(name)
+    end
+  end
+end
+
+local dbox_t = ffi.typeof("mcp_oauth2_decision*[1]")
+
+-- Applies the decision in `dp` to this request and frees it (or hands it to ngx.ctx): sets
+-- or clears each claim header (an absent claim's header is cleared, so a client can never
+-- supply it), clears the rest of the remove list, sets the exchanged token's Authorization,
+-- and returns true, valid_until; or answers the client.
+local function apply(self, authz)
   local C = self.C
   local d = dp[0]
   local rc = C.mcp_oauth2_decision_allowed(d, flag)
@@ -721,6 +1032,7 @@ local function apply(self)
     C.mcp_oauth2_decision_free(dp)
     return fail_closed(self, "decision_allowed: " .. result_name(C, rc))
   end
+  log_decision(C, d)
   if flag[0] then
     local names = self.claim_names
     for i = 1, self.n_claims do
@@ -738,11 +1050,32 @@ local function apply(self)
     for i = 1, self.n_clear do
       clear_header(clear[i])
     end
+    if self.underscores then
+      drop_twins(C, d)
+    end
+    -- Token exchange: the upstream's Authorization (the client's is in the remove list).
+    if self.exchange and C.mcp_oauth2_decision_upstream_authorization(d, s1) == OK then
+      set_header("Authorization", str1())
+    end
     local valid_until
     if C.mcp_oauth2_decision_valid_until(d, i64) == OK then
       valid_until = tonumber(i64[0])
     end
-    C.mcp_oauth2_decision_free(dp)
+    if self.context then
+      -- The decision lives on in the request's identity table (freed with it).
+      local box = ffi_gc(ffi_new(dbox_t), C.mcp_oauth2_decision_free)
+      box[0] = d
+      dp[0] = nil
+      local id = setmetatable({
+        _d = box, _C = C, _authz = authz, valid_until = valid_until, decided_at = ngx_now(),
+      }, identity_mt)
+      ngx.ctx.mcp_oauth2 = id
+      if self.n_variables > 0 then
+        set_variables(self, id)
+      end
+    else
+      C.mcp_oauth2_decision_free(dp)
+    end
     return true, valid_until
   end
   local ok, status, headers, body = pcall(read_response, C, d)
@@ -753,6 +1086,8 @@ local function apply(self)
   return send(status, headers, body)
 end
 
+-- The request body as nginx buffered it, in memory or in its temporary file; from a file
+-- at most `max` + 1 bytes (one more than the limit lets the core answer 413).
 local function read_body(max)
   ngx_req.read_body()
   local body = ngx_req.get_body_data()
@@ -767,10 +1102,15 @@ local function read_body(max)
   if not f then
     return nil
   end
-  -- One byte over the limit is enough for the validator to answer 413.
   local data = f:read(max > 0 and (max + 1) or "*a")
   f:close()
-  return data
+  return data or ""
+end
+
+--- The request body for the core (method_scopes), read from memory or nginx's temporary
+--- file, at most max_request_body_size + 1 bytes. For hosts that build requests themselves.
+function _M.request_body(self)
+  return read_body(self.max_body)
 end
 
 local function put_header(n, name, value)
@@ -803,6 +1143,14 @@ local function begin_here(self, method, uri, body, no_peer)
       end
     end
   end
+  if self.actor_var then
+    -- Token exchange with the actor token from a request header (the core reads it).
+    local actor = var[self.actor_var]
+    if actor then
+      anchor[12] = actor
+      n = put_header(n, self.actor_header, actor)
+    end
+  end
   if self.reads_forwarded then
     if no_peer then
       req.peer_addr, req.peer_addr_len = nil, 0
@@ -828,14 +1176,17 @@ local function begin_here(self, method, uri, body, no_peer)
   else
     req.body, req.body_len = nil, 0
   end
-  return self.C.mcp_oauth2_validator_begin(self.v, req, ngx_now() * 1000, dp, pp)
+  return self.C.mcp_oauth2_validator_begin(self.v, req, ngx_now() * 1000, dp, pp), authz
 end
 
 --- access_by_lua* handler: serves PRM, validates the bearer token (asking the AS through
---- nginx when needed), then either rewrites the upstream headers and returns true,
---- valid_until (Unix seconds, nil for a token without exp), or ends the request with the
---- decided response.
+--- nginx when needed), then either rewrites the upstream headers, sets ngx.ctx.mcp_oauth2
+--- (the validated identity) and returns true, valid_until (Unix seconds, nil for a token
+--- without exp), or ends the request with the decided response.
 function _M.access(self)
+  if not ticker_started then
+    start_ticker()
+  end
   local var = ngx_var
   local method = var.request_method
   local uri = var.uri
@@ -844,13 +1195,13 @@ function _M.access(self)
   if self.reads_body and method == "POST" then
     body = read_body(self.max_body)
   end
-  local rc = begin_here(self, method, uri, body)
+  local rc, authz = begin_here(self, method, uri, body)
   if rc == INVALID_ARGUMENT then
     -- A path that is not UTF-8 (nginx decodes %FF), or a peer address that is not an IP
     -- (a unix socket): the core refused the request before deciding anything. Such a path
     -- never names the metadata document, and without a peer X-Forwarded-* is not believed;
     -- the token is still checked.
-    rc = begin_here(self, method, (str_gsub(uri, "[\128-\255]", "?")), body, true)
+    rc, authz = begin_here(self, method, (str_gsub(uri, "[\128-\255]", "?")), body, true)
   end
   if rc ~= OK then
     return fail_closed(self, "validator_begin: " .. result_name(self.C, rc))
@@ -861,7 +1212,7 @@ function _M.access(self)
       return fail_closed(self, "validation failed: " .. tostring(err))
     end
   end
-  return apply(self)
+  return apply(self, authz)
 end
 
 -- ---------------------------------------------------------------------------------------
@@ -873,6 +1224,7 @@ local function decision_table(self)
   check(C, C.mcp_oauth2_decision_reason(d, s1), "decision_reason")
   local t = { reason = str1() }
   check(C, C.mcp_oauth2_decision_allowed(d, flag), "decision_allowed")
+  log_decision(C, d)
   if not flag[0] then
     t.allowed = false
     t.status, t.headers, t.body = read_response(C, d)
@@ -897,8 +1249,14 @@ local function decision_table(self)
   if C.mcp_oauth2_decision_valid_until(d, i64) == OK then
     t.valid_until = tonumber(i64[0])
   end
+  if C.mcp_oauth2_decision_recheck_at(d, u64) == OK then
+    t.recheck_at = tonumber(u64[0])
+  end
+  if C.mcp_oauth2_decision_upstream_authorization(d, s1) == OK then
+    t.upstream_authorization = str1()
+  end
   local id = {}
-  local fields = { "subject", "client_id", "scope", "consumer", "credential" }
+  local fields = { "subject", "client_id", "scope", "consumer", "credential", "claims_json" }
   for _, f in ipairs(fields) do
     if C["mcp_oauth2_decision_" .. f](d, s1) == OK then
       id[f] = str1()
@@ -1016,6 +1374,52 @@ function _M.refuse(self, d, why)
   return t
 end
 
+--- Whether a request header must not reach the upstream, for an allowed decide() result:
+--- one of its remove_headers after case and `_`/`-` folding (`X_User_Id` for `X-User-Id`).
+function _M.must_remove(self, d, name)
+  local box = d.native
+  if not box or box[0] == nil then
+    return false
+  end
+  return self.C.mcp_oauth2_decision_must_remove(box[0], name, #name, flag) == OK and flag[0]
+end
+
+--- The core's 400 invalid_request (with its challenge) for a request the host cannot hand
+--- over whole: nginx's own 400s (a second Authorization header, headers too large) and
+--- more request headers than the host reads. Made by the core from a request with two
+--- Authorization headers, the one malformed request that never depends on the token.
+--- `r` = { path, headers } like decide() (its Authorization headers are replaced).
+function _M.bad_request_table(self, r)
+  r = r or {}
+  local headers = {}
+  for name, value in pairs(r.headers or {}) do
+    if name:lower() ~= "authorization" then
+      headers[name] = value
+    end
+  end
+  headers.authorization = { "Bearer -", "Bearer -" }
+  return self:decide({ method = "GET", path = r.path or "/", headers = headers, peer_addr = r.peer_addr })
+end
+
+--- content_by_lua* handler of an `error_page 400 = @location`: answers nginx's own 400
+--- (e.g. two Authorization headers) with the core's 400 and its challenge.
+function _M.bad_request(self)
+  local var = ngx_var
+  local path = var.uri or "/"
+  if path == "" or str_byte(path) ~= 47 then
+    path = "/"
+  end
+  local t = self:bad_request_table({
+    path = (str_gsub(path, "[\128-\255]", "?")),
+    headers = { origin = var.http_origin, ["access-control-request-method"] = nil },
+  })
+  if t.allowed then
+    self:release(t)
+    t = self.internal
+  end
+  return send(t.status, t.headers, t.body)
+end
+
 --- Frees the native decision behind an allowed decide() result (the GC would, later).
 function _M.release(self, d)
   if d and d.native then
@@ -1023,17 +1427,458 @@ function _M.release(self, d)
   end
 end
 
---- Forgets a token (after revocation): this worker's cache and the shared dict. Other
---- workers' in-process caches keep it until their entry expires (at most cache_ttl_max).
+-- ---------------------------------------------------------------------------------------
+-- Revocation, open responses, metrics
+
+-- Eviction log entries live this long (a worker applies them within a tick).
+local EVICT_TTL = 60
+-- Entries applied at most per tick and dict (a flood of evictions is applied in part; the
+-- shared dict entries themselves are deleted at once by the evicting worker).
+local EVICT_BATCH = 10000
+-- A re-validation that could not decide (AS unavailable, recheck location unreachable) is
+-- tried again this much later; the response stays open meanwhile.
+local RECHECK_RETRY_MS = 1000
+
+local function worker_pid()
+  local w = ngx.worker
+  return w and w.pid and w.pid() or 0
+end
+
+-- Ends every open response of this worker whose token has this cache key, or (with
+-- `before`, Unix s) those whose request was decided before then.
+local function cut_streams(self, key, why, before)
+  local e = self.streams[key]
+  if not e or e.cut then
+    return
+  end
+  if not before then
+    e.cut = why
+    return
+  end
+  for st in pairs(e.set) do
+    if not st.decided_at or st.decided_at <= before then
+      st.cut = why
+    end
+  end
+end
+
+-- Forgets a cache key in this worker: a revocation another worker published at
+-- `evicted_at` (Unix s). If this worker still had the token's answer, every open response
+-- of the token may rest on it: they end. Otherwise those decided after the eviction rest
+-- on a fresh answer (the shared dict's copy went with the eviction) and go on.
+local function evict_key_here(self, key, evicted_at)
+  local had = self.C.mcp_oauth2_validator_evict_key(self.v, key, #key, flag) == OK and flag[0]
+  cut_streams(self, key, "token_evicted", not had and evicted_at or nil)
+end
+
+--- Forgets a token (after revocation) in every worker within a tick (0.2 s): this worker's
+--- cache and the shared dict at once, then the other workers' in-process caches through an
+--- eviction log in the shared dict (cache keys, never tokens). Responses still streaming
+--- for this token end too. Returns whether this worker had it cached.
 function _M.evict(self, token)
   local C = self.C
   check(C, C.mcp_oauth2_validator_evict(self.v, token, #token, flag), "validator_evict")
   local had = flag[0]
-  if self.shm then
-    check(C, C.mcp_oauth2_validator_token_cache_key(self.v, token, #token, key64), "validator_token_cache_key")
-    self.shm:delete(ffi_string(key64, 64))
+  check(C, C.mcp_oauth2_validator_token_cache_key(self.v, token, #token, key64), "validator_token_cache_key")
+  local key = ffi_string(key64, 64)
+  local shm = self.shm
+  if shm then
+    shm:delete(key)
+    local seq, err = shm:incr("evict:seq", 1, 0)
+    if seq then
+      -- "<key> <when, Unix ms> <worker pid>": this worker applied it already.
+      local ok, serr = shm:set("evict:" .. seq, key .. " " .. floor(ngx_now() * 1000) .. " " .. worker_pid(),
+        EVICT_TTL)
+      if not ok then
+        ngx_log(ngx_ERR, "mcp_oauth2: eviction log: ", serr)
+      end
+    else
+      ngx_log(ngx_ERR, "mcp_oauth2: eviction log: ", err)
+    end
   end
+  cut_streams(self, key, "token_evicted")
   return had
+end
+
+-- Applies the eviction logs of the shared dicts: what other workers evicted since the
+-- last tick.
+local function apply_evictions()
+  for shm, seen in pairs(evict_seen) do
+    local last = shm:get("evict:seq") or 0
+    if last < seen then
+      seen = last -- the dict was flushed
+    end
+    if last > seen then
+      if last - seen > EVICT_BATCH then
+        seen = last - EVICT_BATCH
+      end
+      local me = worker_pid()
+      for seq = seen + 1, last do
+        local entry = shm:get("evict:" .. seq)
+        local key, at, pid
+        if entry then
+          key, at, pid = str_match(entry, "^(%x+) (%d+) (%d+)$")
+        end
+        if key and tonumber(pid) ~= me then
+          for h in pairs(handlers) do
+            if h.shm == shm then
+              evict_key_here(h, key, tonumber(at) / 1000)
+            end
+          end
+        end
+      end
+    end
+    evict_seen[shm] = last
+  end
+end
+
+local weak_keys = { __mode = "k" }
+
+
+-- The token of an Authorization value the core accepted (`Bearer <token>`).
+local function bearer_token(authz)
+  return authz and str_match(authz, "^[ \t]*[Bb][Ee][Aa][Rr][Ee][Rr] +([^ \t]+)")
+end
+
+--- Starts watching one allowed response (a stream) for the end of its token: `authz` the
+--- request's Authorization value, `path` its path, `origin` its Origin (or nil),
+--- `valid_until` (Unix s) and `recheck_at` (Unix ms) from the decision, `decided_at` (Unix
+--- s) when the request was decided (an eviction another worker made after that, while
+--- this worker had no copy of the token's answer, leaves it open). Returns the state
+--- to hand to auth:filter() for every body chunk, or nil when there is nothing to watch.
+--- Open responses of one token share one entry, so they are re-validated together.
+function _M.track(self, authz, path, origin, valid_until, recheck_at, decided_at)
+  if not authz then
+    return nil
+  end
+  -- By the header value first: the token's cache key (a SHA-256) is computed once per
+  -- token and worker while it has open responses, not per response.
+  local e = self.streams_by_authz[authz]
+  if e and not e.cut then
+    local st = { entry = e, decided_at = decided_at }
+    e.set[st] = true
+    return st
+  end
+  local token = bearer_token(authz)
+  if not token then
+    return nil
+  end
+  local C = self.C
+  if C.mcp_oauth2_validator_token_cache_key(self.v, token, #token, key64) ~= OK then
+    return nil
+  end
+  local key = ffi_string(key64, 64)
+  e = self.streams[key]
+  if not e or e.cut then
+    if recheck_at and self.mode == "capture" and not self.recheck then
+      if not self.warned_recheck then
+        self.warned_recheck = true
+        ngx_log(ngx_WARN, "mcp_oauth2: open responses are not re-validated when their cache ",
+          "entry ages out (set opts.recheck_url with the capture transport); they still end ",
+          "at the token's exp and on evict")
+      end
+      recheck_at = nil
+    end
+    e = {
+      exp = valid_until, recheck_at = recheck_at,
+      authz = authz, origin = origin,
+      -- Only the path is sent to the recheck location: nothing that could split a header.
+      path = str_gsub(path or "/", "[^%w%-%._~/%%]", "_"),
+      set = setmetatable({}, weak_keys),
+      key = key,
+    }
+    self.streams[key] = e
+  end
+  self.streams_by_authz[authz] = e
+  local st = { entry = e, decided_at = decided_at }
+  e.set[st] = true
+  return st
+end
+
+--- For every body chunk of a tracked response (body_filter_by_lua*): ends the response at
+--- the first chunk at or after its token's exp, or once its token was evicted or found no
+--- longer valid (the chunk is dropped and the response closed with its last, empty chunk).
+--- Returns true for the chunks that still arrive after that (the caller may then abort the
+--- upstream connection: `return ngx.ERROR`).
+function _M.filter(self, st)
+  local arg = ngx.arg
+  if st.ended then
+    arg[1] = nil
+    return true
+  end
+  local e = st.entry
+  local why = e.cut or st.cut
+  if not why and e.exp and ngx_now() >= e.exp then
+    why = "token_expired"
+  end
+  if why then
+    st.ended = true
+    e.set[st] = nil
+    arg[1] = ""
+    arg[2] = true
+    self.counts.streams_cut = self.counts.streams_cut + 1
+    ngx_log(ngx_INFO, "mcp_oauth2: response ended: ", why)
+    return false
+  end
+  if arg[2] then
+    e.set[st] = nil
+  end
+  return false
+end
+
+--- body_filter_by_lua* handler: `body_filter_by_lua_block { return auth:body_filter() }`
+--- in every location whose responses stream (SSE). Ends them when their token ends (see
+--- auth:filter()); returns ngx.ERROR for chunks after that, which closes the upstream.
+function _M.body_filter(self)
+  local id = ngx.ctx.mcp_oauth2
+  if not id then
+    return
+  end
+  local st = rawget(id, "_stream")
+  if st == nil then
+    if ngx.arg[2] then
+      -- The whole response in one call (the usual JSON answer): nothing to watch, only
+      -- its token's exp to check.
+      local exp = rawget(id, "valid_until")
+      if exp and ngx_now() >= exp then
+        ngx.arg[1] = ""
+        ngx_log(ngx_INFO, "mcp_oauth2: response ended: token_expired")
+      end
+      return
+    end
+    st = self:track(rawget(id, "_authz"), ngx_var.uri, ngx_var.http_origin, id.valid_until, id.recheck_at,
+      rawget(id, "decided_at")) or false
+    rawset(id, "_stream", st)
+  end
+  if st and self:filter(st) then
+    return ngx.ERROR
+  end
+end
+
+-- Re-validates the token of an entry: through the recheck location (capture transport: no
+-- subrequest from a timer), else by deciding here (cosockets work in timers). Returns
+-- { allowed, reason, valid_until, recheck_at }, or nil when nothing could be decided.
+local function recheck_decide(self, e)
+  local r = self.recheck
+  if self.mode == "capture" then
+    local sock = ngx.socket.tcp()
+    sock:settimeouts(1000, 5000, 60000)
+    local ok, err = sock:connect(r.host, r.port)
+    if not ok then
+      return nil, "recheck location: " .. tostring(err)
+    end
+    local lines = {
+      "GET ", r.path, " HTTP/1.1\r\nHost: ", r.host, "\r\nConnection: close\r\n",
+      "Authorization: ", e.authz, "\r\nX-MCP-OAuth2-Id: ", self.id,
+      "\r\nX-MCP-OAuth2-Path: ", e.path, "\r\n",
+    }
+    if e.origin then
+      lines[#lines + 1] = "Origin: " .. e.origin .. "\r\n"
+    end
+    lines[#lines + 1] = "\r\n"
+    ok, err = sock:send(concat(lines))
+    local data
+    if ok then
+      data, err = sock:receive("*a")
+    end
+    sock:close()
+    if not data then
+      return nil, "recheck location: " .. tostring(err)
+    end
+    local status = str_match(data, "^HTTP/1%.%d (%d%d%d)")
+    local body = str_match(data, "\r\n\r\n(.*)$")
+    local t = status == "200" and body and cjson.decode(body)
+    if type(t) ~= "table" then
+      return nil, "recheck location answered " .. tostring(status)
+    end
+    return t
+  end
+  local d = self:decide({ method = "GET", path = e.path, headers = { authorization = e.authz, origin = e.origin } })
+  local t = { allowed = d.allowed == true, reason = d.reason, valid_until = d.valid_until, recheck_at = d.recheck_at }
+  self:release(d)
+  return t
+end
+
+local UNDECIDED = { authorization_server_unavailable = true, internal_error = true }
+
+local function recheck_timer(premature, self, e)
+  if premature then
+    e.busy = false
+    return
+  end
+  self.counts.rechecks = self.counts.rechecks + 1
+  local ok, t, err = pcall(recheck_decide, self, e)
+  e.busy = false
+  if not ok or not t or (not t.allowed and UNDECIDED[t.reason]) then
+    ngx_log(ngx_WARN, "mcp_oauth2: re-validation of an open response undecided, retrying: ",
+      tostring(not ok and t or err or t.reason))
+    e.recheck_at = ngx_now() * 1000 + RECHECK_RETRY_MS
+    return
+  end
+  if t.allowed then
+    e.exp = tonumber(t.valid_until)
+    e.recheck_at = tonumber(t.recheck_at)
+  elseif not e.cut then
+    e.cut = tostring(t.reason)
+  end
+end
+
+-- Open responses whose token's cache entry aged out: one re-validation per token (the
+-- shared dict's single flight makes it one AS call across workers too).
+local function check_streams(self, now_ms)
+  local by_authz = self.streams_by_authz
+  for key, e in pairs(self.streams) do
+    if next(e.set) == nil then
+      self.streams[key] = nil
+      if by_authz[e.authz] == e then
+        by_authz[e.authz] = nil
+      end
+    elseif not e.cut and not e.busy and e.recheck_at and now_ms >= e.recheck_at then
+      e.busy = true
+      local ok, err = ngx.timer.at(0, recheck_timer, self, e)
+      if not ok then
+        e.busy = false
+        ngx_log(ngx_WARN, "mcp_oauth2: re-validation timer: ", err)
+      end
+    end
+  end
+end
+
+local mp = ffi_new("mcp_oauth2_metrics*[1]")
+local mq = ffi_new("mcp_oauth2_metrics*[1]")
+
+local function worker_id()
+  local w = ngx.worker
+  return w and w.id and w.id()
+end
+
+local function metrics_key(self, wid)
+  return "metrics:" .. self.id .. ":" .. wid
+end
+
+-- Writes this worker's snapshot into the shared dict (every second, and when scraped).
+local function publish_metrics(self)
+  local shm, wid = self.shm, worker_id()
+  if not shm or not wid then
+    return
+  end
+  local C = self.C
+  check(C, C.mcp_oauth2_validator_metrics(self.v, mp), "validator_metrics")
+  local rc = C.mcp_oauth2_metrics_bytes(mp[0], b1)
+  if rc == OK then
+    shm:set(metrics_key(self, wid), ffi_string(b1[0].ptr, b1[0].len))
+  end
+  C.mcp_oauth2_metrics_free(mp)
+end
+
+local function merged_text(self)
+  local C = self.C
+  local shm, wid = self.shm, worker_id()
+  check(C, C.mcp_oauth2_validator_metrics(self.v, mp), "validator_metrics")
+  if shm and wid then
+    if C.mcp_oauth2_metrics_bytes(mp[0], b1) == OK then
+      shm:set(metrics_key(self, wid), ffi_string(b1[0].ptr, b1[0].len))
+    end
+    for w = 0, ngx.worker.count() - 1 do
+      if w ~= wid then
+        local bytes = shm:get(metrics_key(self, w))
+        if bytes and C.mcp_oauth2_metrics_from_bytes(bytes, #bytes, mq) == OK then
+          C.mcp_oauth2_metrics_merge(mp[0], mq[0])
+          C.mcp_oauth2_metrics_free(mq)
+        end
+      end
+    end
+  end
+  check(C, C.mcp_oauth2_metrics_text(mp[0], s1), "metrics_text")
+  return str1()
+end
+
+--- The validator's metrics in the Prometheus text exposition format 0.0.4, summed over
+--- every worker: this worker's counters now, the others' as they wrote them into the shared
+--- dict (each does every second). Without a shared dict: this worker's only.
+function _M.metrics(self)
+  local ok, text = pcall(merged_text, self)
+  self.C.mcp_oauth2_metrics_free(mp)
+  self.C.mcp_oauth2_metrics_free(mq)
+  if not ok then
+    error(text, 0)
+  end
+  return text
+end
+
+--- content_by_lua* handler of a metrics location (keep it off the public listener).
+function _M.metrics_endpoint(self)
+  local text = self:metrics()
+  ngx.status = 200
+  ngx_header["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+  ngx_header["Cache-Control"] = "no-store"
+  ngx_print(text)
+  return ngx_exit(HTTP_OK)
+end
+
+local function say_json(status, t)
+  ngx.status = status
+  ngx_header["Content-Type"] = "application/json"
+  ngx_header["Cache-Control"] = "no-store"
+  ngx_print(cjson.encode(t))
+  return ngx_exit(HTTP_OK)
+end
+
+--- content_by_lua* handler of an admin location: `POST` with a form body `token=<token>`
+--- evicts it in every worker (auth:evict). Off unless you add the location; keep it on
+--- loopback (allow 127.0.0.1; deny all;).
+function _M.evict_endpoint(self)
+  if ngx_var.request_method ~= "POST" then
+    ngx_header["Allow"] = "POST"
+    return say_json(405, { error = "method_not_allowed" })
+  end
+  ngx_req.read_body()
+  local args = ngx_req.get_post_args(8)
+  local token = args and args.token
+  if type(token) ~= "string" or token == "" then
+    return say_json(400, { error = "invalid_request", error_description = "token is required" })
+  end
+  local ok, had = pcall(self.evict, self, token)
+  if not ok then
+    ngx_log(ngx_ERR, "mcp_oauth2: evict: ", had)
+    return say_json(500, { error = "server_error" })
+  end
+  return say_json(200, { evicted = had })
+end
+
+--- content_by_lua* handler of the recheck location (opts.recheck_url; loopback only): the
+--- worker timers' way to re-validate the token of an open response through this nginx's
+--- own transport. Answers { allowed, reason, valid_until, recheck_at } as JSON.
+function _M.recheck_endpoint()
+  local var = ngx_var
+  local self = by_id[var.http_x_mcp_oauth2_id or ""]
+  if not self then
+    return say_json(404, { error = "unknown validator" })
+  end
+  local d = self:decide({
+    method = "GET",
+    path = var.http_x_mcp_oauth2_path or "/",
+    headers = { authorization = var.http_authorization, origin = var.http_origin },
+  })
+  local t = { allowed = d.allowed == true, reason = d.reason, valid_until = d.valid_until, recheck_at = d.recheck_at }
+  self:release(d)
+  return say_json(200, t)
+end
+
+-- Every TICK seconds in each worker: revocations from other workers, open responses whose
+-- token needs re-validating, and (every second) this worker's metrics snapshot.
+local tick_count = 0
+function _M._tick()
+  tick_count = tick_count + 1
+  apply_evictions()
+  local now_ms = ngx_now() * 1000
+  local publish = tick_count % 5 == 0
+  for h in pairs(handlers) do
+    check_streams(h, now_ms)
+    if publish then
+      publish_metrics(h)
+    end
+  end
 end
 
 --- The Protected Resource Metadata document (JSON text).

@@ -38,6 +38,18 @@ local function new_dict()
     return self:set(key, value, ttl)
   end
   function d.delete(_, key) data[key] = nil end
+  function d.incr(self, key, value, init)
+    local e = live(key)
+    if not e then
+      if init == nil then
+        return nil, "not found"
+      end
+      self:set(key, init + value)
+      return init + value
+    end
+    e.value = e.value + value
+    return e.value
+  end
   function d.ttl(_, key)
     local e = live(key)
     return e and e.exp and (e.exp - clock.t)
@@ -58,7 +70,6 @@ local ngx = {
   HTTP_OK = 200, HTTP_GET = 2, HTTP_POST = 8,
   ERR = 4, WARN = 5, NOTICE = 6, INFO = 7, DEBUG = 8,
   shared = { mcp_oauth2 = new_dict() },
-  ctx = {},
   location = {},
 }
 ngx.var = setmetatable({}, { __index = function(_, k) return cur().var[k] end })
@@ -67,6 +78,12 @@ ngx.header = setmetatable({}, {
   __newindex = function(_, k, v) cur().resp_headers[k] = v end,
 })
 ngx.req = {
+  get_headers = function()
+    local h = {}
+    for k, v in pairs(cur().headers) do h[k] = v end
+    return h
+  end,
+  get_method = function() return cur().var.request_method end,
   set_header = function(name, value) cur().headers[name:lower()] = value end,
   clear_header = function(name) cur().headers[name:lower()] = nil end,
   read_body = function() end,
@@ -80,12 +97,40 @@ ngx.send_headers = function() end
 ngx.exit = function(code) cur().exited = code end
 -- A sleep suspends the request; the scheduler advances the clock by its length.
 ngx.sleep = function(seconds) coroutine.yield({ sleep = seconds }) end
+-- ngx.status, ngx.ctx and ngx.arg (a body filter's chunk and eof) are the request's own.
 setmetatable(ngx, {
-  __index = function(_, k) if k == "status" then return cur().status end end,
+  __index = function(_, k)
+    if k == "status" then return cur().status end
+    if k == "ctx" then return cur().ctx end
+    if k == "arg" then return cur().arg end
+  end,
   __newindex = function(t, k, v)
-    if k == "status" then cur().status = v else rawset(t, k, v) end
+    if k == "status" then cur().status = v
+    elseif k == "ctx" then cur().ctx = v
+    else rawset(t, k, v) end
   end,
 })
+
+-- The error_log level the specs log at (ngx.errlog's filter): everything.
+M.log_level = 8
+
+-- Timers: ngx.timer.at records the callback; the spec runs it as a request
+-- (M.request(M.timers[i])) so it may wait for AS answers. ngx.timer.every is not started.
+M.timers = {}
+ngx.timer = {
+  at = function(_, fn, ...)
+    local args = { ... }
+    M.timers[#M.timers + 1] = function() return fn(false, unpack(args)) end
+    return true
+  end,
+}
+-- Workers: the spec says which one runs (metrics are per worker).
+M.worker = 0
+ngx.worker = {
+  id = function() return M.worker end,
+  count = function() return 2 end,
+  pid = function() return 1000 + M.worker end,
+}
 
 -- ngx.semaphore: a wait suspends the request until a post makes count > 0.
 local semaphore = {}
@@ -104,6 +149,7 @@ end
 function M.install()
   rawset(_G, "ngx", ngx)
   package.loaded["ngx.semaphore"] = semaphore
+  package.loaded["ngx.errlog"] = { get_sys_filter_level = function() return M.log_level end }
   return ngx
 end
 
@@ -116,6 +162,8 @@ function M.request(fn, vars, headers)
     var = {},
     headers = {},
     resp_headers = {},
+    ctx = {},
+    arg = {},
   }
   for k, v in pairs(vars or {}) do r.var[k] = v end
   r.var.request_method = r.var.request_method or "GET"

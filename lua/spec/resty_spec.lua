@@ -133,7 +133,14 @@ describe("auth:access()", function()
     assert.equal("alice", hit.headers["x-user-id"])
     assert.equal(1, #calls)
     assert.equal(2, counts.mcp_oauth2_validator_begin, "begin once per request")
-    assert.equal(3, counts.mcp_oauth2_decision_free, "every decision freed (one read at new())")
+    -- An allowed decision lives on as the request's identity (ngx.ctx.mcp_oauth2).
+    assert.equal("alice", r.ctx.mcp_oauth2.subject)
+    assert.equal("alice", hit.ctx.mcp_oauth2.subject)
+    assert.equal(1, counts.mcp_oauth2_decision_free, "the decision read at new()")
+    r.ctx, hit.ctx = nil, nil
+    collectgarbage()
+    collectgarbage()
+    assert.equal(3, counts.mcp_oauth2_decision_free, "every decision freed with its request")
     assert.equal(counts.mcp_oauth2_pending_free, 1)
   end)
 

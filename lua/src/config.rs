@@ -15,6 +15,7 @@ pub(crate) const MAP_PATHS: &[&str] = &[
     "",
     "args",
     "headers",
+    "issuer_aliases",
     "method_scopes",
     "scope_implies",
     "issuer_aliases",

@@ -1,15 +1,19 @@
 // nginx end-to-end test of resty.mcp_oauth2 and the Kong handler (through the PDK
 // stand-in), against the real oidc-provider AS and an echo upstream. Started by
 // scripts/test-lua.sh, which provides NGINX_URL (2 workers), ONE_URL (the same configuration
-// with 1 worker), AS_URL, AS_PID, UPSTREAM_URL, NGINX_PREFIX, ONE_PREFIX, DOC_URL.
+// with 1 worker), AS_URL, AS_PID, AS2_URL (tokens live 5 s), EXCHANGE_URL (RFC 8693 token
+// endpoint), UPSTREAM_URL, UNDERSCORE_URL (underscores_in_headers on), NGINX_PREFIX,
+// ONE_PREFIX, DOC_URL.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import net from 'node:net';
 import { readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 
 const { NGINX_URL, ONE_URL, AS_URL, AS_PID, UPSTREAM_URL, NGINX_PREFIX, ONE_PREFIX, DOC_URL } = process.env;
-for (const [k, v] of Object.entries({ NGINX_URL, ONE_URL, AS_URL, AS_PID, UPSTREAM_URL, NGINX_PREFIX, ONE_PREFIX, DOC_URL })) {
+const { AS2_URL, EXCHANGE_URL, UNDERSCORE_URL, DOC_ADMIN_URL } = process.env;
+for (const [k, v] of Object.entries({ NGINX_URL, ONE_URL, AS_URL, AS_PID, UPSTREAM_URL, NGINX_PREFIX, ONE_PREFIX, DOC_URL, AS2_URL, EXCHANGE_URL, UNDERSCORE_URL, DOC_ADMIN_URL })) {
   if (!v) throw new Error(`${k} is required`);
 }
 const RESOURCE = `${NGINX_URL}/mcp`;
@@ -35,8 +39,8 @@ function request(path, { method = 'GET', headers = {}, body, base = NGINX_URL } 
   });
 }
 
-async function token(resource = RESOURCE, client = 'app', scope = 'mcp:read mcp:write') {
-  const res = await fetch(`${AS_URL}/token`, {
+async function token(resource = RESOURCE, client = 'app', scope = 'mcp:read mcp:write', as = AS_URL) {
+  const res = await fetch(`${as}/token`, {
     method: 'POST',
     headers: {
       authorization: `Basic ${Buffer.from(`${client}:${client}-secret`).toString('base64')}`,
@@ -82,6 +86,28 @@ test('the nginx.conf of docs/openresty-and-kong.md works as shown', async () => 
   const long = await request('/mcp', { base, headers: { authorization: `Bearer ${'a'.repeat(20 * 1024)}` } });
   assert.equal(long.status, 401, 'large_client_header_buffers lets a 20 KB token reach the module');
   assert.match(long.headers['www-authenticate'], /error="invalid_token"/);
+
+  // nginx's own 400 (two Authorization headers) through the error_page location.
+  const dup = await rawRequest(base, ['GET /mcp HTTP/1.1', 'Host: x', 'Authorization: Bearer a', 'Authorization: Bearer b']);
+  assert.equal(dup.status, 400);
+  assert.equal(dup.headers['www-authenticate'], `Bearer error="invalid_request", resource_metadata="${prmUrl}"`);
+  // The loopback listener: metrics (every worker writes its counters each second) and evict.
+  await sleep(1100);
+  const m = await request('/metrics', { base: DOC_ADMIN_URL });
+  assert.equal(m.status, 200);
+  assert.match(m.body, /^mcp_oauth2_decisions_total\{decision="allow",reason="allowed"\} [1-9]/m);
+  const ev = await request('/_mcp_oauth2_evict', {
+    base: DOC_ADMIN_URL, method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: `token=${t}`,
+  });
+  assert.equal(ev.status, 200, ev.body);
+  assert.match(ev.body, /^\{"evicted":(true|false)\}$/);
+  // Not on the public listener.
+  assert.equal((await request('/metrics', { base })).status, 404);
+  await sleep(300); // every worker has applied the eviction: the next stream is decided anew
+  // The body filter ends a stream at the token's exp; here it just passes a stream through.
+  const s = await sse('/mcp/sse?interval=20&count=5', { authorization: `Bearer ${t}` }, base);
+  assert.equal(s.status, 200);
+  assert.deepEqual(s.events, ['0', '1', '2', '3', '4', 'done']);
 });
 
 test('PRM is served at the Kong path and at the RFC 9728 path-insert path', async () => {
@@ -378,6 +404,472 @@ test('Kong handler (PDK stand-in): consumer mapping, credential, headers, rebuil
     'a missing group and a missing consumer are told apart');
 });
 
+// ---- issue 12 (nginx and Kong in production), issue 11 (token exchange), issue 13 (underscores)
+
+// A raw HTTP/1.1 request (headers nginx or Node would not send as given): `lines` are the
+// request line and header lines; answers { status, headers, body }.
+function rawRequest(base, lines, body = '') {
+  const { hostname, port } = new URL(base);
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(Number(port), hostname, () => {
+      sock.write(`${lines.join('\r\n')}\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    });
+    const chunks = [];
+    sock.on('data', (c) => chunks.push(c));
+    sock.on('error', reject);
+    sock.on('end', () => {
+      const text = Buffer.concat(chunks).toString();
+      const [head, ...rest] = text.split('\r\n\r\n');
+      const [statusLine, ...headerLines] = head.split('\r\n');
+      const headers = {};
+      for (const l of headerLines) {
+        const i = l.indexOf(':');
+        headers[l.slice(0, i).toLowerCase()] = l.slice(i + 1).trim();
+      }
+      let payload = rest.join('\r\n\r\n');
+      if (/chunked/i.test(headers['transfer-encoding'] ?? '')) {
+        let out = '';
+        for (;;) {
+          const nl = payload.indexOf('\r\n');
+          const n = parseInt(payload.slice(0, nl), 16);
+          if (!n) break;
+          out += payload.slice(nl + 2, nl + 2 + n);
+          payload = payload.slice(nl + 2 + n + 2);
+        }
+        payload = out;
+      }
+      resolve({ status: Number(statusLine.split(' ')[1]), headers, body: payload });
+    });
+  });
+}
+
+// An SSE response: resolves when it ends, with its events and when it ended (Date.now()).
+function sse(path, headers, base = NGINX_URL) {
+  return new Promise((resolve, reject) => {
+    const started = Date.now();
+    const req = http.request(`${base}${path}`, { headers, agent: false }, (res) => {
+      const events = [];
+      let buf = '';
+      res.on('data', (c) => {
+        buf += c;
+        let i;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          events.push(buf.slice(0, i).replace(/^data: /, ''));
+          buf = buf.slice(i + 2);
+        }
+      });
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, events, started, ended: Date.now(), complete: res.complete }));
+      res.on('error', (e) => resolve({ status: res.statusCode, events, started, ended: Date.now(), error: e.message }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+// Configurations the Kong schema lets through by type but the core refuses, and its words.
+const KONG_REFUSALS = [
+  [{ timeout: 1.5 }, 'timeout: invalid type: floating point `1.5`, expected u64'],
+  [{ client_auth: 'private_key_jwt' }, 'client_jwk: is required by client_auth private_key_jwt'],
+  [{ introspection_endpoint: 'not a url' }, 'introspection_endpoint: must be an absolute http:// or https:// URL'],
+];
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const bearer = (t) => ({ authorization: `Bearer ${t}` });
+const exchanges = async () => (await fetch(`${EXCHANGE_URL}/__requests`)).json();
+const kongCounts = async () => JSON.parse((await request('/__kong_counts')).body);
+async function introspect(t, as = AS_URL) {
+  const res = await fetch(`${as}/token/introspection`, {
+    method: 'POST',
+    headers: {
+      authorization: `Basic ${Buffer.from('gateway:gateway-secret').toString('base64')}`,
+      'content-type': 'application/x-www-form-urlencoded',
+    },
+    body: new URLSearchParams({ token: t }),
+  });
+  return res.json();
+}
+
+test('Kong schema: the Admin API refuses what the core refuses, with the core\'s message (both plugin names)', async () => {
+  // shared/fixtures/kong/config.json: the bare config object Kong users hold.
+  const fixture = {
+    resource: 'http://127.0.0.1:8080/mcp',
+    authorization_servers: ['http://127.0.0.1:9400/realms/mcp'],
+    introspection_endpoint: 'http://127.0.0.1:9400/realms/mcp/protocol/openid-connect/token/introspect',
+    client_id: 'kong',
+    client_secret: 'kong-secret',
+    claim_to_header: [{ claim: 'sub', header: 'X-User-Id' }],
+    insecure_relaxed_audience_validation: true,
+  };
+  const post = (body) => request('/kong-admin/plugins', {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body),
+  });
+  for (const name of ['ai-mcp-oauth2', 'mcp-oauth2']) {
+    const ok = await post({ name, config: fixture });
+    assert.equal(ok.status, 201, ok.body);
+    assert.equal(JSON.parse(ok.body).name, name);
+    for (const [change, message] of KONG_REFUSALS) {
+      const r = await post({ name, config: { ...fixture, ...change } });
+      assert.equal(r.status, 400, `${JSON.stringify(change)}: ${r.body}`);
+      const b = JSON.parse(r.body);
+      assert.equal(b.name, 'schema violation');
+      assert.equal(b.fields.config, message, JSON.stringify(change));
+      assert.equal(b.message, `schema violation (config: ${message})`);
+    }
+  }
+  // A vault reference stands for a value Kong resolves later: accepted.
+  const vault = await post({ name: 'ai-mcp-oauth2', config: { ...fixture, client_id: '{vault://env/mcp-client-id}', client_secret: '{vault://env/mcp-secret}' } });
+  assert.equal(vault.status, 201, vault.body);
+});
+
+test('Kong consumer mapping per consumer_by through kong.cache: one look-up for N requests; never a 500', async () => {
+  const resource = `${NGINX_URL}/kong/mcp`;
+  const t = await token(resource, 'app');
+  const kong = (conf, extra = {}) => request('/kong/mcp', { headers: { ...bearer(t), 'x-test-conf': conf, ...extra } });
+  for (const [conf, kind] of [['u', 'username'], ['i', 'id'], ['a', 'custom_id']]) {
+    const before = await kongCounts();
+    await clearUpstream();
+    const rs = [];
+    for (let i = 0; i < 10; i++) rs.push(await kong(conf));
+    assert.deepEqual(rs.map((r) => r.status), Array(10).fill(200), `${conf}: ${rs[0].body}`);
+    assert.equal(new Set(rs.map((r) => r.headers['x-worker-pid'])).size, 2, 'both workers');
+    for (const seen of await upstreamSeen()) {
+      assert.equal(seen.headers['x-standin-consumer'], 'app-user', `consumer found by ${kind}`);
+      assert.equal(seen.headers['x-later-consumer-id'], '3f4c1c8e-0000-0000-0000-00000000a001');
+    }
+    const after = await kongCounts();
+    assert.ok(after[kind] - before[kind] <= 1, `${kind}: ${after[kind] - before[kind]} database look-ups for 10 requests`);
+    if (conf !== 'a') assert.equal(after[kind] - before[kind], 1, `${kind}: one look-up`);
+  }
+  // consumer_by id with a value that is no UUID: never looked up by id (the stand-in's DAO
+  // raises on it, like Kong's), so 403 consumer_not_found, not 500; optional: forwarded.
+  const before = await kongCounts();
+  const x = await kong('x');
+  assert.equal(x.status, 403, x.body);
+  assert.equal(JSON.parse(x.body).error, 'forbidden');
+  const xo = await kong('xo');
+  assert.equal(xo.status, 200, xo.body);
+  assert.equal((await kongCounts()).id, before.id);
+  // The same plugin under Kong's name.
+  const alias = await kong('u', { 'x-plugin-name': 'ai-mcp-oauth2' });
+  assert.equal(alias.status, 200, alias.body);
+});
+
+test('method_scopes: a 100 KB body (a temp file) is read whole, in resty and the Kong handler; over the limit → the core\'s 413', async () => {
+  const pad = 'x'.repeat(100 * 1024);
+  const rpc = (method) => JSON.stringify({ jsonrpc: '2.0', id: 1, method, params: { pad } });
+  const scoped = await token(`${NGINX_URL}/scoped/mcp`);
+  const kongT = await token(`${NGINX_URL}/kong/mcp`);
+  const cases = [
+    ['/scoped/mcp', bearer(scoped)],
+    ['/kong/mcp', { ...bearer(kongT), 'x-test-conf': 's' }],
+  ];
+  for (const [path, headers] of cases) {
+    const h = { ...headers, 'content-type': 'application/json' };
+    const call = await request(path, { method: 'POST', headers: h, body: rpc('tools/call') });
+    assert.equal(call.status, 403, `${path}: ${call.body}`);
+    assert.match(call.headers['www-authenticate'], /error="insufficient_scope", scope="mcp:admin"/);
+    const ping = await request(path, { method: 'POST', headers: h, body: rpc('ping') });
+    assert.equal(ping.status, 200, `${path}: ${ping.body}`);
+    const big = await request(path, { method: 'POST', headers: h, body: 'x'.repeat(1024 * 1024 + 10) });
+    assert.equal(big.status, 413, `${path}: ${big.body}`);
+    assert.equal(JSON.parse(big.body).error_description, 'The request body is too large');
+  }
+});
+
+test('every request header counts: an Origin after 100 headers; more headers than Kong reads → 400 with the challenge', async () => {
+  const pad = Array.from({ length: 120 }, (_, i) => `X-Pad-${i}: ${i}`);
+  const evil = await rawRequest(NGINX_URL, ['GET /o/mcp HTTP/1.1', 'Host: x', ...pad, 'Origin: https://evil.example.com']);
+  assert.equal(evil.status, 403, evil.body);
+  assert.equal(JSON.parse(evil.body).error_description, 'The request origin is not allowed');
+  const good = await rawRequest(NGINX_URL, ['GET /o/mcp HTTP/1.1', 'Host: x', ...pad, 'Origin: https://app.example.com']);
+  assert.equal(good.status, 401, 'an allowed origin reaches the token check');
+  const kongEvil = await rawRequest(NGINX_URL, ['GET /kong/mcp HTTP/1.1', 'Host: x', 'X-Test-Conf: o', ...pad, 'Origin: https://evil.example.com']);
+  assert.equal(kongEvil.status, 403, kongEvil.body);
+  // More headers than the Kong handler reads (Kong's get_headers maximum is 1000; this
+  // nginx refuses about 1000 header lines itself, so the stand-in lowers it to 300): the
+  // core's 400 with the challenge, never a decision on a truncated list.
+  const many = Array.from({ length: 400 }, (_, i) => `X-P${i}: ${i}`);
+  const t = await token(`${NGINX_URL}/kong/mcp`);
+  const kongReq = ['GET /kong/mcp HTTP/1.1', 'Host: x', 'X-Test-Conf: b', 'X-Standin-Max-Headers: 300', `Authorization: Bearer ${t}`];
+  const tooMany = await rawRequest(NGINX_URL, [...kongReq, ...many]);
+  assert.equal(tooMany.status, 400, tooMany.body);
+  assert.equal(tooMany.headers['www-authenticate'],
+    `Bearer error="invalid_request", resource_metadata="${NGINX_URL}/kong/mcp/.well-known/oauth-protected-resource"`);
+  const fine = await rawRequest(NGINX_URL, [...kongReq, ...many.slice(0, 250)]);
+  assert.equal(fine.status, 200, '255 headers are all read');
+  const kongDefault = await rawRequest(NGINX_URL, ['GET /kong/mcp HTTP/1.1', 'Host: x', 'X-Test-Conf: b', `Authorization: Bearer ${t}`, ...many]);
+  assert.equal(kongDefault.status, 200, 'past 100 headers with Kong\'s default get_headers limit raised');
+  // nginx's own refusal of too many header lines (494) gets the challenge too (error_page).
+  const huge = Array.from({ length: 1100 }, (_, i) => `X-P${i}: ${i}`);
+  const nginx494 = await rawRequest(NGINX_URL, ['GET /mcp HTTP/1.1', 'Host: x', ...huge]);
+  assert.equal(nginx494.status, 400);
+  assert.equal(nginx494.headers['www-authenticate'], `Bearer error="invalid_request", resource_metadata="${PRM_URL}"`);
+});
+
+test('nginx\'s own 400 for a duplicate Authorization is the core\'s 400 with the challenge', async () => {
+  const r = await rawRequest(NGINX_URL, ['GET /mcp HTTP/1.1', 'Host: x', 'Authorization: Bearer a', 'Authorization: Bearer b']);
+  assert.equal(r.status, 400);
+  assert.equal(r.headers['www-authenticate'], `Bearer error="invalid_request", resource_metadata="${PRM_URL}"`);
+  assert.deepEqual(JSON.parse(r.body), { error: 'invalid_request', error_description: 'Malformed Authorization header' });
+});
+
+test('streams end within 1 s of their token\'s exp (nginx body filter, and the Kong handler\'s body_filter)', async () => {
+  const te = await token(`${NGINX_URL}/exp/mcp`, 'app', 'mcp:read', AS2_URL);
+  const tk = await token(`${NGINX_URL}/kong/mcp`, 'app', 'mcp:read', AS2_URL);
+  const { exp } = await introspect(te, AS2_URL);
+  const { exp: expK } = await introspect(tk, AS2_URL);
+  assert.ok(exp > Date.now() / 1000, 'a live token');
+  const [a, b] = await Promise.all([
+    sse('/exp/mcp/sse?interval=100&count=300', bearer(te)),
+    sse('/kong/sse?interval=100&count=300', { ...bearer(tk), 'x-test-conf': 'e' }),
+  ]);
+  for (const [r, e] of [[a, exp], [b, expK]]) {
+    assert.equal(r.status, 200);
+    assert.ok(r.events.length > 10 && r.events.length < 300 && !r.events.includes('done'), `${r.events.length} events`);
+    assert.ok(r.ended >= e * 1000 - 20, `ended ${r.ended - e * 1000} ms after exp`);
+    assert.ok(r.ended <= e * 1000 + 1000, `ended ${r.ended - e * 1000} ms after exp`);
+    assert.equal(r.error, undefined, 'ended cleanly (the last chunk), not reset');
+  }
+});
+
+test('streams of an evicted token end within 1 s (admin evict location, any worker)', async () => {
+  const t = await token(`${NGINX_URL}/sse/mcp`);
+  const streams = Promise.all([0, 1, 2, 3].map(() => sse('/sse/mcp/sse?interval=100&count=100', bearer(t))));
+  await sleep(1000);
+  const ev = await request('/_mcp_oauth2_evict', {
+    method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: `token=${encodeURIComponent(t)}`,
+  });
+  assert.equal(ev.status, 200, ev.body);
+  const evictedAt = Date.now();
+  for (const r of await streams) {
+    assert.ok(!r.events.includes('done'), 'cut');
+    assert.ok(r.ended - evictedAt <= 1000, `ended ${r.ended - evictedAt} ms after the evict`);
+  }
+  const off = await request('/_mcp_oauth2_evict', { method: 'GET' });
+  assert.equal(off.status, 405);
+});
+
+test('cache_ttl_max 2: a 10 s stream of a valid token is not cut; one re-validation per token for all its streams', async () => {
+  const t = await token(`${NGINX_URL}/short/mcp`);
+  await asPost('/__test/reset');
+  const allCounts = async () => {
+    const byPid = {};
+    for (let i = 0; i < 30 && Object.keys(byPid).length < 2; i++) {
+      const c = await counts();
+      byPid[c.pid] = c.rechecks;
+    }
+    return byPid;
+  };
+  const before = await allCounts();
+  const rs = await Promise.all([0, 1, 2].map(() => sse('/short/mcp/sse?interval=200&count=50', bearer(t))));
+  for (const r of rs) {
+    assert.equal(r.status, 200);
+    assert.equal(r.events.length, 51, 'every event and the end');
+    assert.equal(r.events.at(-1), 'done');
+  }
+  const { introspections } = await stats();
+  // 1 at the start, then about one per 2 s for the three streams together.
+  assert.ok(introspections >= 3 && introspections <= 8, `${introspections} introspections in 10 s`);
+  const after = await allCounts();
+  const sum = (o) => Object.values(o).reduce((x, y) => x + y, 0);
+  assert.ok(sum(after) > sum(before), 'the timers re-validated the token');
+});
+
+test('a revoked and evicted token is refused by every worker within 1 s', async () => {
+  const t = await token();
+  const seen = new Set();
+  for (let i = 0; i < 40 && seen.size < 2; i++) {
+    const r = await request('/mcp', { headers: bearer(t) });
+    assert.equal(r.status, 200);
+    seen.add(r.headers['x-worker-pid']);
+  }
+  assert.equal(seen.size, 2, 'both workers cached it');
+  const rev = await fetch(`${AS_URL}/token/revocation`, {
+    method: 'POST',
+    headers: {
+      authorization: `Basic ${Buffer.from('gateway:gateway-secret').toString('base64')}`,
+      'content-type': 'application/x-www-form-urlencoded',
+    },
+    body: new URLSearchParams({ token: t }),
+  });
+  assert.equal(rev.status, 200);
+  const ev = await request('/_mcp_oauth2_evict?auth=test_auth', {
+    method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: `token=${encodeURIComponent(t)}`,
+  });
+  assert.equal(ev.status, 200, ev.body);
+  await sleep(1000);
+  const pids = new Set();
+  for (let i = 0; i < 16; i++) {
+    const r = await request('/mcp', { headers: bearer(t) });
+    assert.equal(r.status, 401, `worker ${r.headers['x-worker-pid']}: ${r.status}`);
+    pids.add(r.headers['x-worker-pid']);
+  }
+  assert.equal(pids.size, 2, 'both workers refused it');
+});
+
+test('metrics: auth:metrics() over both workers, parsed by the Prometheus text parser, after a scripted sequence', async () => {
+  const t = await token(`${NGINX_URL}/m/mcp`);
+  await asPost('/__test/reset');
+  assert.equal((await request('/m/mcp')).status, 401);
+  const pids = new Set();
+  for (let i = 0; i < 6; i++) {
+    const r = await request('/m/mcp', { headers: bearer(t) });
+    assert.equal(r.status, 200);
+    pids.add(r.headers['x-worker-pid']);
+  }
+  assert.equal(pids.size, 2, 'both workers decided');
+  for (let i = 0; i < 3; i++) assert.equal((await request('/m/mcp', { headers: bearer(`bad-${t.slice(0, 8)}`) })).status, 401);
+  assert.equal((await stats()).introspections, 2);
+  await sleep(1300); // every worker writes its snapshot each second
+  const m = await request('/metrics');
+  assert.equal(m.status, 200);
+  assert.equal(m.headers['content-type'], 'text/plain; version=0.0.4; charset=utf-8');
+  const families = JSON.parse(execFileSync('/usr/bin/python3', [new URL('./parse-metrics.py', import.meta.url).pathname], { input: m.body }).toString());
+  const sample = (name, labels) => {
+    const all = families.flatMap((f) => f.samples).filter((s) => s.name === name
+      && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
+    assert.equal(all.length, 1, `${name} ${JSON.stringify(labels)}`);
+    return all[0].value;
+  };
+  assert.equal(families.find((f) => f.name === 'mcp_oauth2_decisions').type, 'counter');
+  assert.equal(sample('mcp_oauth2_decisions_total', { decision: 'allow', reason: 'allowed' }), 6);
+  assert.equal(sample('mcp_oauth2_decisions_total', { decision: 'deny', reason: 'no_credentials' }), 1);
+  assert.equal(sample('mcp_oauth2_decisions_total', { decision: 'deny', reason: 'token_inactive' }), 3);
+  assert.equal(sample('mcp_oauth2_authorization_server_requests_total', { kind: 'introspection', result: 'ok' }), 2);
+  assert.equal(sample('mcp_oauth2_authorization_server_request_duration_seconds_count', { kind: 'introspection' }), 2);
+  const shared = sample('mcp_oauth2_cache_lookups_total', { cache: 'shared', result: 'hit' })
+    + sample('mcp_oauth2_cache_lookups_total', { cache: 'shared', result: 'miss' });
+  assert.equal(sample('mcp_oauth2_cache_lookups_total', { cache: 'shared', result: 'miss' }), 2, 'each token missed the shared dict once');
+  assert.ok(shared >= 2, `${shared} shared-dict look-ups`);
+});
+
+test('token exchange through nginx: the upstream gets only the exchanged token; identity in ngx.ctx and $variables', async () => {
+  const resource = `${NGINX_URL}/x/mcp`;
+  const t = await token(resource);
+  await fetch(`${EXCHANGE_URL}/__requests`, { method: 'DELETE' });
+  const noActor = await request('/x/mcp', { headers: bearer(t) });
+  assert.equal(noActor.status, 400, noActor.body);
+  assert.match(noActor.headers['www-authenticate'], /^Bearer error="invalid_request"/);
+  assert.deepEqual(await exchanges(), [], 'a request without its actor token is never exchanged');
+  await clearUpstream();
+  const headers = { ...bearer(t), 'x-actor-token': 'actor-123', 'x-sub': 'spoofed' };
+  const rs = [];
+  for (let i = 0; i < 8; i++) rs.push(await request('/x/mcp', { headers }));
+  assert.deepEqual(rs.map((r) => r.status), Array(8).fill(200), rs[0].body);
+  assert.equal(new Set(rs.map((r) => r.headers['x-worker-pid'])).size, 2, 'both workers');
+  const ex = await exchanges();
+  assert.equal(ex.length, 1, 'one exchange for 8 requests over 2 workers (shared dict)');
+  assert.equal(ex[0].authorization, `Basic ${Buffer.from('exchanger:exchanger-secret').toString('base64')}`);
+  assert.deepEqual(ex[0].params, {
+    grant_type: ['urn:ietf:params:oauth:grant-type:token-exchange'],
+    subject_token: [t],
+    subject_token_type: ['urn:ietf:params:oauth:token-type:access_token'],
+    requested_token_type: ['urn:ietf:params:oauth:token-type:access_token'],
+    audience: ['https://upstream.example.com', 'urn:upstream'],
+    scope: ['upstream:read upstream:write'],
+    actor_token: ['actor-123'],
+    actor_token_type: ['urn:ietf:params:oauth:token-type:access_token'],
+  });
+  for (const seen of await upstreamSeen()) {
+    const h = seen.headers;
+    assert.match(h.authorization, /^Bearer [\w-]+\.[\w-]+\.x$/);
+    assert.ok(!JSON.stringify(seen.rawHeaders).includes(t), 'the client token never reaches the upstream');
+    assert.equal(h['x-actor-token'], undefined, 'the actor-token header is removed');
+    assert.equal(h['x-sub'], 'exchanged-subject', 'claim headers from the exchanged JWT');
+    assert.equal(h['x-aud'], 'https://upstream.example.com,urn:upstream');
+    assert.equal(h['x-var-subject'], 'exchanged-subject');
+    assert.equal(h['x-var-client-id'], 'exchanged-client');
+    assert.equal(h['x-var-scope'], 'upstream:read upstream:write');
+    const ctx = JSON.parse(h['x-ctx']);
+    assert.equal(ctx.subject, 'exchanged-subject');
+    assert.equal(ctx.claims.sub, 'exchanged-subject');
+    assert.equal(`Bearer ${ctx.exchanged_token}`, h.authorization);
+  }
+  // 20 concurrent first requests with a new token: one exchange.
+  const t2 = await token(resource);
+  await fetch(`${EXCHANGE_URL}/__requests`, { method: 'DELETE' });
+  await fetch(`${EXCHANGE_URL}/__delay?ms=300`, { method: 'POST' });
+  const many = await Promise.all(Array.from({ length: 20 }, () => request('/x/mcp', { headers: { ...bearer(t2), 'x-actor-token': 'actor-123' } })));
+  await fetch(`${EXCHANGE_URL}/__delay?ms=0`, { method: 'POST' });
+  assert.deepEqual(many.map((r) => r.status), Array(20).fill(200));
+  assert.equal((await exchanges()).length, 1);
+});
+
+test('token exchange through the Kong handler: later plugins read kong.ctx.shared.mcp_oauth2', async () => {
+  const t = await token(`${NGINX_URL}/kong/mcp`);
+  await fetch(`${EXCHANGE_URL}/__requests`, { method: 'DELETE' });
+  await clearUpstream();
+  const r = await request('/kong/mcp', { headers: { ...bearer(t), 'x-test-conf': 't' } });
+  assert.equal(r.status, 200, r.body);
+  const [seen] = await upstreamSeen();
+  assert.match(seen.headers.authorization, /^Bearer [\w-]+\.[\w-]+\.x$/);
+  assert.ok(!JSON.stringify(seen.rawHeaders).includes(t));
+  const shared = JSON.parse(seen.headers['x-later-shared']);
+  assert.equal(shared.subject, 'exchanged-subject');
+  assert.equal(shared.client_id, 'exchanged-client');
+  assert.equal(shared.claims.sub, 'exchanged-subject');
+  assert.deepEqual(shared.claims.aud, ['kong-upstream']);
+  assert.equal(`Bearer ${shared.exchanged_token}`, seen.headers.authorization);
+  const [ex] = await exchanges();
+  assert.equal(ex.authorization, null, 'client_secret_post: credentials in the body');
+  assert.deepEqual(ex.params.client_id, ['exchanger']);
+  assert.deepEqual(ex.params.client_secret, ['exchanger-secret']);
+  assert.deepEqual(ex.params.audience, ['kong-upstream']);
+
+  // inherit + actor from the config + cache.enabled false: one exchange per request, with
+  // the gateway's own credentials and the configured actor token.
+  await fetch(`${EXCHANGE_URL}/__requests`, { method: 'DELETE' });
+  for (let i = 0; i < 2; i++) {
+    const ri = await request('/kong/mcp', { headers: { ...bearer(t), 'x-test-conf': 'ti' } });
+    assert.equal(ri.status, 200, ri.body);
+  }
+  const exs = await exchanges();
+  assert.equal(exs.length, 2, 'cache.enabled false: one exchange per request');
+  for (const e of exs) {
+    assert.equal(e.authorization, `Basic ${Buffer.from('gateway:gateway-secret').toString('base64')}`);
+    assert.deepEqual(e.params.actor_token, ['cfg-actor']);
+  }
+  // The token endpoint unreachable: 503, never the client's token upstream.
+  await clearUpstream();
+  const down = await request('/kong/mcp', { headers: { ...bearer(t), 'x-test-conf': 'td' } });
+  assert.equal(down.status, 503, down.body);
+  assert.equal(JSON.parse(down.body).error, 'temporarily_unavailable');
+  assert.deepEqual(await upstreamSeen(), []);
+});
+
+test('underscores_in_headers on: the `_` twins of claim headers never reach the upstream (resty and Kong)', async () => {
+  const t = await token(`${UNDERSCORE_URL}/mcp`);
+  await clearUpstream();
+  const spoof = { 'x_client_id': 'evil', 'X_Scope': 'mcp:admin', 'x_other_thing': 'kept' };
+  const r = await request('/mcp', { base: UNDERSCORE_URL, headers: { ...bearer(t), ...spoof } });
+  assert.equal(r.status, 200, r.body);
+  let [seen] = await upstreamSeen();
+  assert.equal(seen.headers['x-client-id'], 'app');
+  assert.equal(seen.headers.x_client_id, undefined);
+  assert.equal(seen.headers.x_scope, undefined);
+  assert.equal(seen.headers.x_other_thing, 'kept');
+  // Without the option the twin passes: why it exists (and why nginx's default drops them).
+  await clearUpstream();
+  const t2 = await token(`${UNDERSCORE_URL}/off/mcp`);
+  await request('/off/mcp', { base: UNDERSCORE_URL, headers: { ...bearer(t2), ...spoof } });
+  [seen] = await upstreamSeen();
+  assert.equal(seen.headers.x_client_id, 'evil');
+  // The Kong handler applies the predicate to every header (Kong turns underscores on).
+  await clearUpstream();
+  const tk = await token(`${NGINX_URL}/kong/mcp`);
+  const k = await request('/kong/mcp', { base: UNDERSCORE_URL, headers: { ...bearer(tk), 'x-test-conf': 'h', ...spoof } });
+  assert.equal(k.status, 200, k.body);
+  [seen] = await upstreamSeen();
+  assert.equal(seen.headers['x-client-id'], 'app');
+  assert.equal(seen.headers.x_client_id, undefined);
+  assert.equal(seen.headers.x_other_thing, 'kept');
+});
+
+test('logs: configuration warnings once per worker at new(); no token in the error log', async () => {
+  const log = readFileSync(`${NGINX_PREFIX}/logs/error.log`, 'utf8');
+  const warnings = log.split('\n').filter((l) => l.includes('mcp_oauth2: configuration: ') && l.includes('ssl_verify'));
+  assert.equal(warnings.length, 2, warnings.join('\n'));
+});
+
 test('AS stopped: 503 without a challenge, never 401', async () => {
   const t = await token();
   process.kill(Number(AS_PID), 'SIGTERM');
@@ -392,4 +884,8 @@ test('AS stopped: 503 without a challenge, never 401', async () => {
   // Failures are not cached: the same token fails again (the AS is still down), not 401.
   const again = await request('/mcp', { headers: { authorization: `Bearer ${t}` } });
   assert.equal(again.status, 503);
+  // Logged at warn with the reason and a detail naming the failed call, never the token.
+  const log = readFileSync(`${NGINX_PREFIX}/logs/error.log`, 'utf8');
+  assert.match(log, /\[warn\].*mcp_oauth2: authorization_server_unavailable 503: introspection: /);
+  assert.ok(!log.includes(t), 'no token in the error log');
 });

@@ -1,8 +1,74 @@
--- Kong schema of `mcp-oauth2`: the field names and defaults of Kong's ai-mcp-oauth2
--- (behaviour.md §1), plus this library's additive extensions. The native validator checks
--- everything again (and names the field) when the handler builds it.
+-- Kong schema of `mcp-oauth2` (also shipped as `ai-mcp-oauth2`): the field names and
+-- defaults of Kong's ai-mcp-oauth2, plus this library's additive extensions. Its
+-- custom_validator builds the configuration with the core itself, the way the handler
+-- does, so the Admin API and decK refuse what the core refuses, with the core's message
+-- naming the field.
 
 local typedefs = require("kong.db.schema.typedefs")
+
+-- Vault references (`{vault://...}`) are resolved by Kong when the handler gets the
+-- configuration, not when the Admin API validates it: a reference stands in as a plain
+-- value here.
+local function is_reference(v)
+  if type(v) ~= "string" then
+    return false
+  end
+  local vault = rawget(_G, "kong") and kong.vault
+  if vault and vault.is_reference then
+    return vault.is_reference(v)
+  end
+  return v:sub(1, 9) == "{vault://"
+end
+
+local function copy(t)
+  local c = {}
+  for k, v in pairs(t) do
+    c[k] = v
+  end
+  return c
+end
+
+local STRING_REFERENCES = {
+  "client_id", "client_secret", "tls_client_auth_key", "http_proxy_authorization", "https_proxy_authorization",
+}
+
+--- The core's verdict on a plugin configuration (as Kong filled it): true, or nil and the
+--- message (e.g. `timeout: ...`). The same constructor as the handler's.
+local function validate_config(config)
+  local conf = {}
+  for k, v in pairs(config) do
+    if type(k) ~= "string" or k:sub(1, 2) ~= "__" then
+      conf[k] = v
+    end
+  end
+  if is_reference(conf.client_jwk) then
+    -- A key must parse: only the resolved value can be checked (by the handler).
+    return true
+  end
+  for _, name in ipairs(STRING_REFERENCES) do
+    if is_reference(conf[name]) then
+      conf[name] = "vault-reference"
+    end
+  end
+  if type(conf.token_exchange) == "table" then
+    local te = copy(conf.token_exchange)
+    for _, name in ipairs({ "client_id", "client_secret" }) do
+      if is_reference(te[name]) then
+        te[name] = "vault-reference"
+      end
+    end
+    if type(te.request) == "table" and is_reference(te.request.actor_token) then
+      te.request = copy(te.request)
+      te.request.actor_token = "vault-reference"
+    end
+    conf.token_exchange = te
+  end
+  local ok, err = require("resty.mcp_oauth2").check(conf)
+  if ok then
+    return true
+  end
+  return nil, err
+end
 
 local string_array = { type = "array", elements = { type = "string" } }
 
@@ -22,7 +88,7 @@ local token_exchange = {
     { enabled = { type = "boolean", default = false, required = true } },
     { token_endpoint = typedefs.url },
     { client_auth = { type = "string", one_of = { "client_secret_basic", "client_secret_post", "inherit", "none" } } },
-    { client_id = { type = "string" } },
+    { client_id = { type = "string", referenceable = true } },
     { client_secret = { type = "string", encrypted = true, referenceable = true } },
     { request = {
         type = "record",
@@ -77,7 +143,7 @@ return {
           { metadata_discovery_retry = { type = "integer", default = 3, required = true } },
           { metadata_cache_ttl = { type = "integer", default = 3600, required = true } },
 
-          { client_id = { type = "string" } },
+          { client_id = { type = "string", referenceable = true } },
           { client_secret = { type = "string", encrypted = true, referenceable = true } },
           { client_auth = { type = "string", one_of = { "client_secret_basic", "client_secret_post",
               "client_secret_jwt", "private_key_jwt", "tls_client_auth", "self_signed_tls_client_auth", "none" } } },
@@ -137,6 +203,7 @@ return {
         entity_checks = {
           { mutually_exclusive = { "claim_to_header", "upstream_headers" } },
         },
+        custom_validator = validate_config,
       } },
   },
 }
