@@ -18,7 +18,6 @@ pub(crate) const MAP_PATHS: &[&str] = &[
     "issuer_aliases",
     "method_scopes",
     "scope_implies",
-    "issuer_aliases",
     "client_jwk",
     "token_exchange",
     "token_exchange.request",
