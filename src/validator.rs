@@ -83,6 +83,8 @@ pub enum Step {
 struct Job {
     ctx: Ctx<'static>,
     token: Secret,
+    /// The token's cache key.
+    key: Key,
     /// The actor token read from the request, with `actor_token_source: header`.
     actor: Option<Secret>,
 }
@@ -234,12 +236,18 @@ impl Validator {
         // character scan (and builds nothing for a later step unless an exchange follows).
         if let Some(settled) = shared.lookup(&key, now) {
             let decision = shared.policy.decide(&ctx, &settled.outcome, settled.expires, now);
-            return match (&decision, &shared.exchange) {
-                (Decision::Forward(_), Some(_)) => match token.well_formed() {
-                    Some(t) => Shared::after_validation(shared, job(ctx, t, actor), decision, now),
-                    None => Step::Done(shared.policy.malformed_token(&ctx)),
-                },
-                _ => Step::Done(decision),
+            let Decision::Forward(forward) = &decision else { return Step::Done(decision) };
+            if shared.exchange.is_none() {
+                return Step::Done(decision);
+            }
+            // An exchanged token already cached costs a second look-up and nothing else.
+            let exchange_key = shared.exchange_key(&key, actor.as_ref().map(Secret::expose));
+            if let Some(d) = shared.cached_exchange(&ctx, forward, &exchange_key, now) {
+                return Step::Done(d);
+            }
+            return match token.well_formed() {
+                Some(t) => Shared::exchange(shared, job(ctx, t, key, actor), forward.clone(), exchange_key, now),
+                None => Step::Done(shared.policy.malformed_token(&ctx)),
             };
         }
         let Some(token) = token.well_formed() else {
@@ -251,7 +259,7 @@ impl Validator {
         };
         let lead = match shared.flights.join(key, abandoned) {
             Joined::Follow(flight) => {
-                let waiting = Waiting::Token { job: Box::new(job(ctx, token, actor)), key, flight };
+                let waiting = Waiting::Token { job: Box::new(job(ctx, token, key, actor)), key, flight };
                 return Step::Wait(Ticket { shared: Arc::clone(shared), waiting });
             }
             Joined::Lead(lead) => lead,
@@ -260,9 +268,9 @@ impl Validator {
         if let Some(settled) = shared.cached(&key, now) {
             let decision = shared.policy.decide(&ctx, &settled.outcome, settled.expires, now);
             lead.complete(settled);
-            return Shared::after_validation(shared, job(ctx, token, actor), decision, now);
+            return Shared::after_validation(shared, job(ctx, token, key, actor), decision, now);
         }
-        let flow = Box::new(Flow { job: job(ctx, token, actor), key, lead });
+        let flow = Box::new(Flow { job: job(ctx, token, key, actor), key, lead });
         let progress = shared.method.start(token, now);
         Shared::advance(shared, flow, progress, now, now)
     }
@@ -318,7 +326,7 @@ impl Validator {
                 _ => None,
             };
             if let Some(cache) = &ex.cache {
-                cache.remove(&self.shared.exchange_key(token, actor));
+                cache.remove(&self.shared.exchange_key(&key, actor));
             }
         }
         let evicted = self.shared.cache.as_ref().is_some_and(|c| c.remove(&key));
@@ -376,8 +384,8 @@ impl fmt::Debug for Validator {
     }
 }
 
-fn job(ctx: Ctx<'_>, token: &str, actor: Option<Secret>) -> Job {
-    Job { ctx: ctx.into_owned(), token: Secret::new(token), actor }
+fn job(ctx: Ctx<'_>, token: &str, key: Key, actor: Option<Secret>) -> Job {
+    Job { ctx: ctx.into_owned(), token: Secret::new(token), key, actor }
 }
 
 fn unhex(s: &str) -> Option<Key> {
@@ -475,30 +483,40 @@ impl Shared {
     /// After the token is decided: an allowed request with `token_exchange` goes on to the
     /// exchange (cached, led, or followed); everything else is done.
     fn after_validation(shared: &Arc<Shared>, job: Job, decision: Decision, now: UnixMs) -> Step {
-        let (Decision::Forward(forward), Some(ex)) = (&decision, &shared.exchange) else {
+        let (Decision::Forward(forward), Some(_)) = (&decision, &shared.exchange) else {
             return Step::Done(decision);
         };
-        let key = shared.exchange_key(job.token.expose(), job.actor.as_ref().map(Secret::expose));
-        let cached = ex.cache.as_ref().and_then(|c| c.get(&key, now));
-        if ex.cache.is_some() {
-            shared.metrics.lookup(CacheKind::Exchange, cached.is_some());
+        let key = shared.exchange_key(&job.key, job.actor.as_ref().map(Secret::expose));
+        if let Some(d) = shared.cached_exchange(&job.ctx, forward, &key, now) {
+            return Step::Done(d);
         }
-        if let Some((exchanged, _)) = cached {
-            return Step::Done(shared.policy.with_exchange(&job.ctx, forward.clone(), exchanged));
-        }
+        Shared::exchange(shared, job, forward.clone(), key, now)
+    }
+
+    /// The decision with the cached exchanged token, if there is one (counted).
+    fn cached_exchange(&self, ctx: &Ctx<'_>, forward: &Forward, key: &Key, now: UnixMs) -> Option<Decision> {
+        let cache = self.exchange.as_ref()?.cache.as_ref()?;
+        let cached = cache.get(key, now);
+        self.metrics.lookup(CacheKind::Exchange, cached.is_some());
+        cached.map(|(exchanged, _)| self.policy.with_exchange(ctx, forward.clone(), exchanged))
+    }
+
+    /// The exchange of a token whose exchanged token is not cached: led, or followed.
+    fn exchange(shared: &Arc<Shared>, job: Job, forward: Forward, key: Key, now: UnixMs) -> Step {
+        let Some(ex) = &shared.exchange else { return Step::Done(Decision::Forward(forward)) };
         let abandoned = ExchangeSettled {
             result: Err(Cow::Borrowed("token exchange: the request exchanging this token was abandoned")),
         };
         let lead = match ex.flights.join(key, abandoned) {
             Joined::Follow(flight) => {
-                let waiting = Waiting::Exchange { job: Box::new(job), forward: Box::new(forward.clone()), key, flight };
+                let waiting = Waiting::Exchange { job: Box::new(job), forward: Box::new(forward), key, flight };
                 return Step::Wait(Ticket { shared: Arc::clone(shared), waiting });
             }
             Joined::Lead(lead) => lead,
         };
         if let Some((exchanged, _)) = ex.cache.as_ref().and_then(|c| c.get(&key, now)) {
             lead.complete(ExchangeSettled { result: Ok(Arc::clone(&exchanged)) });
-            return Step::Done(shared.policy.with_exchange(&job.ctx, forward.clone(), exchanged));
+            return Step::Done(shared.policy.with_exchange(&job.ctx, forward, exchanged));
         }
         let http = match ex.exchanger.request(job.token.expose(), job.actor.as_ref().map(Secret::expose), now) {
             Ok(http) => http,
@@ -507,7 +525,7 @@ impl Shared {
                 return Step::Done(shared.policy.unavailable(&job.ctx, Cow::Borrowed(detail)));
             }
         };
-        let flow = Box::new(ExchangeFlow { job, forward: forward.clone(), key, lead });
+        let flow = Box::new(ExchangeFlow { job, forward, key, lead });
         let stage = Stage::Exchange(flow);
         let (purpose, issued) = (http.purpose, now);
         let step = PendingStep { shared: Arc::clone(shared), stage, fetch: None, step_key: key, purpose, issued };
@@ -545,10 +563,11 @@ impl Shared {
         }
     }
 
-    /// The key of an exchanged token: the client token and the actor token (the exchange
-    /// parameters are the configuration's, already in its key space).
-    fn exchange_key(&self, subject: &str, actor: Option<&str>) -> Key {
-        self.policy.derived_key(&[b"exchange", subject.as_bytes(), actor.unwrap_or("").as_bytes()])
+    /// The key of an exchanged token: the client token (through its own cache key, a digest
+    /// of it: the token is not hashed twice) and the actor token; the exchange parameters
+    /// are the configuration's, already in its key space.
+    fn exchange_key(&self, token_key: &Key, actor: Option<&str>) -> Key {
+        self.policy.derived_key(&[b"exchange", token_key, actor.unwrap_or("").as_bytes()])
     }
 
     /// The key of the response a step waits for (see [`Pending::cache_key`]).
