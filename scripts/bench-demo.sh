@@ -11,8 +11,12 @@ cd "$(dirname "$0")/.."
 DURATION="${DURATION:-5s}"
 THREADS="${THREADS:-2}"
 CONNECTIONS="${CONNECTIONS:-32}"
-BIN="${DEMO_PROXY_BIN:-target/release/examples/demo_proxy}"
-[[ -x "$BIN" ]] || cargo build --release --example demo_proxy
+if [[ -n "${DEMO_PROXY_BIN:-}" ]]; then
+  BIN="$DEMO_PROXY_BIN"
+else
+  cargo build --release -p mcp-oauth2-demo
+  BIN=target/release/demo_proxy
+fi
 
 WORK="$(mktemp -d)"
 PID=""

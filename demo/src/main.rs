@@ -1,4 +1,4 @@
-//! `cargo run --release --example demo_proxy`: the mcp-oauth2 library as a small reverse
+//! `cargo run --release -p mcp-oauth2-demo`: the mcp-oauth2 library as a small reverse
 //! proxy in front of an MCP server.
 //!
 //! Without arguments it starts, on 127.0.0.1, a demo authorization server, an echo MCP
@@ -8,16 +8,10 @@
 //! it protects a real MCP server with a Kong `ai-mcp-oauth2` configuration (plugin JSON,
 //! Admin API object, decK `kong.yaml`, or KongPlugin manifest). See docs/demo-proxy.md.
 
-// The crate root is this file, so submodules in examples/demo_proxy/ need explicit paths.
-#[path = "demo_proxy/auth_server.rs"]
 mod auth_server;
-#[path = "demo_proxy/config_file.rs"]
 mod config_file;
-#[path = "demo_proxy/echo_mcp.rs"]
 mod echo_mcp;
-#[path = "demo_proxy/proxy.rs"]
 mod proxy;
-#[path = "demo_proxy/serve.rs"]
 mod serve;
 
 use std::net::SocketAddr;

@@ -1,12 +1,10 @@
-//! Runs the `demo_proxy` example binary and checks what a user would see: the embedded
+//! Runs the `demo_proxy` binary and checks what a user would see: the embedded
 //! demo's printed commands work when pasted into a shell, the flow 401 → token → 200,
 //! what the upstream receives, SSE streaming and its end at `valid_until`, the `--jwt`
 //! mode (RFC 9068 tokens validated locally through discovery and the JWKS), the config
 //! file formats, and config errors.
 //!
-//! The binary is `$DEMO_PROXY_BIN`, else `target/<profile>/examples/demo_proxy` next to
-//! this test (built by `cargo build --example demo_proxy`; scripts/test-demo.sh does it).
-//! A missing binary fails the tests: they never skip.
+//! The binary is the one cargo builds for this package (`CARGO_BIN_EXE_demo_proxy`).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -16,31 +14,19 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-// The example's config-file loader, with its unit tests, compiled into this test binary:
-// plain `cargo test` builds examples as binaries (which these tests run) but does not run
-// their unit tests.
-#[allow(dead_code)]
-#[path = "../examples/demo_proxy/config_file.rs"]
-mod config_file;
+/// The binary under test, built by cargo for this package's integration tests.
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_demo_proxy")
+}
 
-fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("DEMO_PROXY_BIN") {
-        return PathBuf::from(p);
-    }
-    // target/<profile>/deps/demo_proxy-<hash> → target/<profile>/examples/demo_proxy
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
-    let bin = profile_dir.join("examples").join("demo_proxy");
-    assert!(
-        bin.exists(),
-        "{} not found: run `cargo build --example demo_proxy` (same profile) or set DEMO_PROXY_BIN",
-        bin.display()
-    );
-    bin
+/// The repository root: the Kong fixtures in tests/testdata and the sample configs in
+/// examples/configs are shared with the library's own tests and docs.
+fn repo_root() -> String {
+    format!("{}/..", env!("CARGO_MANIFEST_DIR"))
 }
 
 fn testdata(name: &str) -> String {
-    format!("{}/tests/testdata/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!("{}/tests/testdata/{name}", repo_root())
 }
 
 /// A running demo_proxy; killed on drop. Its stderr (the request log) is collected.
@@ -771,7 +757,7 @@ fn every_kong_fixture_loads() {
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("http://127.0.0.1:9400/realms/mcp/protocol/openid-connect/token/introspect"));
     // The sample configs shipped with the example load too.
-    let samples = format!("{}/examples/configs", env!("CARGO_MANIFEST_DIR"));
+    let samples = format!("{}/examples/configs", repo_root());
     let mut count = 0;
     for entry in std::fs::read_dir(&samples).unwrap() {
         let path = entry.unwrap().path();
