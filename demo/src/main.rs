@@ -8,11 +8,13 @@
 //! it protects a real MCP server with a Kong `ai-mcp-oauth2` configuration (plugin JSON,
 //! Admin API object, decK `kong.yaml`, or KongPlugin manifest). See docs/demo-proxy.md.
 
+mod as_client;
 mod auth_server;
 mod config_file;
 mod echo_mcp;
 mod proxy;
 mod serve;
+mod stream;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -151,6 +153,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(e) = serve::start_log() {
+        eprintln!("demo_proxy: cannot start the log writer: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -162,8 +168,9 @@ fn main() -> ExitCode {
         Some(path) => runtime.block_on(real_mode(&args, path)),
         None => runtime.block_on(demo_mode(&args)),
     };
-    // Blocking-pool threads may be parked in an AS call; do not wait for them.
+    // Tasks may still wait for an authorization server; do not wait for them.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    serve::flush_log();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => {
@@ -247,7 +254,7 @@ async fn real_mode(args: &Args, path: &str) -> Result<(), Failure> {
     signals.wait().await;
     let _ = stop_tx.send(true);
     let _ = server.await;
-    eprintln!("{} demo_proxy stopped", serve::timestamp());
+    serve::log_line(format!("{} demo_proxy stopped", serve::timestamp()));
     Ok(())
 }
 
@@ -323,7 +330,7 @@ async fn demo_mode(args: &Args) -> Result<(), Failure> {
     for s in servers {
         let _ = s.await;
     }
-    eprintln!("{} demo_proxy stopped", serve::timestamp());
+    serve::log_line(format!("{} demo_proxy stopped", serve::timestamp()));
     Ok(())
 }
 

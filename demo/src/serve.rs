@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -71,7 +71,7 @@ where
                     Ok(a) => a,
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
-                        log_line(&format!("{} accept failed: {e}", timestamp()));
+                        log_line(format!("{} accept failed: {e}", timestamp()));
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -103,43 +103,118 @@ pub struct RequestLog {
     component: &'static str,
     peer: SocketAddr,
     method: hyper::Method,
-    path: String,
+    uri: hyper::Uri,
     started: Instant,
 }
 
 impl RequestLog {
     /// Starts timing a request.
     pub fn start<B>(component: &'static str, peer: SocketAddr, req: &Request<B>) -> Self {
-        let path = req.uri().path().chars().map(|c| if c.is_control() { '?' } else { c }).collect();
-        RequestLog { component, peer, method: req.method().clone(), path, started: Instant::now() }
+        RequestLog { component, peer, method: req.method().clone(), uri: req.uri().clone(), started: Instant::now() }
     }
 
     /// Writes the line to stderr.
     pub fn finish(self, status: u16, reason: &str, detail: Option<&str>) {
-        let RequestLog { component, peer, method, path, started } = self;
+        use std::fmt::Write as _;
+        let RequestLog { component, peer, method, uri, started } = self;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
-        let detail = detail.map(|d| format!(" ({d})")).unwrap_or_default();
-        log_line(&format!("{} {component} {peer} {method} {path} {status} {reason} {ms:.2}ms{detail}", timestamp()));
+        let mut line = String::with_capacity(128);
+        write_timestamp(&mut line);
+        let _ = write!(line, " {component} {peer} {method} ");
+        line.extend(uri.path().chars().map(|c| if c.is_control() { '?' } else { c }));
+        let _ = write!(line, " {status} {reason} {ms:.2}ms");
+        if let Some(d) = detail {
+            let _ = write!(line, " ({d})");
+        }
+        log_line(line);
     }
 }
 
-/// Writes one line to stderr in a single `write` (stderr is unbuffered: `eprintln!` would
-/// issue one system call per formatted piece).
-pub fn log_line(line: &str) {
+enum LogMessage {
+    Line(String),
+    Flush(mpsc::SyncSender<()>),
+}
+
+static LOG: OnceLock<mpsc::Sender<LogMessage>> = OnceLock::new();
+
+/// Starts the log writer: a thread of its own (not the runtime's blocking pool) that
+/// writes the lines the servers hand it in batches, so a request never waits for stderr
+/// or for another request's write. Until it runs, lines are written directly.
+pub fn start_log() -> std::io::Result<()> {
+    let (tx, rx) = mpsc::channel::<LogMessage>();
+    std::thread::Builder::new().name("log".to_owned()).spawn(move || {
+        use std::io::Write as _;
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+        let handle = |message: LogMessage, out: &mut std::io::BufWriter<std::io::Stderr>| match message {
+            LogMessage::Line(line) => {
+                let _ = out.write_all(line.as_bytes());
+                let _ = out.write_all(b"\n");
+            }
+            LogMessage::Flush(done) => {
+                let _ = out.flush();
+                let _ = done.send(());
+            }
+        };
+        while let Ok(message) = rx.recv() {
+            handle(message, &mut out);
+            // Whatever else is queued goes out in the same write.
+            while let Ok(message) = rx.try_recv() {
+                handle(message, &mut out);
+            }
+            let _ = out.flush();
+        }
+    })?;
+    let _ = LOG.set(tx);
+    Ok(())
+}
+
+/// Waits (a second at most) until every line logged so far is written.
+pub fn flush_log() {
+    if let Some(tx) = LOG.get() {
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        if tx.send(LogMessage::Flush(done_tx)).is_ok() {
+            let _ = done_rx.recv_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Logs one line (without its newline).
+pub fn log_line(line: String) {
+    let line = match LOG.get() {
+        Some(tx) => match tx.send(LogMessage::Line(line)) {
+            Ok(()) => return,
+            Err(mpsc::SendError(LogMessage::Line(line))) => line,
+            Err(_) => return,
+        },
+        None => line,
+    };
     use std::io::Write as _;
-    let mut buf = String::with_capacity(line.len() + 1);
-    buf.push_str(line);
-    buf.push('\n');
-    let _ = std::io::stderr().lock().write_all(buf.as_bytes());
+    let mut buf = line.into_bytes();
+    buf.push(b'\n');
+    let _ = std::io::stderr().lock().write_all(&buf);
 }
 
 /// UTC time as `2026-11-26T06:30:00.123Z` (no date crate for one log prefix).
 pub fn timestamp() -> String {
+    let mut s = String::with_capacity(24);
+    write_timestamp(&mut s);
+    s
+}
+
+fn write_timestamp(out: &mut String) {
+    use std::fmt::Write as _;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, now.subsec_millis())
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_millis()
+    );
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's method).
