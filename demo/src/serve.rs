@@ -117,12 +117,13 @@ impl RequestLog {
     pub fn finish(self, status: u16, reason: &str, detail: Option<&str>) {
         use std::fmt::Write as _;
         let RequestLog { component, peer, method, uri, started } = self;
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        // Hundredths of a millisecond, printed without float formatting.
+        let centi_ms = started.elapsed().as_micros().div_ceil(10);
         let mut line = String::with_capacity(128);
         write_timestamp(&mut line);
         let _ = write!(line, " {component} {peer} {method} ");
         line.extend(uri.path().chars().map(|c| if c.is_control() { '?' } else { c }));
-        let _ = write!(line, " {status} {reason} {ms:.2}ms");
+        let _ = write!(line, " {status} {reason} {}.{:02}ms", centi_ms / 100, centi_ms % 100);
         if let Some(d) = detail {
             let _ = write!(line, " ({d})");
         }
@@ -136,6 +137,9 @@ enum LogMessage {
 }
 
 static LOG: OnceLock<mpsc::Sender<LogMessage>> = OnceLock::new();
+
+/// How long the log writer lets lines gather before writing them.
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
 /// Starts the log writer: a thread of its own (not the runtime's blocking pool) that
 /// writes the lines the servers hand it in batches, so a request never waits for stderr
@@ -155,9 +159,15 @@ pub fn start_log() -> std::io::Result<()> {
                 let _ = done.send(());
             }
         };
+        // Block while idle; once a line arrives, let the others of the burst gather for a
+        // moment and write them together: under load the servers' threads then never
+        // wake this one per line (a thread wake-up costs more than the line itself).
         while let Ok(message) = rx.recv() {
+            let flushing = matches!(message, LogMessage::Flush(_));
             handle(message, &mut out);
-            // Whatever else is queued goes out in the same write.
+            if !flushing {
+                std::thread::sleep(BATCH_WINDOW);
+            }
             while let Ok(message) = rx.try_recv() {
                 handle(message, &mut out);
             }
@@ -203,18 +213,23 @@ pub fn timestamp() -> String {
 
 fn write_timestamp(out: &mut String) {
     use std::fmt::Write as _;
+    thread_local! {
+        /// The date and time to the second of the last line this thread wrote.
+        static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        now.subsec_millis()
-    );
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != secs {
+            let (days, rem) = (secs / 86_400, secs % 86_400);
+            let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
+            text.clear();
+            let _ = write!(text, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
+            *cached = secs;
+        }
+        out.push_str(text);
+    });
+    let _ = write!(out, ".{:03}Z", now.subsec_millis());
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's method).
@@ -232,6 +247,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn timestamps() {
+        let t = super::timestamp();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+        assert_eq!(super::timestamp()[..19].len(), 19);
+    }
+
     #[test]
     fn civil_dates() {
         assert_eq!(super::civil_from_days(0), (1970, 1, 1));
