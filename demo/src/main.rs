@@ -219,6 +219,9 @@ async fn real_mode(args: &Args, path: &str) -> Result<(), Failure> {
         eprintln!("demo_proxy: warning: {w}");
     }
     let config = validator.config();
+    if !config.ssl_verify {
+        eprintln!("demo_proxy: warning: ssl_verify is false: authorization-server certificates are not verified");
+    }
     if args.check {
         println!(
             "{path}: OK ({}{})",

@@ -1277,5 +1277,6 @@ fn authorization_server_failures_are_503_with_what_failed() {
             log.iter().any(|l| l.contains(" 503 authorization_server_unavailable ") && l.contains(detail)),
             "{what}: expected {detail:?} in {log:?}"
         );
+        assert!(log.iter().any(|l| l.contains("warning: ssl_verify is false")), "{what}: {log:?}");
     }
 }
