@@ -8,8 +8,10 @@
 # Needs scripts/install-demo.sh. Every service is started on
 # 127.0.0.1 by the tests themselves and stopped by pid.
 #
-# Debug profile: it reuses what `cargo test` built (CI runs that first), so CI does not
-# compile everything a second time in release; scripts/bench-demo.sh uses release.
+# Debug profile: it reuses the dependencies `cargo test` built (CI runs that first), so CI
+# does not compile everything a second time in release (only the core, without its
+# default features, and this crate are compiled again: seconds); scripts/bench-demo.sh
+# uses release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
