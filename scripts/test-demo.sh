@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
-# Tests of the demo proxy (examples/demo_proxy.rs): builds it, runs the official MCP SDK
-# client end to end through it (tests/node/run-demo-proxy.sh: oidc-provider AS + SDK
-# upstream + the proxy with a decK config), then the example's unit tests. The Rust tests
-# that run the binary (tests/demo_proxy.rs) run under plain `cargo test`.
+# Tests of the demo proxy (the `mcp-oauth2-demo` crate in demo/): builds it and runs the
+# official MCP SDK client end to end through it (tests/node/run-demo-proxy.sh:
+# oidc-provider AS + SDK upstream + the proxy with a decK config). The crate's Rust tests
+# (its unit tests and demo/tests/demo_proxy.rs, which runs the binary) run under plain
+# `cargo test` at the root (the crate is a default workspace member), or alone with
+# `cargo test -p mcp-oauth2-demo`.
 # Needs scripts/install-demo.sh. Every service is started on
 # 127.0.0.1 by the tests themselves and stopped by pid.
 #
-# Debug profile: it reuses what `cargo test` built (CI runs that first), so CI does not
-# compile everything a second time in release; scripts/bench-demo.sh uses release.
+# Debug profile: it reuses the dependencies `cargo test` built (CI runs that first), so CI
+# does not compile everything a second time in release (only the core, without its
+# default features, and this crate are compiled again: seconds); scripts/bench-demo.sh
+# uses release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export DEMO_PROXY_BIN="$PWD/target/debug/examples/demo_proxy"
-cargo build --example demo_proxy
+export DEMO_PROXY_BIN="$PWD/target/debug/demo_proxy"
+cargo build -p mcp-oauth2-demo
 
 timeout 180 tests/node/run-demo-proxy.sh
-
-# The example's own unit tests (tests/demo_proxy.rs already ran under `cargo test`).
-timeout 600 cargo test --example demo_proxy

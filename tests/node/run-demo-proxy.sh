@@ -7,14 +7,14 @@
 #   tests/node/run-demo-proxy.sh        (from anywhere; needs `npm ci --prefix tests/node`
 #                                         and the built proxy, see below)
 #
-# The proxy binary is $DEMO_PROXY_BIN, default target/release/examples/demo_proxy
-# (`cargo build --release --example demo_proxy`).
+# The proxy binary is $DEMO_PROXY_BIN, default target/release/demo_proxy
+# (`cargo build --release -p mcp-oauth2-demo`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-BIN="${DEMO_PROXY_BIN:-target/release/examples/demo_proxy}"
+BIN="${DEMO_PROXY_BIN:-target/release/demo_proxy}"
 if [[ ! -x "$BIN" ]]; then
-  echo "run-demo-proxy: $BIN not found; run: cargo build --release --example demo_proxy" >&2
+  echo "run-demo-proxy: $BIN not found; run: cargo build --release -p mcp-oauth2-demo" >&2
   exit 1
 fi
 if [[ ! -d tests/node/node_modules/@modelcontextprotocol/sdk ]]; then

@@ -1,12 +1,10 @@
-//! Runs the `demo_proxy` example binary and checks what a user would see: the embedded
+//! Runs the `demo_proxy` binary and checks what a user would see: the embedded
 //! demo's printed commands work when pasted into a shell, the flow 401 → token → 200,
 //! what the upstream receives, SSE streaming and its end at `valid_until`, the `--jwt`
 //! mode (RFC 9068 tokens validated locally through discovery and the JWKS), the config
 //! file formats, and config errors.
 //!
-//! The binary is `$DEMO_PROXY_BIN`, else `target/<profile>/examples/demo_proxy` next to
-//! this test (built by `cargo build --example demo_proxy`; scripts/test-demo.sh does it).
-//! A missing binary fails the tests: they never skip.
+//! The binary is the one cargo builds for this package (`CARGO_BIN_EXE_demo_proxy`).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -16,31 +14,19 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-// The example's config-file loader, with its unit tests, compiled into this test binary:
-// plain `cargo test` builds examples as binaries (which these tests run) but does not run
-// their unit tests.
-#[allow(dead_code)]
-#[path = "../examples/demo_proxy/config_file.rs"]
-mod config_file;
+/// The binary under test, built by cargo for this package's integration tests.
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_demo_proxy")
+}
 
-fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("DEMO_PROXY_BIN") {
-        return PathBuf::from(p);
-    }
-    // target/<profile>/deps/demo_proxy-<hash> → target/<profile>/examples/demo_proxy
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
-    let bin = profile_dir.join("examples").join("demo_proxy");
-    assert!(
-        bin.exists(),
-        "{} not found: run `cargo build --example demo_proxy` (same profile) or set DEMO_PROXY_BIN",
-        bin.display()
-    );
-    bin
+/// The repository root: the Kong fixtures in tests/testdata and the sample configs in
+/// examples/configs are shared with the library's own tests and docs.
+fn repo_root() -> String {
+    format!("{}/..", env!("CARGO_MANIFEST_DIR"))
 }
 
 fn testdata(name: &str) -> String {
-    format!("{}/tests/testdata/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!("{}/tests/testdata/{name}", repo_root())
 }
 
 /// A running demo_proxy; killed on drop. Its stderr (the request log) is collected.
@@ -771,7 +757,7 @@ fn every_kong_fixture_loads() {
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("http://127.0.0.1:9400/realms/mcp/protocol/openid-connect/token/introspect"));
     // The sample configs shipped with the example load too.
-    let samples = format!("{}/examples/configs", env!("CARGO_MANIFEST_DIR"));
+    let samples = format!("{}/examples/configs", repo_root());
     let mut count = 0;
     for entry in std::fs::read_dir(&samples).unwrap() {
         let path = entry.unwrap().path();
@@ -879,4 +865,418 @@ fn ctrl_c_stops_cleanly() {
     }
     std::thread::sleep(Duration::from_millis(100));
     assert!(demo.log().iter().any(|l| l.contains("demo_proxy stopped")));
+}
+
+/// The names of the threads of a process (Linux).
+fn threads(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/<pid>/task")
+        .map(|e| std::fs::read_to_string(e.unwrap().path().join("comm")).unwrap_or_default().trim().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Log lines of the demo AS for `POST /introspect`, without waiting.
+fn introspections(demo: &mut Running) -> usize {
+    demo.log().iter().filter(|l| l.contains(" as ") && l.contains(" POST /introspect ")).count()
+}
+
+#[test]
+fn fifty_concurrent_requests_with_a_new_token_make_one_as_call_without_a_blocking_pool() {
+    // A slow AS, so that all 50 requests arrive while the first one's call is in flight.
+    let mut demo = Running::demo(&["--as-delay-ms", "500"]);
+    let resource = format!("{}/mcp", demo.url_after("proxy listening on"));
+    let issuer = demo.url_after("auth server");
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    // Warm up every path once (AS call, upstream connection), then count the threads.
+    assert_eq!(mcp_post(&resource, Some(&get_token(&issuer, Some(&resource))), ping, &[]).status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let before = threads(demo.child.id());
+    let introspected_before = introspections(&mut demo);
+
+    let token = get_token(&issuer, Some(&resource));
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(50));
+    let clients: Vec<_> = (0..50)
+        .map(|_| {
+            let (resource, token, barrier) = (resource.clone(), token.clone(), std::sync::Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                mcp_post(&resource, Some(&token), ping, &[]).status
+            })
+        })
+        .collect();
+    // While the validation is in flight: the requests wait as tasks, not threads.
+    std::thread::sleep(Duration::from_millis(300));
+    let during = threads(demo.child.id());
+    let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    let after = threads(demo.child.id());
+    assert_eq!(introspections(&mut demo) - introspected_before, 1, "{:?}", demo.log());
+    // tokio's blocking pool would have started threads (and keeps them 10 s): the
+    // process has exactly the threads it had before (main, the runtime's workers, the
+    // log writer).
+    assert_eq!(during, before, "threads while 50 requests waited for one AS call");
+    assert_eq!(after, before, "threads after");
+    assert!(before.len() <= 2 + std::thread::available_parallelism().map_or(2, |n| n.get()), "{before:?}");
+}
+
+/// One SSE stream through the proxy, read on a thread: `Ok(time)` per event, then
+/// `Err(time)` when the stream ends.
+fn open_stream(url: &str, token: &str) -> mpsc::Receiver<Result<Instant, Instant>> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let res = agent
+        .get(url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .header("Accept", "text/event-stream")
+        .call()
+        .expect("GET stream");
+    assert_eq!(res.status().as_u16(), 200);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(res.into_body().into_reader());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(Err(Instant::now()));
+                    return;
+                }
+                Ok(_) if line.starts_with("data: ") => {
+                    if tx.send(Ok(Instant::now())).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    });
+    rx
+}
+
+/// Drains a stream's channel: the time of its last event and, if it ended, when.
+fn stream_state(rx: &mpsc::Receiver<Result<Instant, Instant>>, last: &mut Option<Instant>) -> Option<Instant> {
+    for item in rx.try_iter() {
+        match item {
+            Ok(t) => *last = Some(t),
+            Err(t) => return Some(t),
+        }
+    }
+    None
+}
+
+/// A real-mode proxy (config written to a temp file) in front of the embedded demo's echo
+/// server, introspecting at the embedded demo AS.
+fn real_proxy(demo: &Running, resource: &str, extra: serde_json::Value) -> Running {
+    let issuer = demo.url_after("auth server");
+    let echo = demo.url_after("echo MCP server").trim_end_matches("/mcp").to_owned();
+    let mut config = serde_json::json!({
+        "resource": resource,
+        "authorization_servers": [issuer],
+        "introspection_endpoint": format!("{issuer}/introspect"),
+        "client_id": "gateway",
+        "client_secret": "gateway-secret",
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    let path = tempdir().join("real.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    Running::start(
+        &["--config", path.to_str().unwrap(), "--upstream", &echo, "--listen", "127.0.0.1:0"],
+        "Ctrl-C stops it",
+    )
+}
+
+#[test]
+fn sse_streams_outlive_cache_expiry_but_not_revocation_or_exp() {
+    // Tokens live 18 s; the proxy keeps an introspection answer 2 s.
+    let mut demo = Running::demo(&["--token-ttl", "18", "--tick-ms", "200"]);
+    let issuer = demo.url_after("auth server");
+    let resource = "http://127.0.0.1:9/streams/mcp";
+    let mut real = real_proxy(&demo, resource, serde_json::json!({"cache_ttl_max": 2}));
+    let url = format!("{}/mcp", real.url_after("proxy listening on"));
+    let issued = Instant::now();
+    let (revoked_token, kept_token) = (get_token(&issuer, Some(resource)), get_token(&issuer, Some(resource)));
+    let introspected_before = introspections(&mut demo);
+    // Three streams of the token to revoke, one of the token that runs to its exp.
+    let revoked: Vec<_> = (0..3).map(|_| open_stream(&url, &revoked_token)).collect();
+    let kept = open_stream(&url, &kept_token);
+    let mut last = [None; 4];
+
+    // 10 s: five times the cache lifetime. Every stream is still open and receiving.
+    std::thread::sleep((issued + Duration::from_secs(10)).saturating_duration_since(Instant::now()));
+    let now = Instant::now();
+    for (i, rx) in revoked.iter().chain([&kept]).enumerate() {
+        assert_eq!(stream_state(rx, &mut last[i]), None, "stream {i} was cut while its token was valid");
+        assert!(last[i].is_some_and(|t| now - t < Duration::from_secs(1)), "stream {i} is not receiving");
+    }
+
+    // Revoke one token at the AS: its streams end once the proxy's answer ages out (2 s)
+    // and the recheck finds the token inactive.
+    let basic = base64::engine::general_purpose::STANDARD.encode("demo-client:demo-secret");
+    let r = reply(
+        agent()
+            .post(&format!("{issuer}/revoke"))
+            .header("Authorization", &format!("Basic {basic}"))
+            .send_form([("token", revoked_token.as_str())]),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let revoked_at = Instant::now();
+    for (i, rx) in revoked.iter().enumerate() {
+        let ended = loop {
+            match rx.recv_timeout(Duration::from_secs(5)).expect("the stream of a revoked token ends") {
+                Ok(t) => last[i] = Some(t),
+                Err(t) => break t,
+            }
+        };
+        let after = ended - revoked_at;
+        assert!(after <= Duration::from_millis(3500), "stream {i} ended {after:?} after the revocation");
+    }
+    // The other token's stream goes on, and ends at its exp (18 s after it was issued).
+    assert_eq!(stream_state(&kept, &mut last[3]), None, "the other token's stream was cut");
+    let ended = loop {
+        match kept.recv_timeout(Duration::from_secs(8)).expect("the stream ends at exp") {
+            Ok(t) => last[3] = Some(t),
+            Err(t) => break t,
+        }
+    };
+    let lived = ended - issued;
+    assert!(
+        (Duration::from_millis(16_500)..=Duration::from_millis(19_500)).contains(&lived),
+        "the stream ended {lived:?} after its token was issued (exp: 18 s)"
+    );
+    assert!(last[3].is_some_and(|t| ended - t < Duration::from_secs(1)), "it was receiving until then");
+
+    // Both tokens are refused now.
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    assert_eq!(mcp_post(&url, Some(&revoked_token), ping, &[]).status, 401);
+    assert_eq!(mcp_post(&url, Some(&kept_token), ping, &[]).status, 401);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = real.log().to_vec();
+    let closed = |why: &str| log.iter().filter(|l| l.contains("proxy stream closed") && l.contains(why)).count();
+    assert_eq!(closed("no longer allowed (token_inactive)"), 3, "{log:?}");
+    assert_eq!(closed("the token expired"), 1, "{log:?}");
+    // Rechecks are shared by a token's streams: one AS call per token every 2 s (about
+    // 6 for the revoked token, 9 for the other), not one per stream (about 27).
+    let calls = introspections(&mut demo) - introspected_before;
+    assert!((8..=20).contains(&calls), "{calls} introspections during the streams");
+}
+
+#[test]
+fn underscore_twins_of_claim_headers_never_reach_the_upstream() {
+    let demo = Running::demo(&[]);
+    let issuer = demo.url_after("auth server");
+    let resource = "http://127.0.0.1:9/twins/mcp";
+    let real = real_proxy(
+        &demo,
+        resource,
+        serde_json::json!({"claim_to_header": [
+            {"claim": "sub", "header": "X-User-Id"},
+            // The demo's tokens have no email: only a client could supply this header.
+            {"claim": "email", "header": "X-User-Email"},
+        ]}),
+    );
+    let url = format!("{}/mcp", real.url_after("proxy listening on"));
+    let token = get_token(&issuer, Some(resource));
+    let seen = whoami(
+        &url,
+        &token,
+        &[
+            ("X_User_Id", "mallory"),
+            ("x_user_email", "mallory@evil.example"),
+            ("X-USER_EMAIL", "mallory@evil.example"),
+            ("X-User-Email", "mallory@evil.example"),
+            ("X_Other", "kept"),
+        ],
+    );
+    assert_eq!(seen["x-user-id"], "demo-client", "{seen}");
+    for spoofed in ["x_user_id", "x_user_email", "x-user_email", "x-user-email"] {
+        assert!(seen.get(spoofed).is_none(), "{spoofed} reached the upstream: {seen}");
+    }
+    assert_eq!(seen["x_other"], "kept", "other underscore headers pass: {seen}");
+}
+
+/// One HTTP/1.1 exchange on a raw socket; returns the status line.
+fn raw_http1(addr: &str, request: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).lines().next().unwrap_or_default().to_owned()
+}
+
+/// Sends one HTTP/2 request (prior knowledge) with these pseudo-headers and headers,
+/// HPACK-encoded as literals, so that any `:path` can be sent (HTTP client libraries
+/// refuse to build the hostile ones). Returns the bytes the server sent back.
+fn raw_http2(addr: &str, fields: &[(&str, &str)]) -> Vec<u8> {
+    use std::io::{Read as _, Write as _};
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        assert!(name.len() < 127 && value.len() < 127);
+        block.push(0x00); // literal header field without indexing, new name
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    wire.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+    let len = block.len();
+    // HEADERS on stream 1, END_STREAM | END_HEADERS.
+    wire.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, 0x1, 0x5, 0, 0, 0, 1]);
+    wire.extend_from_slice(&block);
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(&wire).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+#[test]
+fn a_request_target_cannot_change_the_upstream_authority() {
+    let mut demo = Running::demo(&[]);
+    let base = demo.url_after("proxy listening on");
+    let addr = base.trim_start_matches("http://").to_owned();
+    let resource = format!("{base}/mcp");
+    let token = get_token(&demo.url_after("auth server"), Some(&resource));
+    // Where a hostile target would send the request instead of the echo server.
+    let evil = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    evil.set_nonblocking(true).unwrap();
+    let evil_addr = evil.local_addr().unwrap().to_string();
+
+    // HTTP/1.1, a target that is not a path: refused.
+    let status = raw_http1(
+        &addr,
+        &format!(
+            "GET @{evil_addr}/x HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert!(status.starts_with("HTTP/1.1 4"), "{status}");
+    // HTTP/1.1 absolute form naming another host: forwarded to the configured upstream
+    // (the echo server answers a GET without Accept: text/event-stream with 406).
+    let status = raw_http1(
+        &addr,
+        &format!(
+            "GET http://{evil_addr}/mcp HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert!(status.starts_with("HTTP/1.1 406"), "{status}");
+    // HTTP/2: a `:path` of `@host:port/x`, and an `:authority` naming another host.
+    let auth = format!("Bearer {token}");
+    for (authority, path) in [(addr.as_str(), format!("@{evil_addr}/x")), (evil_addr.as_str(), "/mcp".to_owned())] {
+        let fields = [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", authority),
+            (":path", path.as_str()),
+            ("authorization", auth.as_str()),
+        ];
+        let answer = raw_http2(&addr, &fields);
+        assert!(!answer.is_empty(), "the proxy answered over HTTP/2");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(evil.accept().is_err(), "the proxy connected to the host named in a request target");
+    // The proxy is still serving, and the upstream saw only the forwarded requests.
+    assert_eq!(mcp_post(&resource, Some(&token), r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#, &[]).status, 200);
+    let log = demo.log().to_vec();
+    assert!(log.iter().all(|l| !l.contains(&evil_addr)), "{log:?}");
+}
+
+/// A fake authorization server on 127.0.0.1 that answers every connection the same way.
+fn fake_as(answer: &'static [u8], delay: Duration) -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                let _ = stream.read(&mut buf);
+                std::thread::sleep(delay);
+                let _ = stream.write_all(answer);
+                if answer.len() > 100_000 {
+                    // More than MAX_RESPONSE_BODY announced: send a lot of it.
+                    let chunk = vec![b' '; 64 * 1024];
+                    for _ in 0..32 {
+                        if stream.write_all(&chunk).is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn authorization_server_failures_are_503_with_what_failed() {
+    const BIG: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n{\"active\": true,                                                                                                                     ";
+    let cases: [(&str, String, &str); 5] = [
+        ("refused", "http://127.0.0.1:1/introspect".to_owned(), "introspection: connection failed"),
+        (
+            "not TLS",
+            format!("https://{}/introspect", fake_as(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", Duration::ZERO)),
+            "introspection: TLS failure",
+        ),
+        ("silent", format!("http://{}/introspect", fake_as(b"", Duration::from_secs(30))), "introspection: timed out"),
+        (
+            "redirect (not followed)",
+            format!(
+                "http://{}/introspect",
+                fake_as(
+                    b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/\r\nContent-Length: 0\r\n\r\n",
+                    Duration::ZERO
+                )
+            ),
+            "introspection: HTTP 302",
+        ),
+        ("oversize", format!("http://{}/introspect", fake_as(BIG, Duration::ZERO)), "over 1 MiB"),
+    ];
+    for (what, endpoint, detail) in cases {
+        let dir = tempdir();
+        let config = dir.join("as.json");
+        std::fs::write(
+            &config,
+            serde_json::json!({
+                "resource": "http://127.0.0.1:8080/mcp", "authorization_servers": ["http://127.0.0.1:1"],
+                "introspection_endpoint": endpoint, "client_id": "gw", "client_secret": "s", "timeout": 1000,
+                "ssl_verify": false,
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let mut proxy = Running::start(
+            &["--config", config.to_str().unwrap(), "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0"],
+            "Ctrl-C stops it",
+        );
+        let base = proxy.url_after("proxy listening on");
+        let r = mcp_post(&format!("{base}/mcp"), Some("some-token"), "{}", &[]);
+        assert_eq!(r.status, 503, "{what}: {}", r.body);
+        assert!(r.header("www-authenticate").is_none(), "{what}");
+        std::thread::sleep(Duration::from_millis(150));
+        let log = proxy.log().to_vec();
+        assert!(
+            log.iter().any(|l| l.contains(" 503 authorization_server_unavailable ") && l.contains(detail)),
+            "{what}: expected {detail:?} in {log:?}"
+        );
+        assert!(log.iter().any(|l| l.contains("warning: ssl_verify is false")), "{what}: {log:?}");
+    }
 }

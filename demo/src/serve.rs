@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -71,7 +71,7 @@ where
                     Ok(a) => a,
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
-                        log_line(&format!("{} accept failed: {e}", timestamp()));
+                        log_line(format!("{} accept failed: {e}", timestamp()));
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -103,43 +103,133 @@ pub struct RequestLog {
     component: &'static str,
     peer: SocketAddr,
     method: hyper::Method,
-    path: String,
+    uri: hyper::Uri,
     started: Instant,
 }
 
 impl RequestLog {
     /// Starts timing a request.
     pub fn start<B>(component: &'static str, peer: SocketAddr, req: &Request<B>) -> Self {
-        let path = req.uri().path().chars().map(|c| if c.is_control() { '?' } else { c }).collect();
-        RequestLog { component, peer, method: req.method().clone(), path, started: Instant::now() }
+        RequestLog { component, peer, method: req.method().clone(), uri: req.uri().clone(), started: Instant::now() }
     }
 
     /// Writes the line to stderr.
     pub fn finish(self, status: u16, reason: &str, detail: Option<&str>) {
-        let RequestLog { component, peer, method, path, started } = self;
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        let detail = detail.map(|d| format!(" ({d})")).unwrap_or_default();
-        log_line(&format!("{} {component} {peer} {method} {path} {status} {reason} {ms:.2}ms{detail}", timestamp()));
+        use std::fmt::Write as _;
+        let RequestLog { component, peer, method, uri, started } = self;
+        // Hundredths of a millisecond, printed without float formatting.
+        let centi_ms = started.elapsed().as_micros().div_ceil(10);
+        let mut line = String::with_capacity(128);
+        write_timestamp(&mut line);
+        let _ = write!(line, " {component} {peer} {method} ");
+        line.extend(uri.path().chars().map(|c| if c.is_control() { '?' } else { c }));
+        let _ = write!(line, " {status} {reason} {}.{:02}ms", centi_ms / 100, centi_ms % 100);
+        if let Some(d) = detail {
+            let _ = write!(line, " ({d})");
+        }
+        log_line(line);
     }
 }
 
-/// Writes one line to stderr in a single `write` (stderr is unbuffered: `eprintln!` would
-/// issue one system call per formatted piece).
-pub fn log_line(line: &str) {
+enum LogMessage {
+    Line(String),
+    Flush(mpsc::SyncSender<()>),
+}
+
+static LOG: OnceLock<mpsc::Sender<LogMessage>> = OnceLock::new();
+
+/// How long the log writer lets lines gather before writing them.
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
+
+/// Starts the log writer: a thread of its own (not the runtime's blocking pool) that
+/// writes the lines the servers hand it in batches, so a request never waits for stderr
+/// or for another request's write. Until it runs, lines are written directly.
+pub fn start_log() -> std::io::Result<()> {
+    let (tx, rx) = mpsc::channel::<LogMessage>();
+    std::thread::Builder::new().name("log".to_owned()).spawn(move || {
+        use std::io::Write as _;
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+        let handle = |message: LogMessage, out: &mut std::io::BufWriter<std::io::Stderr>| match message {
+            LogMessage::Line(line) => {
+                let _ = out.write_all(line.as_bytes());
+                let _ = out.write_all(b"\n");
+            }
+            LogMessage::Flush(done) => {
+                let _ = out.flush();
+                let _ = done.send(());
+            }
+        };
+        // Block while idle; once a line arrives, let the others of the burst gather for a
+        // moment and write them together: under load the servers' threads then never
+        // wake this one per line (a thread wake-up costs more than the line itself).
+        while let Ok(message) = rx.recv() {
+            let flushing = matches!(message, LogMessage::Flush(_));
+            handle(message, &mut out);
+            if !flushing {
+                std::thread::sleep(BATCH_WINDOW);
+            }
+            while let Ok(message) = rx.try_recv() {
+                handle(message, &mut out);
+            }
+            let _ = out.flush();
+        }
+    })?;
+    let _ = LOG.set(tx);
+    Ok(())
+}
+
+/// Waits (a second at most) until every line logged so far is written.
+pub fn flush_log() {
+    if let Some(tx) = LOG.get() {
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        if tx.send(LogMessage::Flush(done_tx)).is_ok() {
+            let _ = done_rx.recv_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Logs one line (without its newline).
+pub fn log_line(line: String) {
+    let line = match LOG.get() {
+        Some(tx) => match tx.send(LogMessage::Line(line)) {
+            Ok(()) => return,
+            Err(mpsc::SendError(LogMessage::Line(line))) => line,
+            Err(_) => return,
+        },
+        None => line,
+    };
     use std::io::Write as _;
-    let mut buf = String::with_capacity(line.len() + 1);
-    buf.push_str(line);
-    buf.push('\n');
-    let _ = std::io::stderr().lock().write_all(buf.as_bytes());
+    let mut buf = line.into_bytes();
+    buf.push(b'\n');
+    let _ = std::io::stderr().lock().write_all(&buf);
 }
 
 /// UTC time as `2026-11-26T06:30:00.123Z` (no date crate for one log prefix).
 pub fn timestamp() -> String {
+    let mut s = String::with_capacity(24);
+    write_timestamp(&mut s);
+    s
+}
+
+fn write_timestamp(out: &mut String) {
+    use std::fmt::Write as _;
+    thread_local! {
+        /// The date and time to the second of the last line this thread wrote.
+        static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, now.subsec_millis())
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != secs {
+            let (days, rem) = (secs / 86_400, secs % 86_400);
+            let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
+            text.clear();
+            let _ = write!(text, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
+            *cached = secs;
+        }
+        out.push_str(text);
+    });
+    let _ = write!(out, ".{:03}Z", now.subsec_millis());
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's method).
@@ -157,6 +247,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn timestamps() {
+        let t = super::timestamp();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+        assert_eq!(super::timestamp()[..19].len(), 19);
+    }
+
     #[test]
     fn civil_dates() {
         assert_eq!(super::civil_from_days(0), (1970, 1, 1));

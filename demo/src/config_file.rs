@@ -345,8 +345,9 @@ mod tests {
         move |k| map.get(k).cloned()
     }
 
+    /// The Kong fixtures at the repository root (shared with the library's tests).
     fn testdata(name: &str) -> String {
-        std::fs::read_to_string(format!("{}/tests/testdata/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        std::fs::read_to_string(format!("{}/../tests/testdata/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
     }
 
     #[test]

@@ -139,7 +139,7 @@ fn dispatch(method: &str, params: &Value, identity: &Value) -> Result<Value, (i6
             },
             {
                 "name": "whoami",
-                "description": "Returns the Authorization and X-* headers this request reached the server with.",
+                "description": "Returns the Authorization, X-* and X_* headers this request reached the server with.",
                 "inputSchema": {"type": "object", "properties": {}},
             },
         ]})),
@@ -159,12 +159,12 @@ fn dispatch(method: &str, params: &Value, identity: &Value) -> Result<Value, (i6
     }
 }
 
-/// `authorization` (only if present) and every `x-*` header, lower-case names.
+/// `authorization` (only if present) and every `x-*` and `x_*` header, lower-case names.
 fn identity_headers(headers: &HeaderMap) -> Value {
     let mut out = serde_json::Map::new();
     for (name, value) in headers {
         let n = name.as_str();
-        if n == "authorization" || n.starts_with("x-") {
+        if n == "authorization" || n.starts_with("x-") || n.starts_with("x_") {
             out.insert(n.to_owned(), Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()));
         }
     }

@@ -1,4 +1,4 @@
-//! `cargo run --release --example demo_proxy`: the mcp-oauth2 library as a small reverse
+//! `cargo run --release -p mcp-oauth2-demo`: the mcp-oauth2 library as a small reverse
 //! proxy in front of an MCP server.
 //!
 //! Without arguments it starts, on 127.0.0.1, a demo authorization server, an echo MCP
@@ -8,17 +8,13 @@
 //! it protects a real MCP server with a Kong `ai-mcp-oauth2` configuration (plugin JSON,
 //! Admin API object, decK `kong.yaml`, or KongPlugin manifest). See docs/demo-proxy.md.
 
-// The crate root is this file, so submodules in examples/demo_proxy/ need explicit paths.
-#[path = "demo_proxy/auth_server.rs"]
+mod as_client;
 mod auth_server;
-#[path = "demo_proxy/config_file.rs"]
 mod config_file;
-#[path = "demo_proxy/echo_mcp.rs"]
 mod echo_mcp;
-#[path = "demo_proxy/proxy.rs"]
 mod proxy;
-#[path = "demo_proxy/serve.rs"]
 mod serve;
+mod stream;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -157,6 +153,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(e) = serve::start_log() {
+        eprintln!("demo_proxy: cannot start the log writer: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -168,8 +168,9 @@ fn main() -> ExitCode {
         Some(path) => runtime.block_on(real_mode(&args, path)),
         None => runtime.block_on(demo_mode(&args)),
     };
-    // Blocking-pool threads may be parked in an AS call; do not wait for them.
+    // Tasks may still wait for an authorization server; do not wait for them.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    serve::flush_log();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => {
@@ -218,6 +219,9 @@ async fn real_mode(args: &Args, path: &str) -> Result<(), Failure> {
         eprintln!("demo_proxy: warning: {w}");
     }
     let config = validator.config();
+    if !config.ssl_verify {
+        eprintln!("demo_proxy: warning: ssl_verify is false: authorization-server certificates are not verified");
+    }
     if args.check {
         println!(
             "{path}: OK ({}{})",
@@ -253,7 +257,7 @@ async fn real_mode(args: &Args, path: &str) -> Result<(), Failure> {
     signals.wait().await;
     let _ = stop_tx.send(true);
     let _ = server.await;
-    eprintln!("{} demo_proxy stopped", serve::timestamp());
+    serve::log_line(format!("{} demo_proxy stopped", serve::timestamp()));
     Ok(())
 }
 
@@ -329,7 +333,7 @@ async fn demo_mode(args: &Args) -> Result<(), Failure> {
     for s in servers {
         let _ = s.await;
     }
-    eprintln!("{} demo_proxy stopped", serve::timestamp());
+    serve::log_line(format!("{} demo_proxy stopped", serve::timestamp()));
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! A tiny OAuth 2 authorization server for the embedded demo: client_credentials tokens
 //! bound to the requested `resource` (which becomes `aud`), either opaque random strings or
 //! RFC 9068 JWTs signed with a key generated at start-up; RFC 7662 introspection that
-//! requires the gateway's client authentication (for both kinds); RFC 8414 metadata and the
+//! requires the gateway's client authentication (for both kinds); RFC 7009 revocation; RFC 8414 metadata and the
 //! public key as a JWKS. In memory, 127.0.0.1 only. Not a production AS: it exists so the
 //! demo needs nothing else.
 
@@ -139,6 +139,7 @@ impl AuthServer {
             (&Method::GET, "/jwks") => (json(StatusCode::OK, &json!({"keys": [self.key.jwk]})), "jwks"),
             (&Method::POST, "/token") => self.token(req).await,
             (&Method::POST, "/introspect") => self.introspect(req).await,
+            (&Method::POST, "/revoke") => self.revoke(req).await,
             (&Method::GET, "/authorize") => {
                 // Advertised because MCP clients' metadata schemas require the field; this AS
                 // has no users, so there is no authorization code flow.
@@ -158,6 +159,7 @@ impl AuthServer {
                 | "/jwks"
                 | "/token"
                 | "/introspect"
+                | "/revoke"
                 | "/authorize",
             ) => (
                 oauth_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "Method not allowed"),
@@ -174,11 +176,13 @@ impl AuthServer {
             "authorization_endpoint": format!("{i}/authorize"),
             "token_endpoint": format!("{i}/token"),
             "introspection_endpoint": format!("{i}/introspect"),
+            "revocation_endpoint": format!("{i}/revoke"),
             "jwks_uri": format!("{i}/jwks"),
             "grant_types_supported": ["client_credentials"],
             "response_types_supported": ["code"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic"],
             "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
+            "revocation_endpoint_auth_methods_supported": ["client_secret_basic"],
             "scopes_supported": SCOPES,
         })
     }
@@ -281,6 +285,27 @@ impl AuthServer {
             .headers_mut()
             .insert(hyper::header::CACHE_CONTROL, hyper::header::HeaderValue::from_static("no-store"));
         (response, "token_issued")
+    }
+
+    /// RFC 7009: the demo client revokes a token it was issued; introspection then answers
+    /// `active: false` (a JWT stays verifiable locally until its `exp`: revocation reaches
+    /// only gateways that introspect). Unknown tokens are answered the same (200).
+    async fn revoke(&self, req: Request<Incoming>) -> (Response<Body>, &'static str) {
+        if !client_authenticated(&req, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET) {
+            return (invalid_client(), "invalid_client");
+        }
+        let Some(form) = read_form(req).await else {
+            return (
+                oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Expected a form body"),
+                "invalid_request",
+            );
+        };
+        let Some([token]) = form.get("token").map(Vec::as_slice) else {
+            return (oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "token is required"), "invalid_request");
+        };
+        let mut tokens = self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let revoked = tokens.remove(token).is_some();
+        (json(StatusCode::OK, &json!({})), if revoked { "revoked" } else { "unknown_token" })
     }
 
     async fn introspect(&self, req: Request<Incoming>) -> (Response<Body>, &'static str) {
