@@ -846,6 +846,29 @@ mcp_oauth2_result mcp_oauth2_validator_metrics(const struct mcp_oauth2_validator
 mcp_oauth2_result mcp_oauth2_validator_record_shared_cache(const struct mcp_oauth2_validator *validator,
                                                            bool hit);
 
+// Counts one look-up in a cluster cache the host runs itself (nginx through
+// `resty.redis`): `hit` true when another node's answer was replayed from there.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `validator` is NULL or live.
+// Thread safety: safe to call concurrently on the same validator.
+mcp_oauth2_result mcp_oauth2_validator_record_cluster_cache(const struct mcp_oauth2_validator *validator,
+                                                            bool hit);
+
+// Counts one failed exchange with a cluster cache the host runs itself
+// (`mcp_oauth2_cluster_cache_errors_total`).
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `validator` is NULL or live.
+// Thread safety: safe to call concurrently on the same validator.
+mcp_oauth2_result mcp_oauth2_validator_record_cluster_cache_error(const struct mcp_oauth2_validator *validator);
+
 // The snapshot as bytes, to store where other processes read it (a shared dict) and
 // rebuild it with `mcp_oauth2_metrics_from_bytes` (same library build).
 //
@@ -1297,6 +1320,31 @@ mcp_oauth2_result mcp_oauth2_pending_continue(struct mcp_oauth2_pending *pending
                                               uint64_t now_unix_ms,
                                               struct mcp_oauth2_decision **decision_out);
 
+// Asks the cluster cache (`cluster_cache_strategy: redis`) for the answer this HTTP step
+// waits for, before the host performs it: blocking Redis I/O bounded by
+// `cluster_cache_redis`'s timeouts (and, while another node fetches the same answer, by
+// `timeout`). Only answers about one token (introspection, token exchange) are shared;
+// without the cluster cache, for other steps or while Redis is down it returns at once.
+// `mcp_oauth2_validator_authorize` does this itself; event-loop hosts call it off their
+// loop (or run their own Redis client per docs/cluster-cache.md).
+//
+// `*answered_out` true: another node's answer was replayed and the pending moved on, as
+// after `mcp_oauth2_pending_resume` (`*decision_out` a new decision, or NULL for the next
+// step). False: `*decision_out` is NULL and the pending is unchanged: perform the request
+// and resume; when this process leads the cluster-wide call, resume shares the answer.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
+//
+// # Safety
+// `pending` is NULL or live; `answered_out` and `decision_out` are NULL or writable.
+// Thread safety: no other call on the same pending may run concurrently.
+mcp_oauth2_result mcp_oauth2_pending_try_cluster(struct mcp_oauth2_pending *pending,
+                                                 uint64_t now_unix_ms,
+                                                 bool *answered_out,
+                                                 struct mcp_oauth2_decision **decision_out);
+
 // Frees a pending validation (resumed or not) and sets `*pending` to NULL. `pending` NULL
 // or `*pending` NULL: no-op, so calling it twice on the same variable is safe. Freeing an
 // unresumed pending abandons the validation (nothing is cached; requests waiting on it
@@ -1595,6 +1643,40 @@ mcp_oauth2_result mcp_oauth2_validator_claim_header_count(const struct mcp_oauth
 mcp_oauth2_result mcp_oauth2_validator_claim_header(const struct mcp_oauth2_validator *validator,
                                                     size_t index,
                                                     struct mcp_oauth2_str *name_out);
+
+// True (`*up_out`) when the cluster cache (`cluster_cache_strategy: redis`) is in use:
+// configured, and Redis answered the last exchange with it. Requests skip Redis while it
+// fails; a watcher thread reconnects within a second of its return. For health checks.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+//
+// # Safety
+// `validator` is NULL or live; `up_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same validator.
+mcp_oauth2_result mcp_oauth2_validator_cluster_cache_up(const struct mcp_oauth2_validator *validator,
+                                                        bool *up_out);
+
+// A warning about the cluster cache for the host to log (Redis unreachable, refusing the
+// password, ...), at most once a minute while Redis fails: copied into `buf` (UTF-8, not
+// NUL-terminated, cut at a character boundary to fit `cap` bytes), its length in
+// `*len_out`. Never contains a secret. Requests never fail because of Redis: they go on
+// with this process's cache and the authorization server.
+//
+// # Errors
+// `MCP_OAUTH2_RESULT_ABSENT` when there is nothing to report (or no cluster cache);
+// `MCP_OAUTH2_RESULT_NULL_PARAMETER` (`buf` may be NULL only with `cap` 0).
+//
+// # Safety
+// `validator` is NULL or live; `buf` points to `cap` writable bytes (or is NULL with `cap`
+// 0); `len_out` is NULL or writable.
+// Thread safety: safe to call concurrently on the same validator (one caller gets each
+// warning).
+mcp_oauth2_result mcp_oauth2_validator_cluster_warning(const struct mcp_oauth2_validator *validator,
+                                                       uint64_t now_unix_ms,
+                                                       uint8_t *buf,
+                                                       size_t cap,
+                                                       size_t *len_out);
 
 #ifdef __cplusplus
 }  // extern "C"

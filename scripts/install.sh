@@ -6,6 +6,9 @@ source scripts/lib.sh
 
 # openssl: the mutual-TLS tests generate their test CA and certificates with it at run time.
 apt_install openssl
+# redis-server: the cluster-cache tests start their own (random port, no persistence);
+# lua-nginx-redis: resty.redis, the nginx module's Redis client (OpenResty and Kong ship it).
+apt_install redis-server lua-nginx-redis
 
 # Node harness: the oidc-provider authorization server and the MCP SDK (lockfile pinned).
 if [ ! -f tests/node/node_modules/.package-lock.json ] || ! cmp -s tests/node/package-lock.json tests/node/node_modules/.package-lock.json.src 2>/dev/null; then

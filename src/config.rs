@@ -784,6 +784,127 @@ pub struct Config {
     /// `introspection_endpoint` and `client_id`. All surfaces.
     #[serde(default)]
     pub introspection_jwt_response: bool,
+    /// `cluster_cache_strategy` (extension, Kong openid-connect's name): `"off"` or
+    /// `"redis"`; default `"off"`. `redis` shares the authorization server's answers
+    /// (introspection, token exchange) between gateway nodes through `cluster_cache_redis`:
+    /// one authorization-server call per token across the cluster, revocations reaching
+    /// every node. A Redis failure never fails a request (docs/cluster-cache.md). Rust and C
+    /// with the blocking flow, the demo proxy, nginx and Kong.
+    #[serde(default)]
+    pub cluster_cache_strategy: ClusterCacheStrategy,
+    /// `cluster_cache_redis` (extension): object; see [`ClusterCacheRedis`].
+    #[serde(default)]
+    pub cluster_cache_redis: ClusterCacheRedis,
+}
+
+/// `cluster_cache_strategy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterCacheStrategy {
+    /// Every node keeps its own cache (the default).
+    #[default]
+    Off,
+    /// Nodes share answers through Redis.
+    Redis,
+}
+
+/// `cluster_cache_redis`: the Redis server of the cluster cache (Kong openid-connect's field
+/// names and defaults). Read only when `cluster_cache_strategy` is `redis`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ClusterCacheRedis {
+    /// `host`: string; default `"127.0.0.1"`.
+    #[serde(default = "default_redis_host")]
+    pub host: String,
+    /// `port`: integer; default 6379.
+    #[serde(default = "default_redis_port")]
+    pub port: u16,
+    /// `database`: integer; default 0.
+    #[serde(default)]
+    pub database: i64,
+    /// `username`: string (Redis 6 ACL); default unset.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// `password`: string (secret: redacted in `Debug`, never in errors); default unset.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// `ssl`: boolean; default `false`. TLS to Redis.
+    #[serde(default)]
+    pub ssl: bool,
+    /// `ssl_verify`: boolean; default `false` (Kong's default; a warning at start-up when TLS
+    /// is on without it). Verify Redis's certificate.
+    #[serde(default)]
+    pub ssl_verify: bool,
+    /// `server_name`: string; default unset. The TLS server name when it is not `host`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// `connect_timeout`: integer milliseconds; default 2000.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub connect_timeout: u64,
+    /// `read_timeout`: integer milliseconds; default 2000.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub read_timeout: u64,
+    /// `send_timeout`: integer milliseconds; default 2000.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub send_timeout: u64,
+    /// `keepalive_pool_size`: integer; default 256. Connections kept per node (per nginx
+    /// worker).
+    #[serde(default = "default_redis_keepalive_pool_size")]
+    pub keepalive_pool_size: u32,
+    /// `keepalive_backlog`: integer; default unset. nginx's cosocket pool backlog (Kong's
+    /// field); other surfaces have no such queue.
+    #[serde(default)]
+    pub keepalive_backlog: Option<u32>,
+    /// `prefix`: string; default `"mcp_oauth2"`. The first part of every key this library
+    /// writes in Redis.
+    #[serde(default = "default_redis_prefix")]
+    pub prefix: String,
+    /// `sentinel_master`, `sentinel_role`, `sentinel_nodes`, `sentinel_addresses`,
+    /// `sentinel_username`, `sentinel_password`, `cluster_nodes`, `cluster_addresses`,
+    /// `cluster_max_redirections`, `connection_is_proxied`, `cloud_authentication` (Kong's
+    /// names): Redis Sentinel, Redis Cluster and cloud-provider authentication are not
+    /// supported yet; a value that asks for them is refused (`ErrorKind::Unsupported`),
+    /// Kong's defaults (`null`, `false`, `[]`, no `auth_provider`) are accepted. Kong's
+    /// deprecated `timeout` is accepted and ignored (the three timeouts above count).
+    #[serde(default, flatten)]
+    pub not_supported_yet: BTreeMap<String, Value>,
+}
+
+impl Default for ClusterCacheRedis {
+    fn default() -> Self {
+        ClusterCacheRedis {
+            host: default_redis_host(),
+            port: default_redis_port(),
+            database: 0,
+            username: None,
+            password: None,
+            ssl: false,
+            ssl_verify: false,
+            server_name: None,
+            connect_timeout: default_redis_timeout_ms(),
+            read_timeout: default_redis_timeout_ms(),
+            send_timeout: default_redis_timeout_ms(),
+            keepalive_pool_size: default_redis_keepalive_pool_size(),
+            keepalive_backlog: None,
+            prefix: default_redis_prefix(),
+            not_supported_yet: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_redis_host() -> String {
+    "127.0.0.1".to_owned()
+}
+fn default_redis_port() -> u16 {
+    6379
+}
+fn default_redis_timeout_ms() -> u64 {
+    2000
+}
+fn default_redis_keepalive_pool_size() -> u32 {
+    256
+}
+fn default_redis_prefix() -> String {
+    "mcp_oauth2".to_owned()
 }
 
 /// JWS algorithms accepted for access tokens by default.
@@ -902,7 +1023,93 @@ impl Config {
         self.validate_cache_limits()?;
         self.validate_trusted_proxies()?;
         self.validate_issuers()?;
-        self.validate_allowed_origins()
+        self.validate_allowed_origins()?;
+        self.validate_cluster_cache()
+    }
+
+    /// `cluster_cache_redis`, when the cluster cache is on: a usable address, bounded
+    /// timeouts, a prefix; Sentinel and Cluster fields refused as not supported yet.
+    fn validate_cluster_cache(&self) -> Result<(), Error> {
+        let redis = &self.cluster_cache_redis;
+        const KNOWN_LATER: &[&str] = &[
+            "sentinel_master",
+            "sentinel_role",
+            "sentinel_nodes",
+            "sentinel_addresses",
+            "sentinel_username",
+            "sentinel_password",
+            "cluster_nodes",
+            "cluster_addresses",
+            "cluster_max_redirections",
+            "connection_is_proxied",
+            "cloud_authentication",
+        ];
+        for (name, value) in &redis.not_supported_yet {
+            let field = format!("cluster_cache_redis.{name}");
+            // Kong's deprecated single timeout: its three successors are what count.
+            if name == "timeout" {
+                if !value.is_u64() {
+                    return Err(Error::config(field, "must be an integer (milliseconds)"));
+                }
+                continue;
+            }
+            if !KNOWN_LATER.contains(&name.as_str()) {
+                return Err(Error::config(
+                    field,
+                    "unknown field (not part of the ai-mcp-oauth2 schema; check the spelling)",
+                ));
+            }
+            // Kong writes defaults (false, empty lists, a cloud_authentication without a
+            // provider) for these: only a value that asks for the feature is refused.
+            let asks = match value {
+                Value::Null | Value::Bool(false) => false,
+                Value::Array(a) => !a.is_empty(),
+                Value::Object(o) => o.get("auth_provider").is_some_and(|p| !p.is_null()),
+                _ => true,
+            };
+            if asks {
+                let what = if name == "cloud_authentication" {
+                    "cloud-provider authentication to Redis is not supported yet"
+                } else {
+                    "Redis Sentinel and Redis Cluster are not supported yet"
+                };
+                return Err(Error::unsupported(field, what));
+            }
+        }
+        if self.cluster_cache_strategy == ClusterCacheStrategy::Off {
+            return Ok(());
+        }
+        if redis.host.is_empty() || redis.host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
+            return Err(Error::config("cluster_cache_redis.host", "must be a host name or an IP address"));
+        }
+        if redis.port == 0 {
+            return Err(Error::config("cluster_cache_redis.port", "must be a TCP port (1-65535)"));
+        }
+        if redis.database < 0 {
+            return Err(Error::config("cluster_cache_redis.database", "must not be negative"));
+        }
+        for (field, ms) in [
+            ("cluster_cache_redis.connect_timeout", redis.connect_timeout),
+            ("cluster_cache_redis.read_timeout", redis.read_timeout),
+            ("cluster_cache_redis.send_timeout", redis.send_timeout),
+        ] {
+            if ms == 0 {
+                return Err(Error::config(field, "must be at least 1 ms (there is no \"no timeout\")"));
+            }
+        }
+        if redis.keepalive_pool_size == 0 {
+            return Err(Error::config("cluster_cache_redis.keepalive_pool_size", "must be at least 1"));
+        }
+        if redis.prefix.is_empty() || redis.prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Error::config("cluster_cache_redis.prefix", "must be non-empty, without spaces"));
+        }
+        if redis.server_name.as_ref().is_some_and(|n| *n != redis.host) {
+            return Err(Error::unsupported(
+                "cluster_cache_redis.server_name",
+                "a TLS server name other than host is not supported yet: set host to the name in Redis's certificate",
+            ));
+        }
+        Ok(())
     }
 
     /// `resource`, `authorization_servers` and `metadata_endpoint`: what PRM advertises.

@@ -37,6 +37,10 @@ impl Error {
         }
     }
 
+    pub(crate) fn unsupported(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error { kind: ErrorKind::Unsupported, field: Some(field.into()), message: message.into() }
+    }
+
     /// The kind of error.
     pub fn kind(&self) -> ErrorKind {
         self.kind

@@ -63,6 +63,8 @@ mod cache;
 mod claims;
 mod client_auth;
 mod clock;
+#[cfg(feature = "redis")]
+mod cluster;
 pub mod config;
 mod decision;
 mod discovery;

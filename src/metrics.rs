@@ -25,7 +25,7 @@ const BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 pub(crate) const WAITS: [&str; 3] = ["validation", "fetch", "token_exchange"];
 
 /// Cache look-ups: (cache label, hit?) → slot.
-const CACHES: [&str; 3] = ["token", "exchange", "shared"];
+const CACHES: [&str; 4] = ["token", "exchange", "shared", "cluster"];
 /// Why an entry left the token cache.
 const EVICTIONS: [&str; 3] = ["revoked", "capacity", "expired"];
 
@@ -40,7 +40,8 @@ const EVICTIONS_AT: usize = LOOKUPS_AT + CACHES.len() * 2;
 const REQUESTS_AT: usize = EVICTIONS_AT + EVICTIONS.len();
 const LATENCY_AT: usize = REQUESTS_AT + KINDS.len() * RESULTS.len();
 const WAITS_AT: usize = LATENCY_AT + KINDS.len() * HIST;
-const SLOTS: usize = WAITS_AT + WAITS.len();
+const CLUSTER_ERRORS_AT: usize = WAITS_AT + WAITS.len();
+const SLOTS: usize = CLUSTER_ERRORS_AT + 1;
 
 /// Which cache a look-up went to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,7 @@ pub(crate) enum CacheKind {
     Token = 0,
     Exchange = 1,
     Shared = 2,
+    Cluster = 3,
 }
 
 /// Why an entry left the token cache.
@@ -117,6 +119,11 @@ impl Metrics {
 
     pub(crate) fn wait(&self, waits_for: usize) {
         self.add(WAITS_AT + waits_for, 1);
+    }
+
+    /// One failed exchange with the cluster cache (Redis down, slow or refusing).
+    pub(crate) fn cluster_error(&self) {
+        self.add(CLUSTER_ERRORS_AT, 1);
     }
 
     pub(crate) fn snapshot(&self) -> MetricsSnapshot {
@@ -195,7 +202,7 @@ impl MetricsSnapshot {
         });
         families.push(family(
             "mcp_oauth2_cache_lookups_total",
-            "Cache look-ups by cache (token, exchange, shared: the host's cache shared between processes) and result.",
+            "Cache look-ups by cache (token, exchange, shared: the host's cache shared between processes, cluster: Redis shared between nodes) and result.",
             MetricType::COUNTER,
             lookups,
         ));
@@ -260,6 +267,13 @@ impl MetricsSnapshot {
             "Requests that waited for another request's authorization-server call instead of making their own.",
             MetricType::COUNTER,
             waits,
+        ));
+
+        families.push(family(
+            "mcp_oauth2_cluster_cache_errors_total",
+            "Exchanges with the cluster cache (Redis) that failed; the request was served from this node's cache or the authorization server.",
+            MetricType::COUNTER,
+            std::iter::once(counter_metric(&[], self.slots[CLUSTER_ERRORS_AT])),
         ));
 
         let mut out = Vec::new();

@@ -494,6 +494,24 @@ fn construction_warnings(config: &Config) -> Vec<String> {
             "tls_client_auth_ssl_verify: false: the certificate of the mutual-TLS endpoint is not verified".to_owned(),
         );
     }
+    let redis = &config.cluster_cache_redis;
+    if config.cluster_cache_strategy == crate::config::ClusterCacheStrategy::Redis {
+        if redis.ssl && !redis.ssl_verify {
+            warnings.push(
+                "cluster_cache_redis.ssl_verify: false: Redis's certificate is not verified; whoever answers for it \
+                 can hand this gateway token answers"
+                    .to_owned(),
+            );
+        }
+        let remote = !matches!(redis.host.as_str(), "127.0.0.1" | "::1" | "localhost");
+        if remote && !redis.ssl {
+            warnings.push(format!(
+                "cluster_cache_redis: plain TCP to {}: the authorization server's answers about tokens cross the \
+                 network unencrypted, and whoever can write to Redis can hand this gateway token answers",
+                redis.host
+            ));
+        }
+    }
     warnings
 }
 
@@ -508,10 +526,16 @@ fn is_loopback(u: &url::Url) -> bool {
 
 /// The identity of a configuration for cache keys: its whole JSON form (secrets print
 /// redacted there) plus every secret's value, so two configurations that differ in
-/// anything, a credential included, never share a key.
+/// anything, a credential included, never share a key. Only how a node reaches the
+/// cluster cache is left out: nodes that name Redis differently still share its answers.
 fn identity_seed(config: &Config) -> Sha256 {
     let mut h = Sha256::new();
-    h.update(serde_json::to_vec(config).expect("the configuration serializes"));
+    let mut json = serde_json::to_value(config).expect("the configuration serializes");
+    if let Some(fields) = json.as_object_mut() {
+        fields.remove("cluster_cache_strategy");
+        fields.remove("cluster_cache_redis");
+    }
+    h.update(json.to_string());
     let exchange = config.token_exchange.as_ref();
     let secrets: [Option<&Secret>; 7] = [
         config.client_secret.as_ref(),

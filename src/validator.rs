@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::cache::{Key, Lookup, TtlCache};
 use crate::clock::UnixMs;
+#[cfg(feature = "redis")]
+use crate::cluster::{self, ClusterCache};
 use crate::decision::{Decision, Exchanged, Forward};
 use crate::exchange::{Actor, Exchanger};
 use crate::flight::{Flight, Flights, Joined, Lead};
@@ -44,6 +46,9 @@ struct Shared {
     fetches: Flights<HttpResult>,
     exchange: Option<Exchange>,
     metrics: Metrics,
+    /// The cluster cache on Redis, with `cluster_cache_strategy: redis`.
+    #[cfg(feature = "redis")]
+    cluster: Option<Arc<ClusterCache>>,
 }
 
 /// What a token's validation settled on, as its followers receive it.
@@ -121,6 +126,8 @@ struct PendingStep {
     /// What the call is for and when it was handed to the host, for the metrics.
     purpose: Purpose,
     issued: UnixMs,
+    /// This node holds the cluster cache's lock for the answer: it shares it on resume.
+    cluster_lead: bool,
 }
 
 /// What a pending step is part of.
@@ -175,8 +182,23 @@ impl Validator {
             fetches: Flights::new(),
             exchange,
             metrics: Metrics::new(),
+            #[cfg(feature = "redis")]
+            cluster: None,
         };
-        Ok(Validator { shared: Arc::new(shared) })
+        #[cfg(feature = "redis")]
+        let shared = {
+            let mut shared = shared;
+            if shared.policy.config().cluster_cache_strategy == crate::config::ClusterCacheStrategy::Redis {
+                shared.cluster = Some(Arc::new(ClusterCache::new(shared.policy.config())));
+            }
+            shared
+        };
+        let shared = Arc::new(shared);
+        #[cfg(feature = "redis")]
+        if shared.cluster.is_some() {
+            watch_cluster(&shared);
+        }
+        Ok(Validator { shared })
     }
 
     /// Parses a JSON configuration (the Kong `config` object) and builds the validator.
@@ -283,7 +305,9 @@ impl Validator {
         self.authorize_at(req, transport, SystemTime::now)
     }
 
-    /// [`Validator::authorize`] with the host's clock, read at every step.
+    /// [`Validator::authorize`] with the host's clock, read at every step. With
+    /// `cluster_cache_strategy: redis`, answers about tokens go through the cluster cache
+    /// ([`Pending::try_cluster`]).
     pub fn authorize_at<T, C>(&self, req: &Request<'_>, transport: &T, clock: C) -> Decision
     where
         T: Transport + ?Sized,
@@ -293,10 +317,13 @@ impl Validator {
         loop {
             step = match step {
                 Step::Done(decision) => return decision,
-                Step::Need(http, pending) => {
-                    let result = transport.send(&http);
-                    pending.resume(result, clock())
-                }
+                Step::Need(http, pending) => match pending.try_cluster(clock()) {
+                    Ok(step) => step,
+                    Err(pending) => {
+                        let result = transport.send(&http);
+                        pending.resume(result, clock())
+                    }
+                },
                 Step::Wait(ticket) => {
                     ticket.wait(ticket.max_wait());
                     ticket.resume(clock())
@@ -317,31 +344,25 @@ impl Validator {
     }
 
     /// Removes a token's cached result (after revocation), and its exchanged tokens' when
-    /// the actor is fixed. True if its validation result was cached.
+    /// the actor is fixed. True if its validation result was cached here.
+    ///
+    /// With `cluster_cache_strategy: redis` this also deletes the answers from Redis and
+    /// tells every node (they drop their copies within a second): a blocking Redis call,
+    /// bounded by `cluster_cache_redis`'s timeouts; while Redis is unreachable the
+    /// revocation waits and goes out when it is back.
     pub fn evict(&self, token: &str) -> bool {
         let key = self.shared.policy.cache_key(AccessToken(token.as_bytes()));
-        if let Some(ex) = &self.shared.exchange {
-            let actor = match ex.exchanger.actor() {
-                Actor::Config(s) => Some(s.expose()),
-                _ => None,
-            };
-            if let Some(cache) = &ex.cache {
-                cache.remove(&self.shared.exchange_key(&key, actor));
-            }
-        }
-        let evicted = self.shared.cache.as_ref().is_some_and(|c| c.remove(&key));
-        self.shared.metrics.evicted(Eviction::Revoked, u64::from(evicted));
-        evicted
+        self.shared.evict(&key, true)
     }
 
     /// Removes the cached result stored under a token's cache key (64 hex digits, from
     /// [`Validator::token_cache_key`]): how a revocation reaches other processes (nginx
-    /// workers) without the token itself ever being shared. True if it was cached.
+    /// workers) without the token itself ever being shared. True if it was cached. Also
+    /// its exchanged tokens' when the actor is fixed, and, with the cluster cache, on
+    /// every node (as [`Validator::evict`]).
     pub fn evict_key(&self, cache_key: &str) -> bool {
         let Some(key) = unhex(cache_key) else { return false };
-        let evicted = self.shared.cache.as_ref().is_some_and(|c| c.remove(&key));
-        self.shared.metrics.evicted(Eviction::Revoked, u64::from(evicted));
-        evicted
+        self.shared.evict(&key, true)
     }
 
     /// The cache key of a token (64 hex digits, as [`Pending::cache_key`] of its
@@ -355,13 +376,42 @@ impl Validator {
     /// `now`: what is left of the validator's own entry for it, which never outlives the
     /// first answer's expiry. `None`: not to be kept (not cached, expired, a failure).
     pub fn cache_ttl(&self, cache_key: &str, now: SystemTime) -> Option<Duration> {
-        let key = unhex(cache_key)?;
-        let now = UnixMs::from_system(now);
-        let expires = match self.shared.cache.as_ref().and_then(|c| c.get(&key, now)) {
-            Some((_, expires)) => expires,
-            None => self.shared.exchange.as_ref()?.cache.as_ref()?.get(&key, now)?.1,
-        };
-        Some(expires.after(now)).filter(|d| !d.is_zero())
+        self.shared.entry_ttl(&unhex(cache_key)?, UnixMs::from_system(now))
+    }
+
+    /// Counts a look-up in a cluster cache the host runs itself (nginx through
+    /// `resty.redis`): `hit` when another node's answer was replayed.
+    pub fn record_cluster_cache(&self, hit: bool) {
+        self.shared.metrics.lookup(CacheKind::Cluster, hit);
+    }
+
+    /// Counts a failed exchange with a cluster cache the host runs itself.
+    pub fn record_cluster_cache_error(&self) {
+        self.shared.metrics.cluster_error();
+    }
+
+    /// True when the cluster cache is in use: configured, and Redis answered the last
+    /// exchange with it (requests skip Redis while it fails; a watcher thread reconnects
+    /// within a second of it coming back). For health checks.
+    pub fn cluster_cache_up(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = &self.shared.cluster {
+            return !cluster.is_down();
+        }
+        false
+    }
+
+    /// A warning about the cluster cache (Redis unreachable, refusing the password, …)
+    /// for the host to log: at most once a minute while Redis fails, `None` otherwise
+    /// (and always without the cluster cache). The request path never fails because of
+    /// Redis: it goes on with this node's cache and the authorization server.
+    pub fn cluster_warning(&self, now: SystemTime) -> Option<String> {
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = &self.shared.cluster {
+            return cluster.warning(UnixMs::from_system(now));
+        }
+        let _ = now;
+        None
     }
 
     /// Number of cached validation results (live or not yet purged).
@@ -401,7 +451,65 @@ fn unhex(s: &str) -> Option<Key> {
     Some(key)
 }
 
+/// Reads the cluster's evictions every 250 ms (and reconnects when Redis was down) for as
+/// long as the validator lives.
+#[cfg(feature = "redis")]
+fn watch_cluster(shared: &Arc<Shared>) {
+    let Some(cluster) = shared.cluster.clone() else { return };
+    let weak = Arc::downgrade(shared);
+    let spawned = std::thread::Builder::new().name("mcp-oauth2-cluster".to_owned()).spawn(move || loop {
+        let Some(shared) = weak.upgrade() else { return };
+        for key in cluster.watch(&shared.metrics) {
+            if let Some(key) = unhex(&key) {
+                shared.evict(&key, false);
+            }
+        }
+        drop(shared);
+        std::thread::sleep(cluster::WATCH_EVERY);
+    });
+    if spawned.is_err() {
+        // Redis stays marked down: this node works alone, and says so.
+        if let Some(cluster) = &shared.cluster {
+            cluster.fail("cannot start its watcher thread");
+        }
+    }
+}
+
 impl Shared {
+    /// Removes a token's entry and its exchanged token's (fixed actor) here; `publish`:
+    /// and on every node through the cluster cache.
+    fn evict(&self, key: &Key, publish: bool) -> bool {
+        let mut keys = vec![*key];
+        if let Some(ex) = &self.exchange {
+            let actor = match ex.exchanger.actor() {
+                Actor::Config(s) => Some(s.expose()),
+                _ => None,
+            };
+            let exchange_key = self.exchange_key(key, actor);
+            if let Some(cache) = &ex.cache {
+                cache.remove(&exchange_key);
+            }
+            keys.push(exchange_key);
+        }
+        let evicted = self.cache.as_ref().is_some_and(|c| c.remove(key));
+        self.metrics.evicted(Eviction::Revoked, u64::from(evicted));
+        #[cfg(feature = "redis")]
+        if let (true, Some(cluster)) = (publish, &self.cluster) {
+            cluster.evict(&self.metrics, keys.iter().map(|k| hex(k)).collect());
+        }
+        let _ = (publish, keys);
+        evicted
+    }
+
+    /// What is left of this node's entry under `key` (a token's or an exchanged token's).
+    fn entry_ttl(&self, key: &Key, now: UnixMs) -> Option<Duration> {
+        let expires = match self.cache.as_ref().and_then(|c| c.get(key, now)) {
+            Some((_, expires)) => expires,
+            None => self.exchange.as_ref()?.cache.as_ref()?.get(key, now)?.1,
+        };
+        Some(expires.after(now)).filter(|d| !d.is_zero())
+    }
+
     fn cached(&self, key: &Key, now: UnixMs) -> Option<Settled> {
         let (outcome, expires) = self.cache.as_ref()?.get(key, now)?;
         Some(Settled { outcome, expires: Some(expires) })
@@ -461,7 +569,15 @@ impl Shared {
                 }
                 let (purpose, issued) = (http.purpose, now);
                 let stage = Stage::Validate { flow, state };
-                let step = PendingStep { shared: Arc::clone(shared), stage, fetch, step_key, purpose, issued };
+                let step = PendingStep {
+                    shared: Arc::clone(shared),
+                    stage,
+                    fetch,
+                    step_key,
+                    purpose,
+                    issued,
+                    cluster_lead: false,
+                };
                 Step::Need(http, Pending { step: Box::new(step) })
             }
         }
@@ -528,7 +644,15 @@ impl Shared {
         let flow = Box::new(ExchangeFlow { job, forward, key, lead });
         let stage = Stage::Exchange(flow);
         let (purpose, issued) = (http.purpose, now);
-        let step = PendingStep { shared: Arc::clone(shared), stage, fetch: None, step_key: key, purpose, issued };
+        let step = PendingStep {
+            shared: Arc::clone(shared),
+            stage,
+            fetch: None,
+            step_key: key,
+            purpose,
+            issued,
+            cluster_lead: false,
+        };
         Step::Need(http, Pending { step: Box::new(step) })
     }
 
@@ -626,10 +750,12 @@ impl Pending {
     }
 
     fn resume_at(self, result: HttpResult, fetched_at: UnixMs, now: UnixMs) -> Step {
-        let PendingStep { shared, stage, fetch, .. } = *self.step;
+        let PendingStep { shared, stage, fetch, step_key, cluster_lead, .. } = *self.step;
         if let Some(lead) = fetch {
             lead.complete(result.clone());
         }
+        #[cfg(feature = "redis")]
+        let shared_answer = cluster_lead.then(|| result.as_ref().ok().cloned()).flatten();
         let step = match stage {
             Stage::Validate { flow, state } => {
                 let progress = shared.method.resume(flow.job.token.expose(), state, result, now);
@@ -637,7 +763,74 @@ impl Pending {
             }
             Stage::Exchange(flow) => shared.finish_exchange(flow, result, fetched_at, now),
         };
+        #[cfg(feature = "redis")]
+        if let (true, Some(cluster)) = (cluster_lead, &shared.cluster) {
+            // Shared for what is left of this node's own entry: never longer, and not at
+            // all when it was not kept (a failure, an answer not to be cached).
+            let ttl = shared_answer.as_ref().and_then(|_| shared.entry_ttl(&step_key, now));
+            match (shared_answer, ttl) {
+                (Some(answer), Some(ttl)) => {
+                    cluster.store(&shared.metrics, &hex(&step_key), fetched_at, &answer, Some(ttl))
+                }
+                _ => cluster.release(&shared.metrics, &hex(&step_key)),
+            }
+        }
+        let _ = (step_key, cluster_lead);
         shared.observe(step)
+    }
+
+    /// Asks the cluster cache (`cluster_cache_strategy: redis`) for this step's answer
+    /// before the host calls the authorization server: blocking Redis I/O, bounded by
+    /// `cluster_cache_redis`'s timeouts and, while another node fetches the same answer,
+    /// by `timeout`. Only answers about one token (introspection, token exchange) are
+    /// shared; without the cluster cache, for other steps, or while Redis is down, this
+    /// returns at once.
+    ///
+    /// `Ok(step)`: another node's answer was replayed (first fetched when that node fetched
+    /// it: nothing derived from it lives longer than there). `Err(pending)`: perform the
+    /// request and [`Pending::resume`]; when this node leads the cluster-wide call, resume
+    /// shares the answer with the other nodes.
+    ///
+    /// [`Validator::authorize`] does this itself. Async hosts run it off their event loop
+    /// (e.g. `spawn_blocking`); hosts that run their own Redis client (the nginx module,
+    /// through `resty.redis`) use [`Pending::cache_key`], [`Pending::resume_cached`] and
+    /// [`Validator::cache_ttl`] per docs/cluster-cache.md instead.
+    #[allow(clippy::result_large_err)]
+    pub fn try_cluster(self, now: SystemTime) -> Result<Step, Pending> {
+        #[cfg(feature = "redis")]
+        {
+            let mut this = self;
+            let Some(cluster) = this.step.shared.cluster.clone() else { return Err(this) };
+            if this.step.cluster_lead || !this.is_token_response() || cluster.is_down() {
+                return Err(this);
+            }
+            let key = hex(&this.step.step_key);
+            let metrics = &this.step.shared.metrics;
+            let started = std::time::Instant::now();
+            let found = match cluster.lookup(metrics, &key) {
+                cluster::Lookup::Hit(at, answer) => Some((at, answer)),
+                cluster::Lookup::Lead => {
+                    this.step.cluster_lead = true;
+                    None
+                }
+                // Past the wait, this node calls the server itself, without the lock.
+                cluster::Lookup::Wait => cluster.wait_for(metrics, &key),
+                cluster::Lookup::Down => None,
+            };
+            metrics.lookup(CacheKind::Cluster, found.is_some());
+            match found {
+                Some((at, answer)) => {
+                    let now = UnixMs::from_system(now + started.elapsed());
+                    Ok(this.resume_at(Ok(answer), at.min(now), now))
+                }
+                None => Err(this),
+            }
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = now;
+            Err(self)
+        }
     }
 
     /// A key for the response this step waits for, as 64 hex digits (a SHA-256 digest

@@ -74,6 +74,49 @@ pub unsafe extern "C" fn mcp_oauth2_validator_record_shared_cache(
     })
 }
 
+/// Counts one look-up in a cluster cache the host runs itself (nginx through
+/// `resty.redis`): `hit` true when another node's answer was replayed from there.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `validator` is NULL or live.
+/// Thread safety: safe to call concurrently on the same validator.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_record_cluster_cache(
+    validator: *const mcp_oauth2_validator,
+    hit: bool,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract: NULL or a live validator.
+        let validator = unsafe { borrow(validator) }?;
+        validator.validator.record_cluster_cache(hit);
+        Ok(())
+    })
+}
+
+/// Counts one failed exchange with a cluster cache the host runs itself
+/// (`mcp_oauth2_cluster_cache_errors_total`).
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `validator` is NULL or live.
+/// Thread safety: safe to call concurrently on the same validator.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_record_cluster_cache_error(
+    validator: *const mcp_oauth2_validator,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract: NULL or a live validator.
+        let validator = unsafe { borrow(validator) }?;
+        validator.validator.record_cluster_cache_error();
+        Ok(())
+    })
+}
+
 /// The snapshot as bytes, to store where other processes read it (a shared dict) and
 /// rebuild it with `mcp_oauth2_metrics_from_bytes` (same library build).
 ///

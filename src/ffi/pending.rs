@@ -959,6 +959,60 @@ pub unsafe extern "C" fn mcp_oauth2_pending_continue(
     })
 }
 
+/// Asks the cluster cache (`cluster_cache_strategy: redis`) for the answer this HTTP step
+/// waits for, before the host performs it: blocking Redis I/O bounded by
+/// `cluster_cache_redis`'s timeouts (and, while another node fetches the same answer, by
+/// `timeout`). Only answers about one token (introspection, token exchange) are shared;
+/// without the cluster cache, for other steps or while Redis is down it returns at once.
+/// `mcp_oauth2_validator_authorize` does this itself; event-loop hosts call it off their
+/// loop (or run their own Redis client per docs/cluster-cache.md).
+///
+/// `*answered_out` true: another node's answer was replayed and the pending moved on, as
+/// after `mcp_oauth2_pending_resume` (`*decision_out` a new decision, or NULL for the next
+/// step). False: `*decision_out` is NULL and the pending is unchanged: perform the request
+/// and resume; when this process leads the cluster-wide call, resume shares the answer.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`, `MCP_OAUTH2_RESULT_ALREADY_RESUMED`,
+/// `MCP_OAUTH2_RESULT_WRONG_STATE` (the pending waits for another request).
+///
+/// # Safety
+/// `pending` is NULL or live; `answered_out` and `decision_out` are NULL or writable.
+/// Thread safety: no other call on the same pending may run concurrently.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_pending_try_cluster(
+    pending: *mut mcp_oauth2_pending,
+    now_unix_ms: u64,
+    answered_out: *mut bool,
+    decision_out: *mut *mut mcp_oauth2_decision,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract: NULL or a live pending, not used concurrently.
+        let pending = unsafe { borrow_mut(pending) }?;
+        let (answered_out, decision_out) = (out(answered_out)?, out(decision_out)?);
+        pending.http()?;
+        let State::Http(http, inner) = std::mem::replace(&mut pending.state, State::Done) else {
+            return Err(mcp_oauth2_result::WrongState);
+        };
+        let (answered, decision) = match inner.try_cluster(system_time(now_unix_ms)) {
+            Ok(step) => {
+                let d = pending.enter(step).map_or(std::ptr::null_mut(), |d| into_handle(mcp_oauth2_decision::new(d)));
+                (true, d)
+            }
+            Err(inner) => {
+                pending.state = State::Http(http, inner);
+                (false, std::ptr::null_mut())
+            }
+        };
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe {
+            write_out(answered_out, answered);
+            write_out(decision_out, decision);
+        }
+        Ok(())
+    })
+}
+
 /// Frees a pending validation (resumed or not) and sets `*pending` to NULL. `pending` NULL
 /// or `*pending` NULL: no-op, so calling it twice on the same variable is safe. Freeing an
 /// unresumed pending abandons the validation (nothing is cached; requests waiting on it

@@ -628,3 +628,73 @@ pub unsafe extern "C" fn mcp_oauth2_validator_claim_header(
         })
     }
 }
+
+/// True (`*up_out`) when the cluster cache (`cluster_cache_strategy: redis`) is in use:
+/// configured, and Redis answered the last exchange with it. Requests skip Redis while it
+/// fails; a watcher thread reconnects within a second of its return. For health checks.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `validator` is NULL or live; `up_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same validator.
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_cluster_cache_up(
+    validator: *const mcp_oauth2_validator,
+    up_out: *mut bool,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract: NULL or a live validator.
+        let validator = unsafe { borrow(validator) }?;
+        let up_out = out(up_out)?;
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(up_out, validator.validator.cluster_cache_up()) };
+        Ok(())
+    })
+}
+
+/// A warning about the cluster cache for the host to log (Redis unreachable, refusing the
+/// password, ...), at most once a minute while Redis fails: copied into `buf` (UTF-8, not
+/// NUL-terminated, cut at a character boundary to fit `cap` bytes), its length in
+/// `*len_out`. Never contains a secret. Requests never fail because of Redis: they go on
+/// with this process's cache and the authorization server.
+///
+/// # Errors
+/// `MCP_OAUTH2_RESULT_ABSENT` when there is nothing to report (or no cluster cache);
+/// `MCP_OAUTH2_RESULT_NULL_PARAMETER` (`buf` may be NULL only with `cap` 0).
+///
+/// # Safety
+/// `validator` is NULL or live; `buf` points to `cap` writable bytes (or is NULL with `cap`
+/// 0); `len_out` is NULL or writable.
+/// Thread safety: safe to call concurrently on the same validator (one caller gets each
+/// warning).
+#[no_mangle]
+pub unsafe extern "C" fn mcp_oauth2_validator_cluster_warning(
+    validator: *const mcp_oauth2_validator,
+    now_unix_ms: u64,
+    buf: *mut u8,
+    cap: usize,
+    len_out: *mut usize,
+) -> mcp_oauth2_result {
+    boundary(|| {
+        // SAFETY: caller contract: NULL or a live validator.
+        let validator = unsafe { borrow(validator) }?;
+        let len_out = out(len_out)?;
+        if buf.is_null() && cap > 0 {
+            return Err(mcp_oauth2_result::NullParameter);
+        }
+        let warning = validator.validator.cluster_warning(system_time(now_unix_ms)).ok_or(mcp_oauth2_result::Absent)?;
+        let mut n = warning.len().min(cap);
+        while !warning.is_char_boundary(n) {
+            n -= 1;
+        }
+        if n > 0 {
+            // SAFETY: `buf` holds `cap` >= `n` writable bytes per the caller contract.
+            unsafe { std::ptr::copy_nonoverlapping(warning.as_ptr(), buf, n) };
+        }
+        // SAFETY: checked by `out`; writable per the caller contract.
+        unsafe { write_out(len_out, n) };
+        Ok(())
+    })
+}

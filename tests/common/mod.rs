@@ -337,3 +337,69 @@ impl Drop for TestPki {
 fn now_nanos() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
 }
+
+/// A `redis-server` (Debian package) on a free 127.0.0.1 port, without persistence; killed
+/// when dropped. Fails the test when `redis-server` is missing (scripts/install.sh installs it).
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    password: Option<String>,
+}
+
+impl RedisServer {
+    pub fn start(password: Option<&str>) -> RedisServer {
+        let mut r = RedisServer { child: None, port: closed_port(), password: password.map(str::to_owned) };
+        r.restart();
+        r
+    }
+
+    /// Kills the server (its data goes with it).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        let port = self.port.to_string();
+        let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        if let Some(p) = &self.password {
+            args.extend(["--requirepass", p.as_str()]);
+        }
+        let child = Command::new("redis-server")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server; scripts/install.sh installs it)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not listen on {}", self.port);
+    }
+
+    /// Runs one command through redis-cli; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let port = self.port.to_string();
+        let mut all = vec!["-p", &port];
+        if let Some(p) = &self.password {
+            all.extend(["--no-auth-warning", "-a", p.as_str()]);
+        }
+        all.extend(args);
+        let out = Command::new("redis-cli").args(&all).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

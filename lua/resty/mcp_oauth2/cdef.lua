@@ -239,6 +239,11 @@ mcp_oauth2_result mcp_oauth2_validator_metrics(const struct mcp_oauth2_validator
 mcp_oauth2_result mcp_oauth2_validator_record_shared_cache(const struct mcp_oauth2_validator *validator,
                                                            bool hit);
 
+mcp_oauth2_result mcp_oauth2_validator_record_cluster_cache(const struct mcp_oauth2_validator *validator,
+                                                            bool hit);
+
+mcp_oauth2_result mcp_oauth2_validator_record_cluster_cache_error(const struct mcp_oauth2_validator *validator);
+
 mcp_oauth2_result mcp_oauth2_metrics_bytes(const struct mcp_oauth2_metrics *metrics,
                                            struct mcp_oauth2_bytes *bytes_out);
 
@@ -346,6 +351,11 @@ mcp_oauth2_result mcp_oauth2_pending_continue(struct mcp_oauth2_pending *pending
                                               uint64_t now_unix_ms,
                                               struct mcp_oauth2_decision **decision_out);
 
+mcp_oauth2_result mcp_oauth2_pending_try_cluster(struct mcp_oauth2_pending *pending,
+                                                 uint64_t now_unix_ms,
+                                                 bool *answered_out,
+                                                 struct mcp_oauth2_decision **decision_out);
+
 void mcp_oauth2_pending_free(struct mcp_oauth2_pending **pending);
 
 mcp_oauth2_result mcp_oauth2_validator_new(const uint8_t *config_json,
@@ -415,6 +425,15 @@ mcp_oauth2_result mcp_oauth2_validator_claim_header_count(const struct mcp_oauth
 mcp_oauth2_result mcp_oauth2_validator_claim_header(const struct mcp_oauth2_validator *validator,
                                                     size_t index,
                                                     struct mcp_oauth2_str *name_out);
+
+mcp_oauth2_result mcp_oauth2_validator_cluster_cache_up(const struct mcp_oauth2_validator *validator,
+                                                        bool *up_out);
+
+mcp_oauth2_result mcp_oauth2_validator_cluster_warning(const struct mcp_oauth2_validator *validator,
+                                                       uint64_t now_unix_ms,
+                                                       uint8_t *buf,
+                                                       size_t cap,
+                                                       size_t *len_out);
 ]=]
 
 return true
