@@ -212,8 +212,13 @@ impl ClusterCache {
         let answer = self.key("answer", key);
         let lock = self.key("lock", key);
         let lock_ms = u64::try_from(self.wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        // A plain GET first: an answer already there (the common case) costs one round trip
+        // and no script; on a miss the script reads again and takes the lock atomically.
         let found =
-            self.with(metrics, "look-up", |c| LOOKUP.key(&answer).key(&lock).arg(lock_ms).invoke::<redis::Value>(c));
+            self.with(metrics, "look-up", |c| match redis::cmd("GET").arg(&answer).query::<Option<Vec<u8>>>(c)? {
+                Some(bytes) => Ok(redis::Value::BulkString(bytes)),
+                None => LOOKUP.key(&answer).key(&lock).arg(lock_ms).invoke::<redis::Value>(c),
+            });
         match found {
             None => Lookup::Down,
             Some(redis::Value::BulkString(bytes)) => match decode(&bytes) {
