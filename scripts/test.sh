@@ -9,8 +9,9 @@ bash scripts/install.sh
 
 echo "== cargo fmt / clippy / doc"
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+# Every crate of the workspace: the core, the Lua module, the demo proxy.
+cargo clippy --workspace --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 echo "== cargo test"
 cargo test

@@ -587,8 +587,8 @@ pub struct Config {
     /// `ssl_verify`: boolean; default `true`. Verify the AS certificate on https calls
     /// (all but the mutual-TLS introspection call, see `tls_client_auth_ssl_verify`).
     /// Carried on every request as [`HttpRequest::verify_certificate`](crate::HttpRequest):
-    /// honoured by the built-in ureq transport (Rust `authorize`, the C ABI's blocking call,
-    /// the demo proxy) and by `resty.http` (OpenResty, Kong); with `ngx.location.capture`
+    /// honoured by the built-in ureq transport (Rust `authorize`, the C ABI's blocking call),
+    /// the demo proxy's client and `resty.http` (OpenResty, Kong); with `ngx.location.capture`
     /// nginx's `proxy_ssl_verify` decides (docs/configuration.md).
     #[serde(default = "default_ssl_verify")]
     pub ssl_verify: bool,

@@ -1,5 +1,5 @@
-//! The blocking [`Transport`] on `ureq` (rustls), for threaded hosts (C, Go, the demo
-//! proxy's tests, `Validator::authorize`).
+//! The blocking [`Transport`] on `ureq` (rustls), for threaded hosts (`Validator::authorize`,
+//! the C ABI's `mcp_oauth2_validator_authorize`, Go).
 //!
 //! Everything about how to make a call comes with the [`HttpRequest`]: certificate
 //! verification, the client certificate (mutual TLS), the forward proxy, the HTTP version and
