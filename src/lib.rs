@@ -75,6 +75,7 @@ mod exchange;
 #[doc(hidden)]
 pub mod ffi;
 mod flight;
+mod flow;
 mod headers;
 mod introspect;
 mod jwks;
@@ -96,6 +97,7 @@ pub use crate::claims::MAX_HEADER_VALUE_LEN;
 pub use crate::config::{Config, HttpVersion};
 pub use crate::decision::{Decision, Forward, Identity, LogLevel, Reason, Refusal, Response};
 pub use crate::error::{Error, ErrorKind};
+pub use crate::flow::{Pending, Ready, Step, Ticket};
 pub use crate::metrics::MetricsSnapshot;
 pub use crate::policy::Policy;
 pub use crate::request::{
@@ -106,4 +108,4 @@ pub use crate::token::{Secret, MAX_TOKEN_LEN};
 pub use crate::transport::Transport;
 #[cfg(feature = "ureq")]
 pub use crate::ureq_transport::UreqTransport;
-pub use crate::validator::{Pending, Ready, Step, Ticket, Validator};
+pub use crate::validator::Validator;
