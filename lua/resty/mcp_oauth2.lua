@@ -1829,7 +1829,8 @@ local function recheck_decide(self, e)
       return nil, "recheck location: " .. tostring(err)
     end
     local lines = {
-      "GET ", r.path, " HTTP/1.1\r\nHost: ", r.host, "\r\nConnection: close\r\n",
+      -- HTTP/1.0: the answer is never chunked (read whole up to the close).
+      "GET ", r.path, " HTTP/1.0\r\nHost: ", r.host, "\r\nConnection: close\r\n",
       "Authorization: ", e.authz, "\r\nX-MCP-OAuth2-Id: ", self.id,
       "\r\nX-MCP-OAuth2-Path: ", e.path, "\r\n",
     }
@@ -1978,10 +1979,12 @@ function _M.metrics_endpoint(self)
 end
 
 local function say_json(status, t)
+  local body = cjson.encode(t)
   ngx.status = status
   ngx_header["Content-Type"] = "application/json"
   ngx_header["Cache-Control"] = "no-store"
-  ngx_print(cjson.encode(t))
+  ngx_header["Content-Length"] = #body
+  ngx_print(body)
   return ngx_exit(HTTP_OK)
 end
 
