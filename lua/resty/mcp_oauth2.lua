@@ -19,7 +19,10 @@
 --                 false: no cross-worker cache and no cross-worker single flight)
 --   http          "auto" (default: resty.http if require finds it, else capture),
 --                 "capture", "resty.http", or function(req) -> status, content_type, body
---                 | nil, kind, message  (kind: connect/timeout/tls/body_too_large/other)
+--                 | nil, kind, message  (kind: connect/timeout/tls/body_too_large/other);
+--                 req: method, url, headers, body, timeout (ms), purpose,
+--                 verify_certificate, http_version (1.0/1.1), keepalive, proxy ({ url,
+--                 authorization } or nil), client_certificate ({ cert_pem, key_pem } or nil)
 --   location      the internal location for "capture" (default "/_mcp_oauth2_as")
 --   mtls_location the internal location for "capture" through which the one call that
 --                 presents a TLS client certificate (client_auth tls_client_auth or
