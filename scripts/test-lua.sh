@@ -3,7 +3,8 @@
 # for the panic test), checks what it exports and that the LuaJIT declarations are current,
 # runs the Rust and busted specs under LuaJIT, then the nginx end-to-end test: real Debian
 # nginx + lua module (2 workers, and 1 worker for in-worker single flight), the
-# oidc-provider AS and an echo upstream, all on 127.0.0.1, all stopped by pid on exit.
+# oidc-provider AS (also over https with client certificates, with keys and a PKI made for
+# this run) and an echo upstream, all on 127.0.0.1, all stopped by pid on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -61,7 +62,49 @@ chmod -R a+rX "$RUN"
 cargo test -p mcp-oauth2-lua
 (cd lua && timeout 120 luajit /usr/bin/busted --cpath="$ROOT/lua/?.so" --lpath="$ROOT/lua/?.lua;$ROOT/tests/nginx/?.lua" spec)
 
-# 3. Services.
+# 3. Issue 10's material, made for this run (nothing of it is committed): the gateway's
+#    client secrets and keys (tests/nginx/make-client-keys.mjs) and a test PKI made with
+#    openssl: a CA, CA-issued client certificates (client: SAN DNS gateway.test, other:
+#    other.test), a self-signed client certificate (self) and the https AS's (as: 127.0.0.1).
+make_pki() ( # dir
+  cd "$1"
+  ossl() { openssl "$@" >/dev/null 2>&1 || { echo "openssl $* failed" >&2; exit 1; }; }
+  key() { ossl ecparam -name prime256v1 -genkey -noout -out "$1.key"; }
+  self_signed() { key "$1"; ossl req -x509 -new -key "$1.key" -out "$1.crt" -days 2 -subj "$2" -addext "$3"; }
+  self_signed ca "/CN=mcp-oauth2 test CA" "basicConstraints=critical,CA:TRUE"
+  self_signed as "/CN=127.0.0.1" "subjectAltName=IP:127.0.0.1"
+  self_signed self "/CN=self-signed gateway" "subjectAltName=DNS:self.test"
+  for name in client other; do
+    dns=gateway.test; [ "$name" = other ] && dns=other.test
+    key "$name"
+    ossl req -new -key "$name.key" -out "$name.csr" -subj "/CN=$dns"
+    echo "subjectAltName=DNS:$dns" >"$name.ext"
+    ossl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$name.crt" -days 2 -extfile "$name.ext"
+  done
+)
+mkdir -p "$RUN/pki" "$RUN/keys"
+make_pki "$RUN/pki"
+node tests/nginx/make-client-keys.mjs "$RUN/keys" "$RUN/pki"
+# The mutual-TLS location of docs/openresty-and-kong.md as shown (file names substituted),
+# and variants for the refusals: another certificate, none, a CA that did not issue the AS's.
+awk '/^### Mutual TLS through the capture transport/{f=1} f&&/^```nginx/{p=1;next} p&&/^```/{exit} p' \
+  docs/openresty-and-kong.md >"$RUN/conf/mtls-doc.conf"
+grep -q 'location = /_mcp_oauth2_mtls {' "$RUN/conf/mtls-doc.conf" \
+  || { echo "no mutual-TLS location in docs/openresty-and-kong.md"; exit 1; }
+mtls_variant() { # suffix extra-sed
+  sed -e "s#location = /_mcp_oauth2_mtls {#location = /_mcp_oauth2_mtls$1 {#" \
+    -e "s#/etc/nginx/mcp/gateway\.crt#$RUN/pki/client.crt#" -e "s#/etc/nginx/mcp/gateway\.key#$RUN/pki/client.key#" \
+    -e "s#/etc/ssl/certs/ca-certificates\.crt#$RUN/pki/as.crt#" -e "$2" "$RUN/conf/mtls-doc.conf"
+}
+{
+  mtls_variant "" ""
+  mtls_variant _self "s#pki/client\.#pki/self.#"
+  mtls_variant _other "s#pki/client\.#pki/other.#"
+  mtls_variant _nocert "/^ *proxy_ssl_certificate/d"
+  mtls_variant _strict "s#pki/as\.crt#pki/ca.crt#"
+} >"$RUN/conf/mtls-locations.conf"
+
+# 4. Services.
 wait_port() { # file -> port
   local i
   for i in $(seq 1 100); do
@@ -80,7 +123,14 @@ AS_TOKEN_TTL=5 AS_EXTRA_CLAIMS=$CLAIMS node tests/node/as-server.mjs >"$RUN/as2.
 # The RFC 8693 token endpoint (records every exchange).
 node tests/nginx/exchange-as.mjs >"$RUN/ex.out" 2>"$RUN/ex.log" & PIDS+=($!)
 node tests/nginx/echo-upstream.mjs >"$RUN/up.out" 2>"$RUN/up.log" & PIDS+=($!)
+# Issue 10: an AS with one gateway client per client_auth method, and one over https that
+# asks for client certificates (RFC 8705: tls_client_auth, self_signed_tls_client_auth).
+AS_EXTRA_CLIENTS="$(cat "$RUN/keys/as-clients.json")" node tests/node/as-server.mjs >"$RUN/as3.out" 2>"$RUN/as3.log" & PIDS+=($!)
+AS_TLS_CERT="$RUN/pki/as.crt" AS_TLS_KEY="$RUN/pki/as.key" AS_TLS_CA="$RUN/pki/ca.crt" \
+  AS_EXTRA_CLIENTS="$(cat "$RUN/keys/tls-as-clients.json")" node tests/node/as-server.mjs >"$RUN/tlsas.out" 2>"$RUN/tlsas.log" & PIDS+=($!)
 AS_PORT=$(wait_port "$RUN/as.out")
+AS3_PORT=$(wait_port "$RUN/as3.out")
+TLSAS_PORT=$(wait_port "$RUN/tlsas.out")
 AS2_PORT=$(wait_port "$RUN/as2.out")
 EX_PORT=$(wait_port "$RUN/ex.out")
 UP_PORT=$(wait_port "$RUN/up.out")
@@ -90,6 +140,7 @@ AS="http://127.0.0.1:$AS_PORT"
 render() { # workers port underscores-port -> the test nginx.conf
   sed -e "s#@RUN@#$RUN#g" -e "s#@PORT@#$2#g" -e "s#@UPORT@#$3#g" -e "s#@AS@#$AS#g" -e "s#@AS2@#http://127.0.0.1:$AS2_PORT#g" \
     -e "s#@EX@#http://127.0.0.1:$EX_PORT#g" -e "s#@UP@#$UP_PORT#g" -e "s#@WORKERS@#$1#g" \
+    -e "s#@AS3@#http://127.0.0.1:$AS3_PORT#g" -e "s#@TLSAS@#https://127.0.0.1:$TLSAS_PORT#g" \
     tests/nginx/nginx.conf.template
 }
 UPORT=$(free_port)
@@ -132,7 +183,8 @@ chmod -R a+rX "$RUN"
 nginx -p "$DOC" -c conf/nginx.conf
 for _ in $(seq 1 50); do [ -s "$DOC/logs/nginx.pid" ] && break; sleep 0.1; done
 
-# 4. nginx end-to-end.
+# 5. nginx end-to-end (issue 10's tests in their own file, with their own AS processes).
 ONE_URL="http://127.0.0.1:$ONE_PORT" ONE_PREFIX="$RUN/one" DOC_URL="http://127.0.0.1:$DOC_PORT" DOC_ADMIN_URL="http://127.0.0.1:$DOC_ADMIN_PORT" NGINX_URL="http://127.0.0.1:$PORT" AS_URL="$AS" AS_PID="$AS_PID" UPSTREAM_URL="http://127.0.0.1:$UP_PORT" \
   AS2_URL="http://127.0.0.1:$AS2_PORT" EXCHANGE_URL="http://127.0.0.1:$EX_PORT" UNDERSCORE_URL="http://127.0.0.1:$UPORT" \
-  NGINX_PREFIX="$RUN" timeout 400 node --test --test-concurrency=1 tests/nginx/e2e.test.mjs
+  AS3_URL="http://127.0.0.1:$AS3_PORT" TLSAS_URL="https://127.0.0.1:$TLSAS_PORT" PKI_DIR="$RUN/pki" \
+  NGINX_PREFIX="$RUN" timeout 500 node --test --test-concurrency=1 tests/nginx/e2e.test.mjs tests/nginx/client-auth.test.mjs

@@ -19,8 +19,16 @@
 --                 false: no cross-worker cache and no cross-worker single flight)
 --   http          "auto" (default: resty.http if require finds it, else capture),
 --                 "capture", "resty.http", or function(req) -> status, content_type, body
---                 | nil, kind, message  (kind: connect/timeout/tls/body_too_large/other)
+--                 | nil, kind, message  (kind: connect/timeout/tls/body_too_large/other);
+--                 req: method, url, headers, body, timeout (ms), purpose,
+--                 verify_certificate, http_version (1.0/1.1), keepalive, proxy ({ url,
+--                 authorization } or nil), client_certificate ({ cert_pem, key_pem } or nil)
 --   location      the internal location for "capture" (default "/_mcp_oauth2_as")
+--   mtls_location the internal location for "capture" through which the one call that
+--                 presents a TLS client certificate (client_auth tls_client_auth or
+--                 self_signed_tls_client_auth: the introspection call) goes; its
+--                 proxy_ssl_certificate / _key are the config's tls_client_auth_cert /
+--                 _key. Required with those methods and "capture" (new() refuses without)
 --   lock_wait     seconds a request waits for another worker's AS call
 --                 (default: 2 * timeout + 1)
 --   library       path of mcp_oauth2.so (default: package.searchpath("mcp_oauth2",
@@ -31,7 +39,8 @@
 --                 entry ages out (needed with "capture"; other transports call the AS from
 --                 the timer itself)
 --   variables     true, or a list of names ("subject", "client_id", "scope", "consumer",
---                 "credential", "groups", "claims"): access() sets $mcp_oauth2_<name>
+--                 "credential", "groups", "claims"; and "introspection", only by name and
+--                 with introspection_format): access() sets $mcp_oauth2_<name>
 --                 (declare each with `set $mcp_oauth2_<name> "";` where access() runs)
 --   underscores_in_headers  true when nginx's `underscores_in_headers on`: access() then
 --                 drops every request header the decision says must not reach the upstream
@@ -99,6 +108,7 @@ local STATE_HTTP = tonumber(K.MCP_OAUTH2_PENDING_STATE_HTTP)
 local STATE_WAIT = tonumber(K.MCP_OAUTH2_PENDING_STATE_WAIT)
 local PURPOSE_INTROSPECTION = tonumber(K.MCP_OAUTH2_PURPOSE_INTROSPECTION)
 local PURPOSE_TOKEN_EXCHANGE = tonumber(K.MCP_OAUTH2_PURPOSE_TOKEN_EXCHANGE)
+local HTTP10 = tonumber(K.MCP_OAUTH2_HTTP_VERSION_HTTP10)
 local READS_BODY = tonumber(K.MCP_OAUTH2_READS_BODY)
 local READS_FORWARDED = tonumber(K.MCP_OAUTH2_READS_FORWARDED)
 local READS_ORIGIN = tonumber(K.MCP_OAUTH2_READS_ORIGIN)
@@ -248,9 +258,55 @@ local function read_names(C, v, count_fn, get_fn, what)
   return names
 end
 
+-- The client authentication methods whose introspection call presents a TLS client
+-- certificate (RFC 8705).
+local TLS_METHODS = { tls_client_auth = true, self_signed_tls_client_auth = true }
+
+-- What a transport cannot do that the configuration (the core's JSON, decoded) asks for,
+-- as an error naming the field; nil when it can do everything. Only the capture transport
+-- has limits: nginx makes the call, with the internal location's fixed directives.
+local function transport_error(decoded, mode, opts)
+  local mtls = opts.mtls_location
+  if mtls ~= nil and (type(mtls) ~= "string" or str_byte(mtls) ~= 47) then
+    return "opts.mtls_location: must be the path of an internal location (\"/_mcp_oauth2_mtls\")"
+  end
+  if mode ~= "capture" or type(decoded) ~= "table" then
+    return nil
+  end
+  local location = opts.location or "/_mcp_oauth2_as"
+  -- The internal location sends only the headers it sets from the request.
+  if type(decoded.headers) == "table" and next(decoded.headers) then
+    return "headers: extra introspection headers need resty.http or opts.http; with "
+      .. "ngx.location.capture add them with proxy_set_header in " .. location
+  end
+  -- nginx's proxy_pass speaks to the origin only: no CONNECT, no absolute form.
+  for _, field in ipairs({ "http_proxy", "https_proxy" }) do
+    if type(decoded[field]) == "string" then
+      return field .. ": the capture transport (nginx's proxy_pass in " .. location .. ") cannot go "
+        .. "through a forward proxy; use resty.http or an opts.http function"
+    end
+  end
+  -- proxy_http_version is fixed per location; every call would speak what it says.
+  local version = decoded.http_version
+  if version == "1.0" or tonumber(version) == 1 then
+    return "http_version: 1.0 is not available with the capture transport (nginx's "
+      .. "proxy_http_version in " .. location .. " decides, and speaks 1.1 as documented); use "
+      .. "resty.http or an opts.http function"
+  end
+  if TLS_METHODS[decoded.client_auth] and mtls == nil then
+    return "client_auth: " .. decoded.client_auth .. " with the capture transport needs "
+      .. "opts.mtls_location: an internal location whose proxy_ssl_certificate and "
+      .. "proxy_ssl_certificate_key are tls_client_auth_cert and tls_client_auth_key"
+  end
+  return nil
+end
+
 --- Checks a configuration with the core exactly as new() builds it (config_json, then
---- mcp_oauth2_validator_new), without keeping anything: true, or nil and the core's message
---- naming the field. For schema validation (the Kong plugin's custom_validator).
+--- mcp_oauth2_validator_new), and what the transport new() would choose with these `opts`
+--- cannot do (the capture transport: forward proxies, http_version 1.0, a mutual-TLS
+--- method without opts.mtls_location, extra headers), without keeping anything: true, or
+--- nil and the message naming the field. For schema validation (the Kong plugin's
+--- custom_validator, with the handler's opts).
 function _M.check(conf, opts)
   opts = opts or {}
   local native = opts.native or require("mcp_oauth2")
@@ -267,22 +323,27 @@ function _M.check(conf, opts)
   local ebox = ffi_new("mcp_oauth2_error*[1]")
   local rc = C.mcp_oauth2_validator_new(json, #json, vbox, ebox)
   C.mcp_oauth2_validator_free(vbox)
-  if rc == OK then
-    return true
+  if rc ~= OK then
+    if ebox[0] ~= nil then
+      C.mcp_oauth2_error_message(ebox[0], s1)
+      err = str1()
+      C.mcp_oauth2_error_free(ebox)
+      return nil, err
+    end
+    return nil, "mcp_oauth2_validator_new: " .. result_name(C, rc)
   end
-  if ebox[0] ~= nil then
-    C.mcp_oauth2_error_message(ebox[0], s1)
-    err = str1()
-    C.mcp_oauth2_error_free(ebox)
+  local _, mode = choose_http(opts.http, opts.location or "/_mcp_oauth2_as")
+  err = transport_error(cjson.decode(json), mode, opts)
+  if err then
     return nil, err
   end
-  return nil, "mcp_oauth2_validator_new: " .. result_name(C, rc)
+  return true
 end
 
 -- Names access() can write into $mcp_oauth2_<name> (opts.variables).
 local VARIABLES = {
   subject = true, client_id = true, scope = true, consumer = true, credential = true,
-  groups = true, claims = true,
+  groups = true, claims = true, introspection = true,
 }
 
 -- Every handler of this worker (weak): the timer's work list, and the recheck location's
@@ -378,11 +439,31 @@ function _M.new(conf, opts)
   if not http then
     return nil, mode
   end
-  -- What the config says about the transport (only an explicit `false` changes resty.http's
-  -- behaviour); the internal capture location sends only Authorization, Content-Type and
-  -- Accept, so extra introspection headers cannot go that way.
-  local tls = {}
   local decoded = cjson.decode(json)
+  -- What the transport cannot do (capture: forward proxies, HTTP/1.0, mutual TLS without
+  -- its location, extra headers): refused here, naming the field, never ignored.
+  err = transport_error(decoded, mode, opts)
+  if err then
+    return nil, err
+  end
+  -- resty.http presents the mutual-TLS client certificate itself: parsed once, here.
+  local client_cert
+  if mode == "resty.http" and type(decoded) == "table" and TLS_METHODS[decoded.client_auth] then
+    local ok, ssl = pcall(require, "ngx.ssl")
+    if not ok or type(ssl) ~= "table" or not ssl.parse_pem_cert or not ssl.parse_pem_priv_key then
+      return nil, "tls_client_auth_cert: resty.http presents it only with ngx.ssl (lua-resty-core)"
+    end
+    local cert, cerr = ssl.parse_pem_cert(decoded.tls_client_auth_cert)
+    if not cert then
+      return nil, "tls_client_auth_cert: ngx.ssl.parse_pem_cert: " .. tostring(cerr)
+    end
+    -- Never the parser's message for the key: nothing of a secret in an error.
+    local key = ssl.parse_pem_priv_key(decoded.tls_client_auth_key)
+    if not key then
+      return nil, "tls_client_auth_key: ngx.ssl.parse_pem_priv_key cannot read it"
+    end
+    client_cert = { cert = cert, key = key }
+  end
   -- Token exchange: the upstream gets the exchanged token; an actor token may come from a
   -- request header, which begin must then be given.
   local exchange, actor_header, actor_var = false, nil, nil
@@ -393,20 +474,6 @@ function _M.new(conf, opts)
     if r.actor_token_source == "header" and type(r.actor_token_header) == "string" then
       actor_header = r.actor_token_header:lower()
       actor_var = "http_" .. str_gsub(actor_header, "-", "_")
-    end
-  end
-  if mode ~= "custom" then
-    if type(decoded) == "table" then
-      if decoded.ssl_verify == false then
-        tls.ssl_verify = false
-      end
-      if decoded.keepalive == false then
-        tls.keepalive = false
-      end
-      if mode == "capture" and type(decoded.headers) == "table" and next(decoded.headers) then
-        return nil, "headers: extra introspection headers need resty.http or opts.http; with "
-          .. "ngx.location.capture add them with proxy_set_header in " .. location
-      end
     end
   end
 
@@ -466,6 +533,13 @@ function _M.new(conf, opts)
   elseif opts.variables ~= nil and opts.variables ~= false then
     return nil, "opts.variables: must be true or a list of names"
   end
+  if variables and type(decoded) == "table" and type(decoded.introspection_format) ~= "string" then
+    for _, name in ipairs(variables) do
+      if name == "introspection" then
+        return nil, "opts.variables: introspection needs introspection_format in the configuration"
+      end
+    end
+  end
 
   local recheck
   if opts.recheck_url ~= nil then
@@ -484,7 +558,8 @@ function _M.new(conf, opts)
     shm = shm,
     http = http,
     mode = mode,
-    tls = tls,
+    mtls_location = opts.mtls_location,
+    client_cert = client_cert,
     lock_wait = opts.lock_wait,
     reads_body = reads % (2 * READS_BODY) >= READS_BODY,
     reads_forwarded = reads % (2 * READS_FORWARDED) >= READS_FORWARDED,
@@ -524,12 +599,37 @@ end
 -- ---------------------------------------------------------------------------------------
 -- AS calls
 
-local function capture_call(location, r)
+-- Through nginx (ngx.location.capture): the internal location makes the call with its
+-- proxy_* directives; the request's parts reach it through subrequest_var(). The call that
+-- presents a TLS client certificate goes to opts.mtls_location, whose proxy_ssl_certificate
+-- is that certificate; every other call to `location`.
+local function capture_call(self, r)
+  local location = self.http
+  if r.client_certificate then
+    location = self.mtls_location
+    if not location then
+      -- new() refuses a mutual-TLS method without it; never send the call without the
+      -- certificate it needs.
+      return nil, "tls", "a call presenting a client certificate, and no opts.mtls_location"
+    end
+  end
+  local asked = {}
+  r.asked = asked
   local res = ngx.location.capture(location, {
     method = r.method == "GET" and ngx.HTTP_GET or ngx.HTTP_POST,
     body = r.body,
     ctx = { mcp_oauth2_as = r },
   })
+  -- What the location must send that nginx would not send the same way by itself: the
+  -- location proves it by reading the value (subrequest_var). Without it the answer is
+  -- not used (a 503), rather than a setting silently ignored.
+  if r.keepalive == false and not asked.connection then
+    return nil, "other", location .. " does not set Connection from $mcp_oauth2_connection (keepalive: false)"
+  end
+  local accept = r.headers.Accept
+  if accept and accept ~= "application/json" and not asked.accept then
+    return nil, "other", location .. " does not set Accept from $mcp_oauth2_accept (" .. accept .. ")"
+  end
   if not res then
     return nil, "other", "subrequest failed"
   end
@@ -546,17 +646,42 @@ local function capture_call(location, r)
   return res.status, ct, res.body
 end
 
-local function resty_http_call(http, r, tls)
-  local httpc = http.new()
+-- Through lua-resty-http (cosockets): everything the request carries is applied here, per
+-- call: certificate verification, the client certificate (parsed once by new()), the HTTP
+-- version, keep-alive, and the forward proxy the core chose for this URL (only that route:
+-- the core already applied no_proxy). Not run on the build machine: lua-resty-http is not
+-- packaged there.
+local function resty_http_call(self, r)
+  local httpc = self.http.new()
   httpc:set_timeout(r.timeout)
-  local res, err = httpc:request_uri(r.url, {
+  local headers = r.headers
+  if r.keepalive == false then
+    headers.Connection = "close"
+  end
+  local proxy = r.proxy
+  if proxy then
+    if str_sub(r.url, 1, 8) == "https://" then
+      httpc:set_proxy_options({ https_proxy = proxy.url, https_proxy_authorization = proxy.authorization })
+    else
+      httpc:set_proxy_options({ http_proxy = proxy.url, http_proxy_authorization = proxy.authorization })
+    end
+  end
+  local params = {
     method = r.method,
     body = r.body,
-    headers = r.headers,
-    -- nil: resty.http's own default (verify, keep alive), which is the config's default too.
-    ssl_verify = tls.ssl_verify,
-    keepalive = tls.keepalive,
-  })
+    headers = headers,
+    ssl_verify = r.verify_certificate,
+    version = r.http_version,
+    keepalive = r.keepalive,
+  }
+  if r.client_certificate then
+    local cc = self.client_cert
+    if not cc then
+      return nil, "tls", "a call presenting a client certificate, and none parsed"
+    end
+    params.ssl_client_cert, params.ssl_client_priv_key = cc.cert, cc.key
+  end
+  local res, err = httpc:request_uri(r.url, params)
   if not res then
     err = tostring(err)
     local kind = "connect"
@@ -574,15 +699,19 @@ end
 function _M._call(self, r)
   local mode = self.mode
   if mode == "capture" then
-    return capture_call(self.http, r)
+    return capture_call(self, r)
   elseif mode == "resty.http" then
-    return resty_http_call(self.http, r, self.tls)
+    return resty_http_call(self, r)
   end
   return self.http(r)
 end
 
--- The HTTP request a pending describes, as a Lua table (copied: the views die at resume).
-local function pending_request(C, p)
+-- The HTTP request a pending describes, as a Lua table (copied: the views die at resume),
+-- with how to make it: verify_certificate, http_version (1.0 or 1.1), keepalive, proxy
+-- ({ url, authorization } or nil: direct) and client_certificate (nil: none; for an
+-- opts.http function { cert_pem, key_pem }, the key a secret; for the others `true`: they
+-- use the configured certificate, so the key is not copied).
+local function pending_request(C, p, mode)
   check(C, C.mcp_oauth2_pending_method(p, s1), "pending_method")
   local method = str1()
   check(C, C.mcp_oauth2_pending_url(p, s1), "pending_url")
@@ -598,9 +727,41 @@ local function pending_request(C, p)
   check(C, C.mcp_oauth2_pending_timeout_ms(p, u64), "pending_timeout_ms")
   local timeout = tonumber(u64[0])
   check(C, C.mcp_oauth2_pending_purpose(p, u32), "pending_purpose")
+  local purpose = PURPOSE_NAMES[tonumber(u32[0])] or "other"
+  check(C, C.mcp_oauth2_pending_verify_certificate(p, flag), "pending_verify_certificate")
+  local verify = flag[0] == true
+  check(C, C.mcp_oauth2_pending_keepalive(p, flag), "pending_keepalive")
+  local keepalive = flag[0] == true
+  check(C, C.mcp_oauth2_pending_http_version(p, u32), "pending_http_version")
+  local version = tonumber(u32[0]) == HTTP10 and 1.0 or 1.1
+  local proxy
+  local rc = C.mcp_oauth2_pending_proxy_url(p, s1)
+  if rc == OK then
+    proxy = { url = str1() }
+    rc = C.mcp_oauth2_pending_proxy_authorization(p, s1)
+    if rc == OK then
+      proxy.authorization = str1()
+    elseif rc ~= ABSENT then
+      check(C, rc, "pending_proxy_authorization")
+    end
+  elseif rc ~= ABSENT then
+    check(C, rc, "pending_proxy_url")
+  end
+  local client_certificate
+  rc = C.mcp_oauth2_pending_client_certificate(p, s1, s2)
+  if rc == OK then
+    if mode == "custom" then
+      client_certificate = { cert_pem = str1(), key_pem = ffi_string(s2[0].ptr, s2[0].len) }
+    else
+      client_certificate = true
+    end
+  elseif rc ~= ABSENT then
+    check(C, rc, "pending_client_certificate")
+  end
   return {
     method = method, url = url, headers = headers, body = body, timeout = timeout,
-    purpose = PURPOSE_NAMES[tonumber(u32[0])] or "other",
+    purpose = purpose, verify_certificate = verify, keepalive = keepalive,
+    http_version = version, proxy = proxy, client_certificate = client_certificate,
   }
 end
 
@@ -680,7 +841,7 @@ end
 
 -- Performs the pending's HTTP request and resumes with the outcome; returns its stored form.
 local function perform(self, box)
-  local r = pending_request(self.C, box[0])
+  local r = pending_request(self.C, box[0], self.mode)
   local status, ct, body = self:_call(r)
   if not status then
     ngx_log(ngx_WARN, "mcp_oauth2: ", r.purpose, " call failed: ", ct, ": ", body)
@@ -941,6 +1102,8 @@ local IDENTITY = {
   consumer = opt_str("mcp_oauth2_decision_consumer"),
   credential = opt_str("mcp_oauth2_decision_credential"),
   claims_json = opt_str("mcp_oauth2_decision_claims_json"),
+  -- The raw introspection result in the configured introspection_format (nil without it).
+  introspection = opt_str("mcp_oauth2_decision_introspection"),
   groups = function(C, d)
     if C.mcp_oauth2_decision_consumer_group_count(d, sz) ~= OK then
       return nil
@@ -1256,7 +1419,7 @@ local function decision_table(self)
     t.upstream_authorization = str1()
   end
   local id = {}
-  local fields = { "subject", "client_id", "scope", "consumer", "credential", "claims_json" }
+  local fields = { "subject", "client_id", "scope", "consumer", "credential", "claims_json", "introspection" }
   for _, f in ipairs(fields) do
     if C["mcp_oauth2_decision_" .. f](d, s1) == OK then
       id[f] = str1()
@@ -1289,7 +1452,8 @@ end
 --- path, headers = { name = value | { values } }, peer_addr, body }. Returns a table:
 --- allowed: { allowed = true, reason, remove_headers, set_headers = { name = value },
 ---   valid_until, identity = { subject, client_id, scope, consumer, consumer_groups,
----   credential } } (then call auth:refuse(d, why) or auth:release(d));
+---   credential, claims_json, introspection } } (then call auth:refuse(d, why) or
+---   auth:release(d));
 --- denied: { allowed = false, status, headers, body, reason, detail }.
 function _M.decide(self, r)
   local C = self.C
@@ -1668,7 +1832,8 @@ local function recheck_decide(self, e)
       return nil, "recheck location: " .. tostring(err)
     end
     local lines = {
-      "GET ", r.path, " HTTP/1.1\r\nHost: ", r.host, "\r\nConnection: close\r\n",
+      -- HTTP/1.0: the answer is never chunked (read whole up to the close).
+      "GET ", r.path, " HTTP/1.0\r\nHost: ", r.host, "\r\nConnection: close\r\n",
       "Authorization: ", e.authz, "\r\nX-MCP-OAuth2-Id: ", self.id,
       "\r\nX-MCP-OAuth2-Path: ", e.path, "\r\n",
     }
@@ -1817,10 +1982,12 @@ function _M.metrics_endpoint(self)
 end
 
 local function say_json(status, t)
+  local body = cjson.encode(t)
   ngx.status = status
   ngx_header["Content-Type"] = "application/json"
   ngx_header["Cache-Control"] = "no-store"
-  ngx_print(cjson.encode(t))
+  ngx_header["Content-Length"] = #body
+  ngx_print(body)
   return ngx_exit(HTTP_OK)
 end
 
@@ -1903,12 +2070,20 @@ function _M.internal_error(library)
   return { status = status, headers = headers, body = body, reason = "internal_error" }
 end
 
---- For the internal AS location: the value of one field of the subrequest's AS request
---- ("url", "authorization", "content_type", "accept"), for set_by_lua_block.
+--- For the internal AS locations: the value of one field of the subrequest's AS request,
+--- for set_by_lua_block: "url", "authorization", "content_type", "accept" (the core's
+--- Accept: application/json, or application/token-introspection+jwt with
+--- introspection_jwt_response), "connection" ("" to keep the connection, "close" with
+--- keepalive: false). Reading "accept" and "connection" is how the location shows the
+--- caller that it sends them.
 function _M.subrequest_var(field)
   local r = ngx.ctx.mcp_oauth2_as
   if not r then
     return ""
+  end
+  local asked = r.asked
+  if asked then
+    asked[field] = true
   end
   if field == "url" then
     return r.url
@@ -1920,6 +2095,8 @@ function _M.subrequest_var(field)
     return h["Content-Type"] or h["content-type"] or ""
   elseif field == "accept" then
     return h.Accept or h.accept or "application/json"
+  elseif field == "connection" then
+    return r.keepalive == false and "close" or ""
   end
   return ""
 end

@@ -72,7 +72,10 @@ local ngx = {
   shared = { mcp_oauth2 = new_dict() },
   location = {},
 }
-ngx.var = setmetatable({}, { __index = function(_, k) return cur().var[k] end })
+ngx.var = setmetatable({}, {
+  __index = function(_, k) return cur().var[k] end,
+  __newindex = function(_, k, v) cur().var[k] = v end,
+})
 ngx.header = setmetatable({}, {
   __index = function(_, k) return cur().resp_headers[k] end,
   __newindex = function(_, k, v) cur().resp_headers[k] = v end,

@@ -674,6 +674,28 @@ test('cache_ttl_max 2: a 10 s stream of a valid token is not cut; one re-validat
   assert.ok(sum(after) > sum(before), 'the timers re-validated the token');
 });
 
+test('capture transport: a stream whose token the AS revoked ends when the timer re-validates it (cache_ttl_max 2)', async () => {
+  const t = await token(`${NGINX_URL}/short/mcp`);
+  const stream = sse('/short/mcp/sse?interval=200&count=50', bearer(t));
+  await sleep(500);
+  const res = await fetch(`${AS_URL}/token/revocation`, {
+    method: 'POST',
+    headers: {
+      authorization: `Basic ${Buffer.from('app:app-secret').toString('base64')}`,
+      'content-type': 'application/x-www-form-urlencoded',
+    },
+    body: new URLSearchParams({ token: t, token_type_hint: 'access_token' }),
+  });
+  assert.equal(res.status, 200);
+  const revokedAt = Date.now();
+  const r = await stream;
+  assert.equal(r.status, 200);
+  assert.ok(r.events.length < 50, `${r.events.length} events: the stream was cut`);
+  // The cache entry ages out within 2 s of the first answer; the timer (0.2 s) then asks the
+  // recheck location, which introspects: inactive.
+  assert.ok(r.ended - revokedAt < 3500, `ended ${r.ended - revokedAt} ms after the revocation`);
+});
+
 test('a revoked and evicted token is refused by every worker within 1 s', async () => {
   const t = await token();
   const seen = new Set();

@@ -308,6 +308,42 @@ local function get_confs()
       token_exchange = { enabled = true, token_endpoint = "http://127.0.0.1:9/token", client_auth = "none" },
     }),
   }
+  -- Issue 10: every client_auth value (the third AS has a gateway client per method; keys
+  -- made by test-lua.sh), introspection_format for later plugins, a signed answer, and
+  -- mutual TLS at the https AS through the capture transport's mutual-TLS locations.
+  local as3, tls_as, keys = package.loaded.test_as3, package.loaded.test_tls_as, package.loaded.test_keys
+  local function at_as3(extra)
+    local c = { authorization_servers = { as3 }, introspection_endpoint = as3 .. "/token/introspection",
+      client_id = ngx.null, client_secret = ngx.null }
+    for k, v in pairs(extra) do c[k] = v end
+    return conf(c)
+  end
+  local function read(path)
+    local f = assert(io.open(path))
+    local s = f:read("*a")
+    f:close()
+    return s
+  end
+  local pki = package.loaded.test_pki
+  local function at_tls_as(extra)
+    local c = { authorization_servers = { tls_as }, introspection_endpoint = "http://127.0.0.1:9/never-used",
+      mtls_introspection_endpoint = tls_as .. "/token/introspection", client_secret = ngx.null }
+    for k, v in pairs(extra) do c[k] = v end
+    return conf(c)
+  end
+  confs.kbasic = at_as3({ client_id = "gateway", client_secret = "gateway-secret", client_auth = "client_secret_basic" })
+  confs.kpost = at_as3({ client_id = "gateway-post", client_secret = "gateway-post-secret", client_auth = "client_secret_post" })
+  confs.knone = at_as3({ client_id = "gw-none", client_auth = "none" })
+  confs.khs256 = at_as3({ client_id = "gw-hs256", client_secret = keys.hs256, client_auth = "client_secret_jwt" })
+  -- Kong's schema holds client_jwk as a string: the JWK's JSON text.
+  confs.kes256 = at_as3({ client_id = "gw-es256", client_auth = "private_key_jwt", client_jwk = cjson.encode(keys.es256) })
+  confs.kfmt = at_as3({ client_id = "gateway", client_secret = "gateway-secret", introspection_format = "base64" })
+  confs.ksigned = at_as3({ client_id = "gw-signed", client_secret = keys.signed, introspection_jwt_response = true,
+    introspection_format = "string" })
+  confs.ktls = at_tls_as({ client_id = "gw-tls", client_auth = "tls_client_auth",
+    tls_client_auth_cert = read(pki .. "client.crt"), tls_client_auth_key = read(pki .. "client.key") })
+  confs.kself = at_tls_as({ client_id = "gw-self", client_auth = "self_signed_tls_client_auth",
+    tls_client_auth_cert = read(pki .. "self.crt"), tls_client_auth_key = read(pki .. "self.key") })
   -- In capture mode the timers re-validate open responses through this loopback location.
   require("kong.plugins.mcp-oauth2.handler").opts.recheck_url =
     "http://127.0.0.1:" .. port .. "/_mcp_oauth2_recheck"
@@ -335,10 +371,18 @@ local function later_plugin()
   end
 end
 
+-- The capture transport's mutual-TLS location per configuration: handler.opts is one table
+-- for every configuration (on a real Kong, resty.http presents the certificate and none is
+-- needed), so the stand-in names the location of the conf's certificate before the handler
+-- builds its validator.
+local MTLS_LOCATIONS = { kself = "/_mcp_oauth2_mtls_self" }
+require("kong.plugins.mcp-oauth2.handler").opts.mtls_location = "/_mcp_oauth2_mtls"
+
 function M.access()
   local name = ngx.var.http_x_plugin_name or "mcp-oauth2"
   local handler = require("kong.plugins." .. name .. ".handler")
-  local conf = current_conf()
+  local conf, which = current_conf()
+  handler.opts.mtls_location = MTLS_LOCATIONS[which] or "/_mcp_oauth2_mtls"
   ngx.req.clear_header("X-Test-Conf")
   ngx.ctx.standin_conf = conf
   ngx.ctx.standin_handler = handler

@@ -38,7 +38,13 @@
 //                       /token/introspection or /token/revocation, in order:
 //                       [{"path","client_id","jti","aud","iat","exp","alg","kid","accepted"}]
 //                       (decoded, not verified; `accepted`: the call got a 2xx)
-//   POST /__test/reset  zero the counters, the assertion log and the delay
+//   GET  /__test/introspection_requests  every request that reached /token/introspection,
+//                       in order: [{"http_version","connection","accept","authorization",
+//                       "client_id","client_certificate","status"}] (`connection`/`accept`:
+//                       those headers or null; `authorization`: whether one was sent;
+//                       `client_id`: the authenticated caller or null; `client_certificate`:
+//                       the CN of the TLS client certificate or null)
+//   POST /__test/reset  zero the counters, the assertion and introspection logs and the delay
 //   POST /__test/delay?ms=N  every later introspection request waits N ms first
 //
 // Client authentication: every method (client_secret_basic/_post/_jwt, private_key_jwt,
@@ -265,6 +271,7 @@ const provider = new Provider(issuer, {
 // ---- /__test/ control endpoints and request counters -------------------------
 const stats = { introspections: 0, tokens: 0, jwks: 0, discovery: 0 };
 const assertions = [];
+const introspectionRequests = [];
 let introspectionDelayMs = 0;
 const DISCOVERY = new Set(['/.well-known/openid-configuration', '/.well-known/oauth-authorization-server']);
 const CLIENT_AUTH_PATHS = new Set(['/token', '/token/introspection', '/token/revocation']);
@@ -278,9 +285,12 @@ provider.use(async (ctx, next) => {
       ctx.body = { ...stats };
     } else if (method === 'GET' && path === '/__test/assertions') {
       ctx.body = assertions;
+    } else if (method === 'GET' && path === '/__test/introspection_requests') {
+      ctx.body = introspectionRequests;
     } else if (method === 'POST' && path === '/__test/reset') {
       for (const k of Object.keys(stats)) stats[k] = 0;
       assertions.length = 0;
+      introspectionRequests.length = 0;
       introspectionDelayMs = 0;
       ctx.body = { ok: true };
     } else if (method === 'POST' && path === '/__test/delay') {
@@ -353,6 +363,20 @@ provider.use(async (ctx, next) => {
         error_description: `client ${caller.clientId} must authenticate with ${registered}, not ${used}`,
       };
     }
+  }
+
+  // How each introspection request came: HTTP version, headers, caller, TLS certificate.
+  if (path === '/token/introspection') {
+    const peer = ctx.req.socket.getPeerCertificate?.();
+    introspectionRequests.push({
+      http_version: ctx.req.httpVersion,
+      connection: ctx.get('connection') || null,
+      accept: ctx.get('accept') || null,
+      authorization: Boolean(ctx.get('authorization')),
+      client_id: ctx.oidc?.client?.clientId ?? null,
+      client_certificate: peer?.subject?.CN ?? null,
+      status: ctx.status,
+    });
   }
 });
 

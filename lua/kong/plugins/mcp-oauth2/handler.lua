@@ -27,8 +27,9 @@ local MCPOAuth2Handler = {
   VERSION = "0.3.0",
 }
 
--- Extra options for resty.mcp_oauth2.new (e.g. `recheck_url` where Kong has no resty.http);
--- `shm` is chosen below.
+-- Extra options for resty.mcp_oauth2.new (e.g. `recheck_url` where Kong has no resty.http,
+-- `mtls_location` for the mutual-TLS methods with the capture transport); `shm` is chosen
+-- below. The schema checks configurations with the same options.
 MCPOAuth2Handler.opts = {}
 
 -- How long kong.cache keeps a consumer (or consumer group) found by username / custom_id
@@ -183,6 +184,8 @@ local function share_identity(d)
     groups = id.consumer_groups,
     credential = id.credential,
     claims = id.claims_json and cjson.decode(id.claims_json) or nil,
+    -- The raw introspection result, in introspection_format (only when it is set).
+    introspection = id.introspection,
   }
   if d.upstream_authorization then
     shared.exchanged_token = str_match(d.upstream_authorization, "^[Bb]earer +(.*)$")

@@ -63,7 +63,11 @@ local function validate_config(config)
     end
     conf.token_exchange = te
   end
-  local ok, err = require("resty.mcp_oauth2").check(conf)
+  -- With the handler's options: what its transport cannot do is refused here too (the
+  -- capture transport, used where resty.http is missing, cannot reach a forward proxy).
+  local loaded, handler = pcall(require, "kong.plugins.mcp-oauth2.handler")
+  local opts = loaded and type(handler) == "table" and type(handler.opts) == "table" and handler.opts or nil
+  local ok, err = require("resty.mcp_oauth2").check(conf, opts)
   if ok then
     return true
   end
