@@ -27,3 +27,19 @@ cargo_install_pinned() {
   echo "installing $crate $version"
   cargo install --locked --quiet "$crate" --version "$version"
 }
+
+# is_excerpt EXCERPT FULL: every line of EXCERPT (trimmed; blank lines and the elision
+# markers `/* ... */`, `# ...`, `-- ...` skipped) is a line of FULL (trimmed), in the same
+# order. How the README's short examples stay true to the complete, tested programs.
+is_excerpt() {
+  awk 'function trim(s) { sub(/^[ \t]+/, "", s); sub(/[ \t]+$/, "", s); return s }
+       NR == FNR { full[++n] = trim($0); next }
+       {
+         l = trim($0)
+         if (l == "" || l == "/* ... */" || l == "# ..." || l == "-- ...") next
+         found = 0
+         while (i < n) { i++; if (full[i] == l) { found = 1; break } }
+         if (!found) { print "not in the complete file (in this order): " l > "/dev/stderr"; bad = 1; exit }
+       }
+       END { exit bad }' "$2" "$1"
+}

@@ -109,3 +109,8 @@ pub use crate::transport::Transport;
 #[cfg(feature = "ureq")]
 pub use crate::ureq_transport::UreqTransport;
 pub use crate::validator::Validator;
+
+/// The README's Rust examples, compiled by `cargo test --doc` so they cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

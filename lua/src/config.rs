@@ -22,6 +22,7 @@ pub(crate) const MAP_PATHS: &[&str] = &[
     "token_exchange",
     "token_exchange.request",
     "token_exchange.cache",
+    "cluster_cache_redis",
 ];
 
 /// Nesting deeper than this is a configuration mistake (or a cycle).
