@@ -250,6 +250,16 @@ impl Proxy {
                 headers.remove(name);
             }
         }
+        // token_exchange: the exchanged token replaces the client's (never forwarded).
+        if let Some(authorization) = forward.upstream_authorization() {
+            match HeaderValue::from_str(authorization) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    headers.insert(hyper::header::AUTHORIZATION, v);
+                }
+                Err(_) => return (to_hyper(&mcp_oauth2::Response::internal_error()), "exchanged_token_invalid", None),
+            }
+        }
         for (name, value) in self.claim_names.iter().zip(forward.claim_header_values()) {
             let Some(value) = value else { continue };
             match HeaderValue::from_str(value) {
