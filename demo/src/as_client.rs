@@ -6,11 +6,16 @@
 //! `timeout` bounds the whole exchange (→ [`TransportErrorKind::Timeout`]), a body over
 //! [`MAX_RESPONSE_BODY`] is refused (→ `BodyTooLarge`), redirects are never followed (a 3xx
 //! goes back to the validator, which treats it as a failure), connect and TLS failures are
-//! told apart, `ssl_verify` decides whether the server certificate is verified (against
-//! the Mozilla roots), and `keepalive` whether connections are pooled.
+//! told apart, the request's `verify_certificate` (`ssl_verify`, or
+//! `tls_client_auth_ssl_verify` on the mutual-TLS call) decides whether the server
+//! certificate is verified (against the Mozilla roots), its `client_certificate` is
+//! presented in the TLS handshake (RFC 8705 `tls_client_auth`,
+//! `self_signed_tls_client_auth`), `http_version` 1.0 is spoken when asked for, and
+//! `keepalive` decides whether connections are pooled. Forward proxies (`http_proxy`,
+//! `https_proxy`) are not implemented: the proxy refuses such configurations at start-up.
 
 use std::error::Error as StdError;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -19,10 +24,14 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mcp_oauth2::{Config, HttpRequest, HttpResponse, TransportError, TransportErrorKind, MAX_RESPONSE_BODY};
+use mcp_oauth2::{
+    ClientCertificate, Config, HttpRequest, HttpResponse, HttpVersion, TransportError, TransportErrorKind,
+    MAX_RESPONSE_BODY,
+};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::sync::Semaphore;
 
@@ -30,20 +39,57 @@ use tokio::sync::Semaphore;
 /// free slot: a flood of distinct unknown tokens cannot open connections without bound.
 const MAX_AS_CALLS: usize = 64;
 
+type AsHttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 /// The client for authorization-server calls.
 pub struct AsClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// For calls verifying as `ssl_verify` says, without a client certificate: all of
+    /// them but the mutual-TLS introspection call.
+    client: AsHttpClient,
+    ssl_verify: bool,
+    /// Clients for the other combinations asked for (the mutual-TLS call: its certificate
+    /// and `tls_client_auth_ssl_verify`), built on first use, each with its own pool.
+    others: Mutex<Vec<(bool, ClientCertificate, AsHttpClient)>>,
+    keepalive: bool,
     calls: Semaphore,
 }
 
 impl AsClient {
     /// A client configured by the validator's configuration (`ssl_verify`, `keepalive`).
     pub fn new(config: &Config) -> Self {
-        let mut builder = Client::builder(TokioExecutor::new());
-        if !config.keepalive {
-            builder.pool_max_idle_per_host(0);
+        AsClient {
+            client: http_client(connector(config.ssl_verify), config.keepalive),
+            ssl_verify: config.ssl_verify,
+            others: Mutex::new(Vec::new()),
+            keepalive: config.keepalive,
+            calls: Semaphore::new(MAX_AS_CALLS),
         }
-        AsClient { client: builder.build(connector(config.ssl_verify)), calls: Semaphore::new(MAX_AS_CALLS) }
+    }
+
+    /// The client for a request's TLS settings.
+    fn client_for(
+        &self,
+        verify: bool,
+        certificate: Option<&ClientCertificate>,
+    ) -> Result<AsHttpClient, TransportError> {
+        let Some(certificate) = certificate else {
+            if verify == self.ssl_verify {
+                return Ok(self.client.clone());
+            }
+            // Never asked for by the core today (verify_certificate differs from ssl_verify
+            // only on the mutual-TLS call); honoured anyway, without pooling it.
+            return Ok(http_client(connector(verify), false));
+        };
+        let mut others = self.others.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, _, client)) = others.iter().find(|(v, c, _)| *v == verify && c == certificate) {
+            return Ok(client.clone());
+        }
+        // The configuration's certificate and key were checked at construction; a failure
+        // here is reported as a TLS failure (503), never with the key's text.
+        let connector = connector_with(verify, Some(certificate)).map_err(|_| error(TransportErrorKind::Tls))?;
+        let client = http_client(connector, self.keepalive);
+        others.push((verify, certificate.clone(), client.clone()));
+        Ok(client)
     }
 
     /// Performs one call the validator asked for. The message of an error names the
@@ -58,14 +104,31 @@ impl AsClient {
     }
 
     async fn exchange(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
-        let HttpRequest { method, url, headers, body, .. } = request;
+        let HttpRequest {
+            method,
+            url,
+            headers,
+            body,
+            verify_certificate,
+            client_certificate,
+            http_version,
+            keepalive,
+            ..
+        } = request;
+        let client = self.client_for(verify_certificate, client_certificate.as_ref())?;
         let mut builder =
             hyper::Request::builder().method(method).uri(url.as_str()).header(hyper::header::USER_AGENT, "mcp-oauth2");
+        if http_version == HttpVersion::Http10 {
+            builder = builder.version(hyper::Version::HTTP_10);
+        }
+        if !keepalive {
+            builder = builder.header(hyper::header::CONNECTION, "close");
+        }
         for (name, value) in &headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
         let request = builder.body(Full::new(Bytes::from(body))).map_err(|_| error(TransportErrorKind::Other))?;
-        let response = self.client.request(request).await.map_err(|e| error(classify(&e)))?;
+        let response = client.request(request).await.map_err(|e| error(classify(&e)))?;
         let status = response.status().as_u16();
         let headers = response
             .headers()
@@ -120,24 +183,58 @@ fn is_tls(e: &(dyn StdError + 'static)) -> bool {
     false
 }
 
+fn http_client(connector: HttpsConnector<HttpConnector>, keepalive: bool) -> AsHttpClient {
+    let mut builder = Client::builder(TokioExecutor::new());
+    if !keepalive {
+        builder.pool_max_idle_per_host(0);
+    }
+    builder.build(connector)
+}
+
 /// An `http://` and `https://` connector (TCP_NODELAY, HTTP/1.1 over TLS): server
 /// certificates are verified against the Mozilla roots (webpki-roots) unless `verify` is
 /// false (the configuration's `ssl_verify: false`). ring is the crypto provider.
 pub fn connector(verify: bool) -> HttpsConnector<HttpConnector> {
+    connector_with(verify, None).expect("no client certificate to read")
+}
+
+/// [`connector`] presenting `client_certificate` (PEM chain and key) in TLS handshakes.
+/// Errors say which part could not be read, never its content.
+fn connector_with(
+    verify: bool,
+    client_certificate: Option<&ClientCertificate>,
+) -> Result<HttpsConnector<HttpConnector>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .expect("ring supports the default TLS versions");
-    let tls = if verify {
+    let builder = if verify {
         let roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        builder.with_root_certificates(roots).with_no_client_auth()
+        builder.with_root_certificates(roots)
     } else {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(provider))).with_no_client_auth()
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+    };
+    let tls = match client_certificate {
+        None => builder.with_no_client_auth(),
+        Some(c) => {
+            let chain = CertificateDer::pem_slice_iter(c.cert_pem().as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| "tls_client_auth_cert: not a PEM certificate chain".to_owned())?;
+            let key = PrivateKeyDer::from_pem_slice(c.key_pem().as_bytes())
+                .map_err(|_| "tls_client_auth_key: not a PEM private key".to_owned())?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|_| "tls_client_auth_cert: the certificate and key are not usable together".to_owned())?
+        }
     };
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false); // the TLS wrapper handles https:// URIs
-    hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http)
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
 }
 
 /// `ssl_verify: false`: any certificate is accepted (the handshake's signatures are
