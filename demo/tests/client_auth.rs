@@ -1,7 +1,8 @@
 //! The demo proxy's own HTTP client with the client authentication methods that need more
 //! than a header or form fields from it: RFC 8705 mutual TLS (`tls_client_auth`: it
 //! presents the configured certificate) and RFC 7523 `private_key_jwt` (the library signs
-//! the assertion; the proxy sends it), against the real oidc-provider serving https.
+//! the assertion; the proxy sends it), against the real oidc-provider serving https; and
+//! `http_version: 1.0`.
 //! Forward proxies, which this client does not implement, are refused at start-up.
 //!
 //! Needs `openssl` (the test PKI) and `npm ci --prefix tests/node`.
@@ -170,6 +171,13 @@ fn mutual_tls_and_private_key_jwt_through_the_proxys_own_client() {
         (assertion["client_id"].as_str(), assertion["alg"].as_str(), assertion["accepted"].as_bool()),
         (Some("gw-pkjwt"), Some("ES256"), Some(true))
     );
+
+    // http_version 1.0 and keepalive false, as the configuration says.
+    let config = with(base.clone(), json!({"http_version": 1.0, "keepalive": false, "ssl_verify": false}));
+    let (node, url) = proxy(&config, &up_url, &[]);
+    assert_eq!(ping(&agent(), &url, &oidc.token()), 200, "{:?}", node.log());
+    let last = oidc.introspection_requests().last().cloned().unwrap();
+    assert_eq!((last["http_version"].as_str(), last["connection"].as_str()), (Some("1.0"), Some("close")));
 }
 
 #[test]
