@@ -228,18 +228,6 @@ fn load_validator(path: &str) -> Result<(Validator, config_file::Found), String>
         }
     };
     let config = Config::from_value(found.config.clone()).map_err(at)?;
-    // What this proxy's HTTP client does not do: refused rather than silently ignored.
-    for (field, set) in [("http_proxy", config.http_proxy.is_some()), ("https_proxy", config.https_proxy.is_some())] {
-        if set {
-            let field =
-                if found.location.is_empty() { field.to_owned() } else { format!("{}.{field}", found.location) };
-            return Err(format!(
-                "{path}: {field}: forward proxies are not supported by the demo proxy's HTTP client (it would \
-                 connect directly); remove the field, or use the library's blocking transport (UreqTransport) \
-                 or the nginx module"
-            ));
-        }
-    }
     let validator = Validator::new(config).map_err(at)?;
     Ok((validator, found))
 }

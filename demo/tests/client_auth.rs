@@ -2,8 +2,7 @@
 //! than a header or form fields from it: RFC 8705 mutual TLS (`tls_client_auth`: it
 //! presents the configured certificate) and RFC 7523 `private_key_jwt` (the library signs
 //! the assertion; the proxy sends it), against the real oidc-provider serving https; and
-//! `http_version: 1.0`.
-//! Forward proxies, which this client does not implement, are refused at start-up.
+//! `http_version: 1.0`; forward proxies (`http_proxy`, `https_proxy`: a `CONNECT` tunnel).
 //!
 //! Needs `openssl` (the test PKI) and `npm ci --prefix tests/node`.
 
@@ -149,6 +148,15 @@ fn mutual_tls_and_private_key_jwt_through_the_proxys_own_client() {
     assert_eq!(last["status"], 200);
     assert!(!node.log().join("\n").contains("PRIVATE KEY"));
 
+    // The same through an https_proxy: TLS (with the client certificate) inside the tunnel.
+    let fp = ForwardProxy::start(None);
+    let (node, url) = proxy(&with(mtls("client"), json!({"https_proxy": fp.url})), &up_url, &[]);
+    assert_eq!(ping(&agent(), &url, &oidc.token()), 200, "{:?}", node.log());
+    let last = oidc.introspection_requests().last().cloned().unwrap();
+    assert_eq!(last["client_certificate"].as_str(), Some("gateway.test"));
+    let tunnels = fp.log();
+    assert_eq!((tunnels.len(), tunnels[0]["method"].as_str()), (1, Some("CONNECT")), "{tunnels:?}");
+
     // Another certificate of the same CA: the AS refuses the client, so 503 (never 401).
     let (node, url) = proxy(&mtls("other"), &up_url, &[]);
     assert_eq!(ping(&agent(), &url, &token), 503);
@@ -180,21 +188,42 @@ fn mutual_tls_and_private_key_jwt_through_the_proxys_own_client() {
     assert_eq!((last["http_version"].as_str(), last["connection"].as_str()), (Some("1.0"), Some("close")));
 }
 
+/// `http_proxy` with its `Proxy-Authorization`: the AS calls go through the proxy's
+/// `CONNECT` tunnel; a wrong authorization (407) is a 503; `no_proxy` goes direct.
 #[test]
-fn forward_proxies_are_refused_at_start_up() {
-    let dir = std::env::temp_dir().join(format!("demo-fwd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for field in ["http_proxy", "https_proxy"] {
-        let config = json!({"resource": RESOURCE, "authorization_servers": ["https://as.example"],
-                            "introspection_endpoint": "https://as.example/introspect",
-                            "client_id": "gw", "client_secret": "s", field: "http://127.0.0.1:3128"});
-        let path = dir.join(format!("{field}.json"));
-        std::fs::write(&path, config.to_string()).unwrap();
-        let out =
-            Command::new(env!("CARGO_BIN_EXE_demo_proxy")).arg("--config").arg(&path).arg("--check").output().unwrap();
-        assert_eq!(out.status.code(), Some(2));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("{field}.json: {field}: forward proxies are not supported")), "{err}");
-    }
-    let _ = std::fs::remove_dir_all(dir);
+fn forward_proxy_tunnels_the_authorization_server_calls() {
+    let oidc = Oidc::start();
+    let (_upstream, up_url) = echo_upstream();
+    let auth = "Basic cHJveHktdXNlcjpwcm94eS1wYXNz";
+    let fp = ForwardProxy::start(Some(auth));
+    let as_target = oidc.url.trim_start_matches("http://").to_owned();
+    let base = introspection_config(&oidc);
+
+    let (node, url) =
+        proxy(&with(base.clone(), json!({"http_proxy": fp.url, "http_proxy_authorization": auth})), &up_url, &[]);
+    assert_eq!(ping(&agent(), &url, &oidc.token()), 200, "{:?}", node.log());
+    let log = fp.log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(
+        (
+            log[0]["method"].as_str(),
+            log[0]["target"].as_str(),
+            log[0]["proxy_authorization"].as_str(),
+            log[0]["allowed"].as_bool()
+        ),
+        (Some("CONNECT"), Some(as_target.as_str()), Some(auth), Some(true))
+    );
+    assert!(!node.log().join("\n").contains(auth));
+
+    let wrong = with(base.clone(), json!({"http_proxy": fp.url, "http_proxy_authorization": "Basic d3Jvbmc6d3Jvbmc="}));
+    let (node, url) = proxy(&wrong, &up_url, &[]);
+    assert_eq!(ping(&agent(), &url, &oidc.token()), 503);
+    assert_eq!(fp.log().last().unwrap()["allowed"].as_bool(), Some(false));
+    assert!(node.wait_log(" POST /mcp 503 authorization_server_unavailable", Duration::from_secs(3)).is_some());
+
+    let direct = with(base, json!({"http_proxy": fp.url, "http_proxy_authorization": auth, "no_proxy": "127.0.0.1"}));
+    let (_node, url) = proxy(&direct, &up_url, &[]);
+    let before = fp.log().len();
+    assert_eq!(ping(&agent(), &url, &oidc.token()), 200);
+    assert_eq!(fp.log().len(), before, "no_proxy: straight to the AS");
 }

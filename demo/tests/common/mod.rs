@@ -396,3 +396,30 @@ pub fn evict(proxy: &str, body: &Value) -> (u16, Value) {
     let text = r.body_mut().read_to_string().unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
+
+/// The forward proxy of tests/node/forward-proxy.mjs (`CONNECT` tunnels and absolute-form
+/// requests), requiring exactly `authorization` as `Proxy-Authorization` when given.
+pub struct ForwardProxy {
+    _proc: Proc,
+    pub url: String,
+}
+
+impl ForwardProxy {
+    pub fn start(authorization: Option<&str>) -> ForwardProxy {
+        let mut cmd = Command::new("node");
+        cmd.arg(format!("{}/tests/node/forward-proxy.mjs", repo_root())).env("PROXY_PORT", "0");
+        if let Some(a) = authorization {
+            cmd.env("PROXY_AUTH", a);
+        }
+        let proc = Proc::start(cmd, "LISTENING ");
+        let port = proc.stdout.last().unwrap().trim_start_matches("LISTENING ").trim().to_owned();
+        ForwardProxy { _proc: proc, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// What it was asked to forward: `[{"method","target","proxy_authorization","allowed"}]`.
+    pub fn log(&self) -> Vec<Value> {
+        let mut r = agent().get(format!("{}/__proxy/log", self.url)).call().unwrap();
+        let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        v.as_array().unwrap().clone()
+    }
+}
