@@ -36,7 +36,7 @@ use mcp_oauth2::{Decision, Step, Validator};
 
 use crate::as_client::{self, AsClient};
 use crate::serve::{full, json, log_line, timestamp, Body, BoxError, RequestLog};
-use crate::stream::Guarded;
+use crate::stream::{Guarded, Recheck};
 
 type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
@@ -290,7 +290,10 @@ impl Proxy {
         let body = match (forward.valid_until(), &revalidation) {
             // No expiry, no cached answer to age out: nothing can end the response.
             (None, None) => res_body.map_err(|e| Box::new(e) as BoxError).boxed(),
-            (valid_until, _) => Guarded::new(res_body, valid_until, forward.recheck_at(), revalidation).boxed(),
+            (valid_until, _) => {
+                let recheck = revalidation.map(|r| Box::new(move || r.spawn()) as Recheck);
+                Guarded::new(res_body, valid_until, forward.recheck_at(), recheck).boxed()
+            }
         };
         (Response::from_parts(res_parts, body), "allowed", None)
     }

@@ -25,8 +25,10 @@ use mcp_oauth2::Decision;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
-use crate::proxy::Revalidation;
 use crate::serve::{log_line, BoxError};
+
+/// Decides the stream's request again, as a task of its own (the proxy supplies it).
+pub type Recheck = Box<dyn Fn() -> JoinHandle<Decision> + Send + Sync>;
 
 /// Rechecks of one stream are at least this far apart, whatever the cache says (a
 /// `cache_ttl_max` of 0 would otherwise ask the authorization server in a loop).
@@ -39,7 +41,7 @@ pub struct Guarded<B> {
     exp: Option<Instant>,
     /// The next recheck (none: the validator keeps no answer to age out).
     recheck_at: Option<Instant>,
-    revalidation: Option<Revalidation>,
+    revalidation: Option<Recheck>,
     /// A recheck in flight.
     running: Option<JoinHandle<Decision>>,
     /// Wakes the body at the next deadline while the upstream is quiet.
@@ -54,7 +56,7 @@ impl<B> Guarded<B> {
         inner: B,
         valid_until: Option<SystemTime>,
         recheck_at: Option<SystemTime>,
-        revalidation: Option<Revalidation>,
+        revalidation: Option<Recheck>,
     ) -> Self {
         let now = (Instant::now(), SystemTime::now());
         Guarded {
@@ -125,7 +127,7 @@ where
             }
             if this.running.is_none() && this.recheck_at.is_some_and(|at| at <= now) {
                 this.recheck_at = None;
-                this.running = this.revalidation.as_ref().map(Revalidation::spawn);
+                this.running = this.revalidation.as_ref().map(|recheck| recheck());
                 continue; // poll it once: its completion wakes this body // poll it once: its completion wakes this body
             }
             if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {

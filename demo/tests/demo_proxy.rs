@@ -376,10 +376,17 @@ fn jwt_mode_validates_locally_with_discovery_and_jwks() {
     // The genuine token still works after all that.
     assert_eq!(mcp_post(&resource, Some(&token), list, &[]).status, 200);
 
-    // The proxy's log names the reasons.
-    std::thread::sleep(Duration::from_millis(150));
+    // The proxy's log names the reasons (its writer thread may lag on a loaded machine).
+    let reasons = ["token_signature_invalid", "token_algorithm_not_allowed", "audience_mismatch", "token_malformed"];
+    let logged = |log: &[String], reason: &str| {
+        log.iter().any(|l| l.contains(" proxy ") && l.contains(&format!(" 401 {reason} ")))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline && !reasons.iter().all(|r| logged(&demo.log().to_vec(), r)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let log = demo.log().to_vec();
-    for reason in ["token_signature_invalid", "token_algorithm_not_allowed", "audience_mismatch", "token_malformed"] {
+    for reason in reasons {
         assert!(
             log.iter().any(|l| l.contains(" proxy ") && l.contains(&format!(" 401 {reason} "))),
             "{reason}: {log:?}"
