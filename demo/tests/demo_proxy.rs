@@ -382,7 +382,7 @@ fn jwt_mode_validates_locally_with_discovery_and_jwks() {
         log.iter().any(|l| l.contains(" proxy ") && l.contains(&format!(" 401 {reason} ")))
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while std::time::Instant::now() < deadline && !reasons.iter().all(|r| logged(&demo.log().to_vec(), r)) {
+    while std::time::Instant::now() < deadline && !reasons.iter().all(|r| logged(demo.log(), r)) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let log = demo.log().to_vec();
