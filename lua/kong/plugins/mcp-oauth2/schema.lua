@@ -63,6 +63,15 @@ local function validate_config(config)
     end
     conf.token_exchange = te
   end
+  if type(conf.cluster_cache_redis) == "table" then
+    local redis = copy(conf.cluster_cache_redis)
+    for _, name in ipairs({ "username", "password" }) do
+      if is_reference(redis[name]) then
+        redis[name] = "vault-reference"
+      end
+    end
+    conf.cluster_cache_redis = redis
+  end
   -- With the handler's options: what its transport cannot do is refused here too (the
   -- capture transport, used where resty.http is missing, cannot reach a forward proxy).
   local loaded, handler = pcall(require, "kong.plugins.mcp-oauth2.handler")
@@ -115,6 +124,26 @@ local token_exchange = {
           { ttl = { type = "integer", default = 3600, required = true } },
         },
       } },
+  },
+}
+
+local cluster_cache_redis = {
+  type = "record",
+  fields = {
+    { host = { type = "string", default = "127.0.0.1", required = true } },
+    { port = { type = "integer", default = 6379, required = true, between = { 1, 65535 } } },
+    { database = { type = "integer", default = 0, required = true } },
+    { username = { type = "string", referenceable = true } },
+    { password = { type = "string", encrypted = true, referenceable = true } },
+    { ssl = { type = "boolean", default = false, required = true } },
+    { ssl_verify = { type = "boolean", default = false, required = true } },
+    { server_name = { type = "string" } },
+    { connect_timeout = { type = "integer", default = 2000, required = true } },
+    { read_timeout = { type = "integer", default = 2000, required = true } },
+    { send_timeout = { type = "integer", default = 2000, required = true } },
+    { keepalive_pool_size = { type = "integer", default = 256, required = true } },
+    { keepalive_backlog = { type = "integer" } },
+    { prefix = { type = "string", default = "mcp_oauth2", required = true } },
   },
 }
 
@@ -203,6 +232,8 @@ return {
           { introspection_jwt_response = { type = "boolean", default = false, required = true } },
           { scope_implies = { type = "map", keys = { type = "string" }, values = string_array } },
           { allowed_origins = string_array },
+          { cluster_cache_strategy = { type = "string", default = "off", required = true, one_of = { "off", "redis" } } },
+          { cluster_cache_redis = cluster_cache_redis },
         },
         entity_checks = {
           { mutually_exclusive = { "claim_to_header", "upstream_headers" } },
