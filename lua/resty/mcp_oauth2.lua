@@ -381,7 +381,7 @@ local function start_cluster_watch()
   local ok, err = ngx.timer.every(cluster_cache.WATCH_EVERY, cluster_tick)
   if ok then
     cluster_started = true
-    -- The first round now: until it connects, requests do not wait for Redis.
+    -- The first round now: the eviction log's current number.
     ngx.timer.at(0, cluster_tick)
   else
     ngx_log(ngx_ERR, "mcp_oauth2: cannot start the cluster cache timer: ", err)
@@ -983,7 +983,15 @@ local function fetch(self, box, key, kept)
   -- Shared for what is left of this node's own entry: never longer, and not at all when
   -- it was not kept (a failure, an answer not to be cached); the lock goes either way.
   local ttl = status and kept_ttl_ms(self, key)
+  -- Storing yields (cosockets): the decision the resume left in `dp` waits in its own box,
+  -- as other requests of this worker (the followers it woke) use `dp` meanwhile.
+  local held = ffi_gc(ffi_new("mcp_oauth2_decision*[1]"), C.mcp_oauth2_decision_free)
+  held[0] = dp[0]
+  dp[0] = nil
   cl:store(key, ttl and raw or nil, ttl)
+  dp[0] = held[0]
+  held[0] = nil
+  ffi_gc(held, nil)
   return raw
 end
 

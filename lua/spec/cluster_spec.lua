@@ -23,6 +23,8 @@ local client_mt = {}
 client_mt.__index = client_mt
 local sock = { sslhandshake = function() return true end }
 local fake = { new = function() return setmetatable({ authed = false, _sock = sock }, client_mt) end }
+-- resty.redis 0.28+ has set_timeouts (the module checks with rawget).
+fake.set_timeouts = function() return true end
 function client_mt:set_timeouts() return true end
 function client_mt:connect(host, port, opts)
   if server.down then return nil, "connection refused" end
@@ -232,6 +234,9 @@ describe("cluster cache (resty.redis stand-in)", function()
     mock.step(r)
     assert.is_nil(server.data["mcp_oauth2:evictions:seq"])
     server.down = false
+    mcp._cluster_tick()
+    assert.is_false(a:cluster_cache_up(), "while down, one attempt a second")
+    mock.advance(1)
     mcp._cluster_tick()
     assert.is_true(a:cluster_cache_up())
     assert.equal("1", server.data["mcp_oauth2:evictions:seq"])

@@ -32,8 +32,9 @@ local null = ngx.null
 local _M = {}
 local mt = { __index = _M }
 
--- How often the watcher reads the eviction log (and reconnects while Redis is down).
+-- How often the watcher reads the eviction log, and tries to reconnect while Redis is down.
 _M.WATCH_EVERY = 0.25
+_M.RETRY_EVERY = 1
 -- Evictions the log keeps; evictions waiting for Redis to come back, at most.
 local EVICTIONS_KEPT = 10000
 -- How often a node polls for an answer another node is fetching.
@@ -117,8 +118,10 @@ function _M.new(decoded)
     prefix = given(r.prefix) or "mcp_oauth2",
     -- The lock's lifetime and how long a node waits for another's call: `timeout` (ms).
     lock_ms = math_max(1, floor(timeout)),
-    -- Down until the watcher's first round connects: requests never wait for it.
-    down = true,
+    -- Up until an exchange fails: a validator built in a request (the Kong plugin, after
+    -- a configuration change) shares answers from its first request; one that fails marks
+    -- Redis down, and requests skip it until the watcher reconnects.
+    down = false,
     started = false,
     seen = 0,
     own = {},
@@ -164,8 +167,9 @@ local function describe(err)
 end
 _M.describe = describe
 
-local function set_timeouts(red, c, s, r)
-  if red.set_timeouts then
+local function set_timeouts(redis, red, c, s, r)
+  -- rawget: resty.redis makes any other name a Redis command (it would send SET_TIMEOUTS).
+  if rawget(redis, "set_timeouts") then
     return red:set_timeouts(c, s, r)
   end
   -- resty.redis before 0.28 (Debian's lua-nginx-redis 0.27) has set_timeout only.
@@ -183,7 +187,7 @@ local function connect(self)
   if not red then
     return nil, err
   end
-  set_timeouts(red, self.connect_timeout, self.send_timeout, self.read_timeout)
+  set_timeouts(self.redis, red, self.connect_timeout, self.send_timeout, self.read_timeout)
   local ok
   ok, err = red:connect(self.host, self.port, { pool = self.pool, pool_size = self.pool_size, backlog = self.backlog })
   if not ok then
@@ -236,9 +240,9 @@ end
 -- Runs f(red) on a pooled connection: its results, or nil after a failure (counted,
 -- Redis marked down). f returns nil/false, err on failure.
 local function with(self, what, f, ...)
-  local red, err = connect(self)
-  if not red then
-    self:fail(what, err)
+  local okc, red, err = pcall(connect, self)
+  if not okc or not red then
+    self:fail(what, okc and err or red)
     return nil
   end
   local ok, a, b = pcall(f, red, ...)
@@ -466,8 +470,14 @@ end
 --- evicted since the last round, and true when Redis just came back.
 function _M.watch(self)
   local was_down = self.down
+  if was_down and self.retry_at and ngx_now() < self.retry_at then
+    return {}, false
+  end
   local got = with(self, "eviction log", watch_cmd, self, self.started, self.seen)
   if not got then
+    -- nginx logs every failed cosocket connect itself (lua_socket_log_errors): while Redis
+    -- is down, one attempt a second.
+    self.retry_at = ngx_now() + _M.RETRY_EVERY
     return {}, false
   end
   local entries, current = got[1], got[2]
