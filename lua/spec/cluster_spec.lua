@@ -210,6 +210,21 @@ describe("cluster cache (resty.redis stand-in)", function()
     assert.is_true(b.cluster.counts.evictions_read >= 1)
   end)
 
+  it("evict in a phase without cosockets (log, body filter) publishes from a timer", function()
+    local a = node("node_a5")
+    assert.is_true(allowed(access(a, "tok-5")))
+    local before = tonumber(server.data["mcp_oauth2:evictions:seq"] or "0")
+    ngx.get_phase = function() return "log" end
+    local n = #mock.timers
+    local r = mock.request(function() return a:evict("tok-5") end)
+    mock.step(r)
+    ngx.get_phase = nil
+    assert.equal(before, tonumber(server.data["mcp_oauth2:evictions:seq"] or "0"), "not from the log phase")
+    assert.equal(n + 1, #mock.timers)
+    mock.timers[#mock.timers]()
+    assert.equal(before + 1, tonumber(server.data["mcp_oauth2:evictions:seq"]))
+  end)
+
   it("Redis down: requests served by the AS, counted, one warning naming cluster_cache_redis; back at the next round", function()
     local a = node("node_a3", nil, "10.0.0.7")
     server.down = true
