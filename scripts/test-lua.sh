@@ -18,7 +18,7 @@ cleanup() {
   if [ -f "$RUN/doc/logs/nginx.pid" ]; then kill "$(cat "$RUN/doc/logs/nginx.pid")" 2>/dev/null || true; fi
   if [ -f "$RUN/one/logs/nginx.pid" ]; then kill "$(cat "$RUN/one/logs/nginx.pid")" 2>/dev/null || true; fi
   # The cluster-cache test's nodes and Redis (it stops them itself unless it died).
-  for f in "$RUN"/cluster/*/logs/nginx.pid "$RUN/cluster/redis.pid"; do
+  for f in "$RUN"/cluster/*/logs/nginx.pid "$RUN/cluster/redis.pid" "$RUN/cluster/redis-tls.pid"; do
     if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi
   done
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
