@@ -319,6 +319,22 @@ test('the Kong handler on three nodes shares answers through the same Redis (ACL
   assert.equal(await introspections(), 1);
 });
 
+test('the Kong schema (stand-in Admin API) accepts the cluster fields (a vault reference for the password) and refuses what the core refuses', async () => {
+  const post = (config) => request(nodes[0].url, '/kong-admin/plugins', {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'ai-mcp-oauth2', config: { resource: KONG_RESOURCE, authorization_servers: [asUrl],
+      introspection_endpoint: `${asUrl}/token/introspection`, client_id: 'gateway', client_secret: 'gateway-secret', ...config } }),
+  });
+  const ok = await post({ cluster_cache_strategy: 'redis', cluster_cache_redis: { host: '10.0.0.5', password: '{vault://env/redis}' } });
+  assert.equal(ok.status, 201, ok.body);
+  const stored = JSON.parse(ok.body).config.cluster_cache_redis;
+  assert.equal(stored.port, 6379);
+  assert.equal(stored.keepalive_pool_size, 256);
+  const bad = await post({ cluster_cache_strategy: 'redis', cluster_cache_redis: { connect_timeout: 0 } });
+  assert.equal(bad.status, 400);
+  assert.match(JSON.parse(bad.body).message, /cluster_cache_redis\.connect_timeout: must be at least 1 ms/);
+});
+
 test('Redis over TLS with ssl_verify (lua_ssl_trusted_certificate): 3 × 10 concurrent → 1 introspection', async () => {
   const t = await token();
   await asPost('/__test/reset');
