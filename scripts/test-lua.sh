@@ -199,7 +199,8 @@ ONE_URL="http://127.0.0.1:$ONE_PORT" ONE_PREFIX="$RUN/one" DOC_URL="http://127.0
   NGINX_PREFIX="$RUN" timeout 500 node --test --test-concurrency=1 tests/nginx/e2e.test.mjs tests/nginx/client-auth.test.mjs
 
 # 6. The cluster cache (issue 14): three nginx nodes on one real redis-server, all started
-#    (and stopped) by the test itself, with an AS of its own.
+#    (and stopped) by the test itself, with an AS of its own. With DEMO_PROXY_BIN set to a
+#    demo_proxy built with the cluster cache, a demo-proxy node joins them (one more test).
 command -v redis-server >/dev/null || { echo "redis-server is not installed (scripts/install.sh)"; exit 1; }
 mkdir -p "$RUN/cluster"
 chmod a+rwx "$RUN/cluster"

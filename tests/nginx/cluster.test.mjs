@@ -14,6 +14,9 @@ import { spawn, execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 
 const { CLUSTER_DIR, LUA_DIR, TESTS_DIR, UPSTREAM_URL, AS_SCRIPT } = process.env;
+// Optional: a demo-proxy binary built with the cluster cache (the library's own Redis
+// client, src/cluster.rs): then one more test mixes it with the nginx nodes on one Redis.
+const { DEMO_PROXY_BIN } = process.env;
 for (const [k, v] of Object.entries({ CLUSTER_DIR, LUA_DIR, TESTS_DIR, UPSTREAM_URL, AS_SCRIPT })) {
   if (!v) throw new Error(`${k} is required`);
 }
@@ -176,7 +179,9 @@ before(async () => {
   await waitFor(allUp, 5000, 'the nodes did not connect to Redis');
 });
 
+let demoProc;
 after(async () => {
+  demoProc?.kill('SIGTERM');
   for (const n of nodes) {
     try { process.kill(Number(readFileSync(`${n.prefix}/logs/nginx.pid`, 'utf8').trim()), 'SIGTERM'); } catch { /* gone */ }
   }
@@ -361,6 +366,70 @@ test('a wrong Redis password: requests served, a warning naming cluster_cache_re
   // Once a minute per worker: at most one per worker so far (2 workers).
   assert.ok(warnings.filter((l) => l.includes('authentication failed')).length <= 2, warnings.join('\n'));
   for (const n of nodes) assert.ok(!errorLog(n).includes(REDIS_PASSWORD), 'the password never reaches the log');
+});
+
+test('a demo-proxy node (the library\'s Redis client) and the nginx nodes share one Redis', { skip: !DEMO_PROXY_BIN && 'DEMO_PROXY_BIN not set' }, async (ctx) => {
+  // The same configuration as the nginx nodes' /mcp handler; Redis named its own way.
+  const port = await freePort();
+  const config = {
+    resource: RESOURCE, authorization_servers: [asUrl], introspection_endpoint: `${asUrl}/token/introspection`,
+    client_id: 'gateway', client_secret: 'gateway-secret', claim_to_header: [{ claim: 'client_id', header: 'X-Client-Id' }],
+    cluster_cache_strategy: 'redis',
+    cluster_cache_redis: { host: '127.0.0.1', port: redisPort, password: REDIS_PASSWORD, database: 2 },
+  };
+  writeFileSync(`${CLUSTER_DIR}/demo.json`, JSON.stringify(config));
+  demoProc = spawn(DEMO_PROXY_BIN, ['--config', `${CLUSTER_DIR}/demo.json`, '--upstream', UPSTREAM_URL,
+    '--listen', `127.0.0.1:${port}`, '--admin-evict'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let demoLog = '';
+  demoProc.stderr.on('data', (c) => { demoLog += c; });
+  const demo = `http://127.0.0.1:${port}`;
+  await waitFor(async () => { try { return (await request(demo, '/mcp')).status === 401; } catch { return false; } }, 10_000, 'demo proxy did not start');
+  await sleep(500); // its watcher connects within 250 ms
+
+  // nginx fetches, the demo proxy replays; and the other way round.
+  for (const [first, second] of [[nodes[0].url, demo], [demo, nodes[1].url]]) {
+    const t = await token();
+    const before = await introspections();
+    assert.equal((await request(first, '/mcp', { headers: bearer(t) })).status, 200);
+    assert.equal((await request(second, '/mcp', { headers: bearer(t) })).status, 200);
+    assert.equal(await introspections(), before + 1, `one introspection: ${first} then ${second}`);
+  }
+  // Evict on the demo proxy: the nginx nodes drop their copies of the revoked token.
+  const t = await token();
+  for (const n of [demo, ...nodes.map((x) => x.url)]) assert.equal((await request(n, '/mcp', { headers: bearer(t) })).status, 200);
+  await fetch(`${asUrl}/token/revocation`, {
+    method: 'POST',
+    headers: { authorization: `Basic ${Buffer.from('gateway:gateway-secret').toString('base64')}`, 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ token: t }),
+  });
+  const started = Date.now();
+  const ev = await fetch(`${demo}/_mcp_oauth2/evict`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: t }) });
+  assert.equal(ev.status, 200, await ev.text());
+  let refused;
+  while (Date.now() - started < 3000 && refused === undefined) {
+    const rs = await Promise.all(nodes.flatMap((n) => Array.from({ length: 4 }, () => request(n.url, '/mcp', { headers: bearer(t) }))));
+    if (rs.every((r) => r.status === 401)) refused = Date.now() - started;
+    else await sleep(50);
+  }
+  ctx.diagnostic(`nginx nodes refused the token evicted on the demo proxy after ${refused} ms`);
+  assert.ok(refused !== undefined && refused <= 1000, String(refused));
+  // And evict on nginx: the demo proxy drops its copy.
+  const t2 = await token();
+  for (const n of [demo, nodes[0].url]) assert.equal((await request(n, '/mcp', { headers: bearer(t2) })).status, 200);
+  await fetch(`${asUrl}/token/revocation`, {
+    method: 'POST',
+    headers: { authorization: `Basic ${Buffer.from('gateway:gateway-secret').toString('base64')}`, 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ token: t2 }),
+  });
+  const ev2 = await request(nodes[0].url, '/_mcp_oauth2_evict', {
+    method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: `token=${encodeURIComponent(t2)}`,
+  });
+  assert.equal(ev2.status, 200);
+  await sleep(600);
+  assert.equal((await request(demo, '/mcp', { headers: bearer(t2) })).status, 401, 'the demo proxy dropped its copy');
+  assert.ok(!demoLog.includes(REDIS_PASSWORD));
+  demoProc.kill('SIGTERM');
+  demoProc = undefined;
 });
 
 test('redis-server killed mid-run: every valid request served, the cache used again once it is back', async (ctx) => {
