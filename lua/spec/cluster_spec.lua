@@ -275,6 +275,9 @@ describe("cluster cache (resty.redis stand-in)", function()
     assert.equal("Redis requires a password (set cluster_cache_redis.password)", cluster_cache.describe("NOAUTH Authentication required."))
     assert.equal("error WRONGTYPE", cluster_cache.describe("WRONGTYPE Operation against a key holding the wrong kind of value tok"))
     assert.equal("timed out", cluster_cache.describe("timeout"))
+    assert.equal("TLS failed: 18: self-signed certificate",
+      cluster_cache.describe("TLS handshake failed: 18: self-signed certificate"))
+    assert.equal("connection failed: connection refused", cluster_cache.describe("connection refused"))
   end)
 
   it("check() and new() refuse cluster_cache_strategy: redis when resty.redis cannot be loaded", function()

@@ -149,6 +149,9 @@ local function describe(err)
   if err == "timeout" or str_find(err, "timed out", 1, true) then
     return "timed out"
   end
+  if str_find(err, "handshake", 1, true) or str_find(err, "certificate", 1, true) then
+    return "TLS failed: " .. (str_match(err, "^TLS handshake failed: (.*)$") or err)
+  end
   local code = str_match(err, "^(%u+) ")
   if code == "WRONGPASS" or (code == "ERR" and str_find(err, "AUTH", 1, true)) then
     return "authentication failed (check cluster_cache_redis.username and password)"
@@ -158,9 +161,6 @@ local function describe(err)
     return "permission denied (check the ACL of cluster_cache_redis.username)"
   elseif code then
     return "error " .. code
-  end
-  if str_find(err, "handshake", 1, true) or str_find(err, "certificate", 1, true) then
-    return "TLS failed: " .. err
   end
   -- A socket error from nginx ("connection refused", "closed", "no resolver defined ...").
   return "connection failed: " .. err
