@@ -6,7 +6,6 @@
 -- nginx run in tests/nginx/cluster.test.mjs.
 local mock = require("spec.ngx_mock")
 local ngx = mock.install()
-ngx.crc32_long = ngx.crc32_long or function(s) return #s end
 local cjson = require("cjson")
 
 -- ---------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ local null = ngx.null
 
 local _M = {}
 local mt = { __index = _M }
+local pool_seq = 0
 
 -- How often the watcher reads the eviction log, and tries to reconnect while Redis is down.
 _M.WATCH_EVERY = 0.25
@@ -132,10 +133,10 @@ function _M.new(decoded)
     -- Diagnostics (tests): look-ups by outcome, failed exchanges.
     counts = { hits = 0, misses = 0, leads = 0, waits = 0, errors = 0, evictions_read = 0 },
   }
-  -- Connections differ by credentials, database and TLS: each combination its own pool
-  -- (the password only as a checksum).
-  self.pool = "mcp_oauth2:" .. host .. ":" .. port .. ":" .. database .. ":" .. tostring(username or "")
-    .. ":" .. (password and ngx.crc32_long(password) or "") .. ":" .. (ssl and (ssl_verify and "tls+v" or "tls") or "tcp")
+  -- Pooled connections are authenticated, SELECTed and maybe TLS: each cluster cache object
+  -- has its own pool (nothing of the password in its name: nginx logs pool names at debug).
+  pool_seq = pool_seq + 1
+  self.pool = "mcp_oauth2:cluster:" .. pool_seq .. ":" .. host .. ":" .. port .. ":" .. database
   self.address = host .. ":" .. port
   -- The longest one Redis exchange may take (s).
   self.io_wait = (self.connect_timeout + self.send_timeout + self.read_timeout) / 1000
