@@ -290,8 +290,21 @@ describe("cluster cache (resty.redis stand-in)", function()
     local auth, nerr = mcp.new(conf(), { shm = false, http = as_http })
     assert.is_nil(auth)
     assert.equal(err, nerr)
+    -- The Kong schema's custom_validator runs check(): the Admin API refuses it too.
+    require("kong_standin")
+    local schema = require("kong.plugins.mcp-oauth2.schema")
+    local record
+    for _, f in ipairs(schema.fields) do
+      if f.config then record = f.config end
+    end
+    local kong_conf = conf()
+    kong_conf.cluster_cache_redis = { host = "10.0.0.5", password = "{vault://env/redis-password}" }
+    local sok, serr = record.custom_validator(kong_conf)
+    assert.is_nil(sok)
+    assert.equal(err, serr)
     package.preload["resty.redis"], package.preload["nginx.redis"] = nil, nil
     package.loaded["resty.redis"] = fake
     assert.is_true(mcp.check(conf()))
+    assert.is_true(record.custom_validator(kong_conf))
   end)
 end)
