@@ -4,6 +4,8 @@
 //!   blocking driver (target: median ≤ 1 µs). Baselines in the same run: `sha256_1kb`
 //!   (hashing the token, the irreducible part of a lookup) and `request_build` (what the
 //!   host does anyway).
+//! - paired: a request whose exchanged token (RFC 8693) is cached against a plain cache-hit
+//!   decision of the same token (target: ≤ 1.3×).
 //! - `cold/authorize`: a decision that introspects against a local mock AS over HTTP
 //!   (cache off), against `cold/raw_post`, the same HTTP call made directly with ureq.
 
@@ -11,7 +13,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use mcp_oauth2::{HttpRequest, HttpResponse, Request, Step, TransportError, UreqTransport, Validator};
+use mcp_oauth2::{HttpRequest, HttpResponse, Purpose, Request, Step, TransportError, UreqTransport, Validator};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -89,6 +91,48 @@ fn cache_hit(c: &mut Criterion) {
         black_box(Sha256::digest(black_box(token.as_bytes())));
         true
     });
+}
+
+/// A request whose exchanged token is cached (validated token and exchanged token both
+/// cache hits; the decision carries the upstream `Authorization`) against a plain cache-hit
+/// decision of the same token by a validator without exchange, in alternating batches.
+fn exchange_hit(_: &mut Criterion) {
+    let plain = Validator::from_json(&config("http://127.0.0.1:9/introspect", true).to_string()).unwrap();
+    let mut exchanging = config("http://127.0.0.1:9/introspect", true);
+    exchanging["passthrough_credentials"] = json!(true);
+    exchanging["token_exchange"] = json!({"enabled": true, "token_endpoint": "http://127.0.0.1:9/token",
+                                          "client_id": "gateway-ex", "client_secret": "gateway-ex-secret"});
+    let exchanging = Validator::from_json(&exchanging.to_string()).unwrap();
+    let introspection = introspection_body();
+    let exchanged =
+        json!({"access_token": "z".repeat(900), "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                           "token_type": "Bearer", "expires_in": 3600})
+        .to_string();
+    let as_server = move |r: &HttpRequest| -> Result<HttpResponse, TransportError> {
+        let body = if r.purpose == Purpose::TokenExchange { exchanged.clone() } else { introspection.clone() };
+        Ok(HttpResponse::new(200, "application/json", body))
+    };
+    let auth = format!("Bearer {}", "x".repeat(1024));
+    let req = Request::new("POST", "/mcp")
+        .header("Host", "127.0.0.1:8080")
+        .header("Content-Type", "application/json")
+        .header("Authorization", &auth);
+    assert!(plain.authorize(&req, &as_server).is_forward());
+    let warm = exchanging.authorize(&req, &as_server);
+    assert!(warm.as_forward().and_then(|f| f.upstream_authorization()).is_some());
+    let now = SystemTime::now();
+    let hit = |v: &Validator, exchanged: bool| match v.begin(black_box(&req), now) {
+        Step::Done(d) => black_box(d.as_forward().is_some_and(|f| f.upstream_authorization().is_some() == exchanged)),
+        _ => false,
+    };
+    paired_ratio(
+        "cached exchanged token (begin)",
+        || hit(&exchanging, true),
+        "plain cache-hit decision (begin)",
+        201,
+        2_000,
+        || hit(&plain, false),
+    );
 }
 
 /// Prints the median ratio of `a` to `b` over `rounds` alternating batches of `batch`
@@ -178,5 +222,5 @@ fn cold(c: &mut Criterion) {
     paired_ratio("cold decision (authorize, UreqTransport)", decide, "raw POST (ureq)", 41, 50, raw);
 }
 
-criterion_group!(benches, cache_hit, cold);
+criterion_group!(benches, cache_hit, exchange_hit, cold);
 criterion_main!(benches);

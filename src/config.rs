@@ -9,13 +9,13 @@
 //! them); every error names the field path.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
-use ipnet::IpNet;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
+use crate::addresses::{parse_cidr, NoProxy};
+use crate::client_keys;
 use crate::token::Secret;
 use crate::Error;
 
@@ -1195,7 +1195,7 @@ impl Config {
             }
         }
         if let Some(list) = &self.no_proxy {
-            crate::outbound::NoProxy::parse(list)?;
+            NoProxy::parse(list)?;
         }
         Ok(())
     }
@@ -1351,8 +1351,19 @@ impl Config {
     /// The keys and certificates of the client authentication, parsed as they will be used
     /// (so that a key that does not fit `client_alg` is a configuration error, not a 503).
     fn validate_client_keys(&self) -> Result<(), Error> {
-        let endpoint = self.introspection_endpoint.as_deref().unwrap_or_default();
-        crate::client_auth::ClientAuthenticator::new(self, endpoint).map(drop)
+        let secret = || self.client_secret.as_ref().map_or("", |s| s.expose());
+        match self.effective_client_auth() {
+            ClientAuth::ClientSecretJwt => client_keys::hmac_signer(self.client_alg.as_deref(), secret()).map(drop),
+            ClientAuth::PrivateKeyJwt => {
+                let jwk = self.client_jwk.as_ref().map_or("", |j| j.0.expose());
+                client_keys::private_key_signer(jwk, self.client_alg.as_deref()).map(drop)
+            }
+            ClientAuth::TlsClientAuth | ClientAuth::SelfSignedTlsClientAuth => client_keys::check_certificate_and_key(
+                self.tls_client_auth_cert.as_deref().unwrap_or_default(),
+                self.tls_client_auth_key.as_ref().map_or("", |k| k.expose()),
+            ),
+            ClientAuth::None | ClientAuth::ClientSecretBasic | ClientAuth::ClientSecretPost => Ok(()),
+        }
     }
 
     /// `client_alg` must suit the client authentication method.
@@ -1719,10 +1730,6 @@ pub(crate) fn is_header_name(name: &str) -> bool {
                         | b'~'
                 )
         })
-}
-
-pub(crate) fn parse_cidr(s: &str) -> Option<IpNet> {
-    s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 fn is_origin(o: &str) -> bool {

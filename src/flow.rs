@@ -22,8 +22,8 @@ use crate::decision::{Decision, Exchanged, Forward};
 use crate::exchange::{Actor, Exchanger};
 use crate::flight::{Flight, Flights, Joined, Lead};
 use crate::introspect::Introspector;
-use crate::jwt::{JwtStep, LocalJwt};
-use crate::method::{HttpResult, MethodState, Progress, TokenValidation};
+use crate::jwt::LocalJwt;
+use crate::method::{HttpResult, JwtStep, MethodState, Progress, TokenValidation};
 use crate::metrics::{CacheKind, Eviction, Metrics};
 use crate::policy::{Admission, Ctx, Outcome, Policy};
 use crate::request::{HttpRequest, Purpose, Request, TransportError, TransportErrorKind};
@@ -572,10 +572,10 @@ impl Pending {
     /// request and [`Pending::resume`]; when this node leads the cluster-wide call, resume
     /// shares the answer with the other nodes.
     ///
-    /// [`Validator::authorize`] does this itself. Async hosts run it off their event loop
+    /// [`Validator::authorize`](crate::Validator::authorize) does this itself. Async hosts run it off their event loop
     /// (e.g. `spawn_blocking`); hosts that run their own Redis client (the nginx module,
     /// through `resty.redis`) use [`Pending::cache_key`], [`Pending::resume_cached`] and
-    /// [`Validator::cache_ttl`] per docs/cluster-cache.md instead.
+    /// [`Validator::cache_ttl`](crate::Validator::cache_ttl) per docs/cluster-cache.md instead.
     #[allow(clippy::result_large_err)]
     pub fn try_cluster(self, now: SystemTime) -> Result<Step, Pending> {
         #[cfg(feature = "redis")]
@@ -617,7 +617,7 @@ impl Pending {
     /// A key for the response this step waits for, as 64 hex digits (a SHA-256 digest
     /// over the configuration's identity and what identifies the response; never the
     /// token). Hosts with a cache shared across processes (nginx workers) store and replay
-    /// authorization-server responses under it, for [`Validator::cache_ttl`]:
+    /// authorization-server responses under it, for [`Validator::cache_ttl`](crate::Validator::cache_ttl):
     /// - introspection: the token (one response per token);
     /// - token exchange: the client token and the actor token;
     /// - discovery and key sets: the URL, so every token shares one document;
@@ -628,7 +628,7 @@ impl Pending {
     }
 
     /// True when the response is about this token alone (introspection, token exchange):
-    /// a shared cache keeps it for [`Validator::cache_ttl`]. Other responses (metadata, key
+    /// a shared cache keeps it for [`Validator::cache_ttl`](crate::Validator::cache_ttl). Other responses (metadata, key
     /// sets) are documents the validator keeps for their own configured lifetimes.
     pub fn is_token_response(&self) -> bool {
         matches!(self.step.stage, Stage::Validate { state: MethodState::Introspect, .. } | Stage::Exchange(_))

@@ -28,7 +28,7 @@ use crate::config::AccessTokenType;
 use crate::decision::Reason;
 use crate::discovery::{self, AsMetadata, Candidate, Fetched};
 use crate::jwks::{read_jwks, KeySet, Selected};
-use crate::method::{HttpResult, MethodState, Progress, TokenValidation};
+use crate::method::{HttpResult, JwtStep, MethodState, Progress, TokenValidation};
 use crate::outbound::Outbound;
 use crate::policy::Outcome;
 use crate::request::{HttpRequest, Purpose};
@@ -57,19 +57,6 @@ struct CachedKeys {
 pub(crate) struct JoseHeader {
     pub(crate) alg: Algorithm,
     pub(crate) kid: Option<String>,
-}
-
-/// What a pending fetch is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum JwtStep {
-    /// Metadata candidate `candidate` (of the one authorization server bound to the
-    /// token's issuer), attempt `attempt` (from 1); `transient` is the last transient
-    /// failure seen for that server.
-    Discover { candidate: usize, attempt: u32, transient: Option<Cow<'static, str>> },
-    /// The key set at `url` (cache miss or expiry), for key slot `slot`.
-    FetchKeys { slot: usize, url: String },
-    /// The key set at `url` again, because the token's `kid` is not in the cached set.
-    RefetchKeys { slot: usize, url: String },
 }
 
 /// What kind of JWT a [`LocalJwt`] verifies.

@@ -59,9 +59,11 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod addresses;
 mod cache;
 mod claims;
 mod client_auth;
+mod client_keys;
 mod clock;
 #[cfg(feature = "redis")]
 mod cluster;

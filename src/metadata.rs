@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::json;
 
-use crate::config::parse_cidr;
+use crate::addresses::parse_cidr;
 use crate::request::Request;
 use crate::Config;
 

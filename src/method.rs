@@ -2,10 +2,11 @@
 //! then resume with each HTTP response it asked for, until it yields claims or an outcome.
 //! The validator is a small begin/resume machine over it.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use crate::clock::UnixMs;
-use crate::jwt::JwtStep;
 use crate::policy::Outcome;
 use crate::request::{HttpRequest, HttpResponse, TransportError};
 use crate::token::Secret;
@@ -45,6 +46,20 @@ pub(crate) struct IntrospectKeys {
     pub(crate) response: Secret,
     /// What is being fetched.
     pub(crate) step: JwtStep,
+}
+
+/// What a pending local-JWT fetch is for (the JWT method's state, also used to verify
+/// signed introspection answers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum JwtStep {
+    /// Metadata candidate `candidate` (of the one authorization server bound to the
+    /// token's issuer), attempt `attempt` (from 1); `transient` is the last transient
+    /// failure seen for that server.
+    Discover { candidate: usize, attempt: u32, transient: Option<Cow<'static, str>> },
+    /// The key set at `url` (cache miss or expiry), for key slot `slot`.
+    FetchKeys { slot: usize, url: String },
+    /// The key set at `url` again, because the token's `kid` is not in the cached set.
+    RefetchKeys { slot: usize, url: String },
 }
 
 /// A way to validate a token.

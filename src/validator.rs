@@ -84,7 +84,7 @@ impl Validator {
 
     /// [`Validator::authorize`] with the host's clock, read at every step. With
     /// `cluster_cache_strategy: redis`, answers about tokens go through the cluster cache
-    /// ([`Pending::try_cluster`]).
+    /// ([`Pending::try_cluster`](crate::Pending::try_cluster)).
     pub fn authorize_at<T, C>(&self, req: &Request<'_>, transport: &T, clock: C) -> Decision
     where
         T: Transport + ?Sized,
@@ -142,14 +142,14 @@ impl Validator {
         self.shared.evict(&key, true)
     }
 
-    /// The cache key of a token (64 hex digits, as [`Pending::cache_key`] of its
+    /// The cache key of a token (64 hex digits, as [`Pending::cache_key`](crate::Pending::cache_key) of its
     /// introspection): where a host's shared cache keeps its answer (to evict it there too).
     pub fn token_cache_key(&self, token: &str) -> String {
         hex(&self.shared.policy.cache_key(AccessToken(token.as_bytes())))
     }
 
     /// How long a cache shared between processes may keep the answer stored under
-    /// `cache_key` (a [`Pending::cache_key`] of an introspection or exchange step), at
+    /// `cache_key` (a [`Pending::cache_key`](crate::Pending::cache_key) of an introspection or exchange step), at
     /// `now`: what is left of the validator's own entry for it, which never outlives the
     /// first answer's expiry. `None`: not to be kept (not cached, expired, a failure).
     pub fn cache_ttl(&self, cache_key: &str, now: SystemTime) -> Option<Duration> {

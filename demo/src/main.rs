@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use crate::auth_server::{AuthServer, TokenFormat};
 use crate::echo_mcp::EchoMcp;
-use crate::proxy::Proxy;
+use crate::proxy::{Ops, Proxy};
 
 const USAGE: &str = "\
 Usage:
@@ -54,6 +54,14 @@ Demo options (no --config):
   --as-delay-ms MS        slow down every introspection (default 0): other requests
                           through the proxy do not wait for it
 
+Operations endpoints (both modes; answered by the proxy itself, loopback clients only):
+  --metrics-path PATH     the Prometheus metrics (default /metrics)
+  --no-metrics            no metrics endpoint (the path is proxied like any other)
+  --admin-evict           enable POST /_mcp_oauth2/evict with {\"token\": \"...\"} or
+                          {\"cache_key\": \"<64 hex>\"}: drops the token's cached answer
+                          (on every node with the cluster cache); off by default
+  --ops-allow-remote      serve them to non-loopback clients too (default: 403)
+
 Port 0 picks a free port; the banner prints the real ones. Ctrl-C stops everything.
 ";
 
@@ -71,6 +79,7 @@ struct Args {
     as_delay_ms: u64,
     jwt: bool,
     check: bool,
+    ops: Ops,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -86,6 +95,7 @@ fn parse_args() -> Result<Args, String> {
         as_delay_ms: 0,
         jwt: false,
         check: false,
+        ops: Ops::default(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -110,6 +120,16 @@ fn parse_args() -> Result<Args, String> {
                 args.as_delay_ms = value()?.parse().map_err(|_| "--as-delay-ms: a number of milliseconds")?
             }
             "--check" => args.check = true,
+            "--metrics-path" => {
+                let path = value()?;
+                if !path.starts_with('/') || path.contains(['?', '#']) || path.chars().any(char::is_whitespace) {
+                    return Err(format!("--metrics-path: a path like /metrics, not {path:?}"));
+                }
+                args.ops.metrics_path = Some(path);
+            }
+            "--no-metrics" => args.ops.metrics_path = None,
+            "--admin-evict" => args.ops.admin_evict = true,
+            "--ops-allow-remote" => args.ops.allow_remote = true,
             "--jwt" => args.jwt = true,
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -218,6 +238,9 @@ async fn real_mode(args: &Args, path: &str) -> Result<(), Failure> {
     for w in &found.warnings {
         eprintln!("demo_proxy: warning: {w}");
     }
+    for w in validator.warnings() {
+        eprintln!("demo_proxy: warning: {w}");
+    }
     let config = validator.config();
     if !config.ssl_verify {
         eprintln!("demo_proxy: warning: ssl_verify is false: authorization-server certificates are not verified");
@@ -233,15 +256,17 @@ async fn real_mode(args: &Args, path: &str) -> Result<(), Failure> {
         println!("  metadata path          {}", config.effective_metadata_endpoint());
         println!("  introspection          {}", config.introspection_endpoint.as_deref().unwrap_or("-"));
         println!("  client_auth            {}", config.effective_client_auth().as_str());
+        println!("  cluster cache          {}", cluster_summary(config));
         return Ok(());
     }
     let upstream = args.upstream.as_deref().expect("checked by parse_args");
-    let proxy = Proxy::new(validator.clone(), upstream).map_err(Failure::Config)?;
+    let proxy = Proxy::new(validator.clone(), upstream, args.ops.clone()).map_err(Failure::Config)?;
     let listener = serve::bind(args.listen, "proxy", "--listen").await.map_err(Failure::Runtime)?;
     let addr = listener.local_addr().map_err(|e| Failure::Runtime(e.to_string()))?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let proxy = Arc::new(proxy);
+    proxy.watch_cluster();
     let server = tokio::spawn(serve::serve(
         listener,
         Arc::new(move |req, peer| Arc::clone(&proxy).handle(req, peer)),
@@ -253,6 +278,8 @@ async fn real_mode(args: &Args, path: &str) -> Result<(), Failure> {
     println!("  upstream           {upstream}");
     println!("  resource           {}", config.resource);
     println!("  metadata path      {}", config.effective_metadata_endpoint());
+    println!("  cluster cache      {}", cluster_summary(config));
+    println!("  operations         {}", ops_summary(&args.ops));
     println!("Ctrl-C stops it.");
     signals.wait().await;
     let _ = stop_tx.send(true);
@@ -298,7 +325,8 @@ async fn demo_mode(args: &Args) -> Result<(), Failure> {
     let config = Config::from_value(config).map_err(|e| Failure::Config(e.to_string()))?;
     let metadata_path = config.effective_metadata_endpoint();
     let validator = Validator::new(config).map_err(|e| Failure::Config(e.to_string()))?;
-    let proxy = Arc::new(Proxy::new(validator, &format!("http://{up_addr}")).map_err(Failure::Config)?);
+    let proxy =
+        Arc::new(Proxy::new(validator, &format!("http://{up_addr}"), args.ops.clone()).map_err(Failure::Config)?);
     let auth = AuthServer::new(issuer.clone(), format, args.token_ttl, Duration::from_millis(args.as_delay_ms))
         .map_err(Failure::Runtime)?;
     let auth = Arc::new(auth);
@@ -335,6 +363,38 @@ async fn demo_mode(args: &Args) -> Result<(), Failure> {
     }
     serve::log_line(format!("{} demo_proxy stopped", serve::timestamp()));
     Ok(())
+}
+
+/// The banner's cluster-cache line (never the password).
+fn cluster_summary(config: &Config) -> String {
+    use mcp_oauth2::config::ClusterCacheStrategy;
+    if config.cluster_cache_strategy == ClusterCacheStrategy::Off {
+        return "off".to_owned();
+    }
+    let r = &config.cluster_cache_redis;
+    format!(
+        "redis at {}:{} (database {}, prefix {}{})",
+        r.host,
+        r.port,
+        r.database,
+        r.prefix,
+        if r.ssl { ", TLS" } else { "" }
+    )
+}
+
+/// The banner's operations line.
+fn ops_summary(ops: &Ops) -> String {
+    let mut parts = Vec::new();
+    if let Some(p) = &ops.metrics_path {
+        parts.push(format!("GET {p}"));
+    }
+    if ops.admin_evict {
+        parts.push(format!("POST {}", proxy::EVICT_PATH));
+    }
+    if parts.is_empty() {
+        return "none".to_owned();
+    }
+    format!("{} ({})", parts.join(", "), if ops.allow_remote { "any client" } else { "loopback clients only" })
 }
 
 /// The banner of the embedded demo: each command is one line, ready to paste into a shell.

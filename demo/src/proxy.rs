@@ -7,10 +7,19 @@
 //! request to perform (`Step::Need`, done with the async [`AsClient`], then
 //! `Pending::resume`) or, when another request already asks about the same token, a
 //! ticket to wait on (`Step::Wait`). No thread ever blocks on an AS call.
+//!
+//! With the cluster cache (`cluster_cache_strategy: redis`), a leading introspection or
+//! exchange step first asks Redis (`Pending::try_cluster`, the library's blocking client)
+//! on tokio's blocking pool, never on the event loop; Redis's warnings are logged at
+//! `warn` (see [`Proxy::watch_cluster`]).
+//!
+//! Two operations endpoints answer before the validator (loopback peers only, unless
+//! `--ops-allow-remote`): `GET /metrics` (the validator's Prometheus text) and, with
+//! `--admin-evict`, `POST /_mcp_oauth2/evict` (see [`Ops`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -22,10 +31,11 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use mcp_oauth2::config::ClusterCacheStrategy;
 use mcp_oauth2::{Decision, Step, Validator};
 
 use crate::as_client::{self, AsClient};
-use crate::serve::{full, json, Body, BoxError, RequestLog};
+use crate::serve::{full, json, log_line, timestamp, Body, BoxError, RequestLog};
 use crate::stream::Guarded;
 
 type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
@@ -47,7 +57,40 @@ pub struct Proxy {
     /// The names of `Policy::remove_headers` and `Policy::claim_headers`, parsed once.
     remove_names: Vec<HeaderName>,
     claim_names: Vec<HeaderName>,
+    /// `cluster_cache_strategy: redis`: leading steps ask Redis first.
+    cluster: bool,
+    ops: Ops,
 }
+
+/// The operations endpoints, answered by the proxy itself before any validation.
+#[derive(Debug, Clone)]
+pub struct Ops {
+    /// `GET <path>`: the validator's metrics in the Prometheus text format (`None`: off,
+    /// the path is an ordinary protected path).
+    pub metrics_path: Option<String>,
+    /// `POST /_mcp_oauth2/evict` (`--admin-evict`; off by default: the path is then an
+    /// ordinary protected path).
+    pub admin_evict: bool,
+    /// Serve them to any peer (`--ops-allow-remote`); by default only to loopback peers,
+    /// others get `403`.
+    pub allow_remote: bool,
+}
+
+impl Default for Ops {
+    fn default() -> Self {
+        Ops { metrics_path: Some(METRICS_PATH.to_owned()), admin_evict: false, allow_remote: false }
+    }
+}
+
+/// The default path of the metrics endpoint.
+pub const METRICS_PATH: &str = "/metrics";
+/// The path of the admin evict endpoint.
+pub const EVICT_PATH: &str = "/_mcp_oauth2/evict";
+/// The largest body the evict endpoint reads (a token is at most 8 KiB).
+const MAX_EVICT_BODY: usize = 16 * 1024;
+/// How often the cluster cache's warnings are looked for (the library offers one a
+/// minute at most while Redis fails).
+const CLUSTER_WARNING_EVERY: Duration = Duration::from_secs(1);
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus
 /// `Proxy-Authorization`, which is for this hop.
@@ -65,7 +108,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 impl Proxy {
     /// A proxy in front of `upstream` (an `http://` or `https://` URL; its path is a prefix).
-    pub fn new(validator: Validator, upstream: &str) -> Result<Self, String> {
+    pub fn new(validator: Validator, upstream: &str, ops: Ops) -> Result<Self, String> {
         let uri: Uri = upstream.parse().map_err(|_| format!("--upstream: not a URL: {upstream:?}"))?;
         let upstream_scheme = match uri.scheme_str() {
             Some("http") => Scheme::HTTP,
@@ -100,14 +143,40 @@ impl Proxy {
             client,
             remove_names,
             claim_names,
+            cluster: validator.config().cluster_cache_strategy == ClusterCacheStrategy::Redis,
+            ops,
             validator,
         })
+    }
+
+    /// With the cluster cache: a task that logs the library's warning about Redis (at most
+    /// one a minute while it fails: unreachable, refusing the password, too slow) at
+    /// `warn`. The warning names Redis's host and port and what failed, never the password.
+    /// Ends when the proxy is dropped.
+    pub fn watch_cluster(self: &Arc<Self>) {
+        if !self.cluster {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(CLUSTER_WARNING_EVERY);
+            loop {
+                every.tick().await;
+                let Some(proxy) = weak.upgrade() else { return };
+                if let Some(warning) = proxy.validator.cluster_warning(SystemTime::now()) {
+                    log_line(format!("{} proxy warn: {warning}", timestamp()));
+                }
+            }
+        });
     }
 
     /// Handles one client request. Never fails: problems become responses.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let log = RequestLog::start("proxy", peer, &req);
-        let (response, reason, detail) = self.decide_and_forward(req, peer).await;
+        let (response, reason, detail) = match self.operation(&req) {
+            Some(op) => self.operate(op, req, peer).await,
+            None => self.decide_and_forward(req, peer).await,
+        };
         log.finish(response.status().as_u16(), reason, detail.as_deref());
         response
     }
@@ -179,6 +248,16 @@ impl Proxy {
             let doomed: Vec<HeaderName> = headers.keys().filter(|n| forward.must_remove(n.as_str())).cloned().collect();
             for name in doomed {
                 headers.remove(name);
+            }
+        }
+        // token_exchange: the exchanged token replaces the client's (never forwarded).
+        if let Some(authorization) = forward.upstream_authorization() {
+            match HeaderValue::from_str(authorization) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    headers.insert(hyper::header::AUTHORIZATION, v);
+                }
+                Err(_) => return (to_hyper(&mcp_oauth2::Response::internal_error()), "exchanged_token_invalid", None),
             }
         }
         for (name, value) in self.claim_names.iter().zip(forward.claim_header_values()) {
@@ -253,6 +332,102 @@ impl Proxy {
         Ok(Bytes::from(collected))
     }
 
+    /// The operations endpoint a request is for, if any.
+    fn operation(&self, req: &Request<Incoming>) -> Option<Operation> {
+        let path = req.uri().path();
+        if self.ops.metrics_path.as_deref() == Some(path) {
+            Some(Operation::Metrics)
+        } else if self.ops.admin_evict && path == EVICT_PATH {
+            Some(Operation::Evict)
+        } else {
+            None
+        }
+    }
+
+    /// Answers an operations request: loopback peers only (unless `--ops-allow-remote`),
+    /// `GET`/`HEAD` for the metrics, `POST` for evict.
+    async fn operate(
+        &self,
+        op: Operation,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> (Response<Body>, &'static str, Option<String>) {
+        if !self.ops.allow_remote && !peer.ip().to_canonical().is_loopback() {
+            let body = serde_json::json!({"error": "forbidden", "error_description": "Operations endpoints answer loopback clients only"});
+            return (json(StatusCode::FORBIDDEN, &body), "ops_not_loopback", None);
+        }
+        let allowed: &[Method] = match op {
+            Operation::Metrics => &[Method::GET, Method::HEAD],
+            Operation::Evict => &[Method::POST],
+        };
+        if !allowed.contains(req.method()) {
+            let body = serde_json::json!({"error": "method_not_allowed"});
+            let mut response = json(StatusCode::METHOD_NOT_ALLOWED, &body);
+            let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(hyper::header::ALLOW, v);
+            }
+            return (response, "ops_method_not_allowed", None);
+        }
+        match op {
+            Operation::Metrics => {
+                let text = self.validator.metrics().prometheus_text();
+                let mut response = Response::new(full(text));
+                response
+                    .headers_mut()
+                    .insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE));
+                (response, "metrics", None)
+            }
+            Operation::Evict => self.evict(req.into_body()).await,
+        }
+    }
+
+    /// `POST /_mcp_oauth2/evict` with `{"token": "…"}` or `{"cache_key": "<64 hex>"}`
+    /// (`Validator::token_cache_key`): drops the token's cached answer on this node and,
+    /// with the cluster cache, from Redis and on every node (within a second). Answers
+    /// `{"evicted": true|false}` (whether this node had it cached). The token is never
+    /// logged.
+    async fn evict(&self, body: Incoming) -> (Response<Body>, &'static str, Option<String>) {
+        let bad = |description: &str| {
+            let body = serde_json::json!({"error": "invalid_request", "error_description": description});
+            (json(StatusCode::BAD_REQUEST, &body), "evict_invalid_request", None)
+        };
+        let bytes = match Limited::new(body, MAX_EVICT_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return bad("The body must be a JSON object of at most 16 KiB"),
+        };
+        let target = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(serde_json::Value::Object(mut map)) if map.len() == 1 => {
+                match (map.remove("token"), map.remove("cache_key")) {
+                    (Some(serde_json::Value::String(t)), None) if !t.is_empty() => EvictTarget::Token(t),
+                    (None, Some(serde_json::Value::String(k)))
+                        if k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                    {
+                        EvictTarget::CacheKey(k)
+                    }
+                    _ => return bad("Expected {\"token\": \"...\"} or {\"cache_key\": \"<64 hex digits>\"}"),
+                }
+            }
+            _ => return bad("Expected {\"token\": \"...\"} or {\"cache_key\": \"<64 hex digits>\"}"),
+        };
+        let validator = self.validator.clone();
+        let run = move || match &target {
+            EvictTarget::Token(t) => validator.evict(t),
+            EvictTarget::CacheKey(k) => validator.evict_key(k),
+        };
+        // With the cluster cache, evict publishes through Redis: blocking I/O, off the
+        // event loop. Without it, it only touches this process's cache.
+        let evicted = if self.cluster {
+            match tokio::task::spawn_blocking(run).await {
+                Ok(e) => e,
+                Err(_) => return (to_hyper(&mcp_oauth2::Response::internal_error()), "evict_failed", None),
+            }
+        } else {
+            run()
+        };
+        (json(StatusCode::OK, &serde_json::json!({"evicted": evicted})), "evicted", None)
+    }
+
     /// Decides one request: at once when the validator can (cache hits, metadata,
     /// malformed requests), else after the authorization-server calls it asks for.
     pub async fn decide(&self, request: &mcp_oauth2::Request<'_>) -> Decision {
@@ -261,7 +436,7 @@ impl Proxy {
             // The rest runs as a task of its own (it owns everything it needs): a client
             // that goes away mid-call does not abandon the requests following this one,
             // and the answer still reaches the cache.
-            step => match tokio::spawn(drive(Arc::clone(&self.as_client), step)).await {
+            step => match tokio::spawn(drive(Arc::clone(&self.as_client), self.cluster_validator(), step)).await {
                 Ok(decision) => decision,
                 Err(_) => Decision::Respond(mcp_oauth2::Response::internal_error()),
             },
@@ -269,13 +444,52 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// The validator, when leading steps ask the cluster cache first.
+    fn cluster_validator(&self) -> Option<Validator> {
+        self.cluster.then(|| self.validator.clone())
+    }
+}
+
+enum Operation {
+    Metrics,
+    Evict,
+}
+
+enum EvictTarget {
+    Token(String),
+    CacheKey(String),
+}
+
+/// The content type of the Prometheus text exposition format 0.0.4.
+const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// Runs the validator's steps to a decision: performs each HTTP request it needs with the
-/// async client, waits (bounded) for a concurrent request's answer.
-async fn drive(as_client: Arc<AsClient>, mut step: Step) -> Decision {
+/// async client, waits (bounded) for a concurrent request's answer. With the cluster
+/// cache (`cluster`: the validator), a step about one token first asks Redis, on the
+/// blocking pool: another node's answer is replayed, or this node leads the call (and
+/// shares its answer on resume), or Redis is down and it goes on alone.
+async fn drive(as_client: Arc<AsClient>, cluster: Option<Validator>, mut step: Step) -> Decision {
     loop {
         step = match step {
             Step::Done(decision) => return decision,
             Step::Need(http, pending) => {
+                // While Redis is known to be down, try_cluster would return at once:
+                // skip the trip to the blocking pool.
+                let pending = match &cluster {
+                    Some(v) if pending.is_token_response() && v.cluster_cache_up() => {
+                        match tokio::task::spawn_blocking(move || pending.try_cluster(SystemTime::now())).await {
+                            Ok(Ok(replayed)) => {
+                                step = replayed;
+                                continue;
+                            }
+                            Ok(Err(pending)) => pending,
+                            // The look-up panicked (never expected): the step is gone.
+                            Err(_) => return Decision::Respond(mcp_oauth2::Response::internal_error()),
+                        }
+                    }
+                    _ => pending,
+                };
                 let result = as_client.send(http).await;
                 pending.resume(result, SystemTime::now())
             }

@@ -4,6 +4,12 @@
 //
 //   node tests/node/mcp-upstream.mjs
 //     MCP_PORT  port to listen on (default 0 = any free port)
+//     MCP_REQUIRE_AUDIENCE  optional: every /mcp request must carry
+//               `Authorization: Bearer <JWT>` whose payload `aud` (a string or an
+//               array) includes this value, else 401 — an upstream that accepts only
+//               tokens meant for it (the exchanged token of RFC 8693 token exchange).
+//               The JWT's signature is not checked (the exchange test AS does not
+//               sign); without the variable, no auth at all (below).
 //
 // stdout carries exactly one line, `LISTENING <port>`; logs go to stderr.
 //
@@ -17,8 +23,8 @@
 //                      lower-case as Node gives them
 //   DELETE /__headers  forget them (between test cases)
 //
-// The upstream does no auth at all: the point is to observe what the gateway
-// forwards (no `Authorization` unless passthrough, claim headers set).
+// Without MCP_REQUIRE_AUDIENCE the upstream does no auth at all: the point is to observe
+// what the gateway forwards (no `Authorization` unless passthrough, claim headers set).
 
 import { createServer } from 'node:http';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
@@ -26,6 +32,20 @@ import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/
 import { z } from 'zod';
 
 const PORT = Number(process.env.MCP_PORT ?? 0);
+const REQUIRE_AUDIENCE = process.env.MCP_REQUIRE_AUDIENCE || undefined;
+
+// MCP_REQUIRE_AUDIENCE: whether the request's bearer token is a JWT meant for this server.
+function audienceAccepted(headers) {
+  const token = /^Bearer (\S+)$/i.exec(headers.authorization ?? '')?.[1];
+  const payload = token?.split('.')[1];
+  if (!payload) return false;
+  try {
+    const { aud } = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8'));
+    return (Array.isArray(aud) ? aud : [aud]).includes(REQUIRE_AUDIENCE);
+  } catch {
+    return false;
+  }
+}
 const received = []; // header objects, one per request
 
 // What whoami reports: `authorization` plus every x-* header (x-user-id,
@@ -84,6 +104,10 @@ const http = createServer(async (req, res) => {
     received.push({ ...req.headers });
 
     if (path !== '/mcp') return sendJson(res, 404, { error: 'not found' });
+    if (REQUIRE_AUDIENCE && !audienceAccepted(req.headers)) {
+      res.setHeader('www-authenticate', 'Bearer error="invalid_token"');
+      return sendJson(res, 401, { error: 'invalid_token', error_description: `not a token for ${REQUIRE_AUDIENCE}` });
+    }
     if (req.method !== 'POST') {
       res.setHeader('allow', 'POST');
       return sendJson(res, 405, {
