@@ -17,12 +17,19 @@ cleanup() {
   if [ -f "$RUN/logs/nginx.pid" ]; then kill "$(cat "$RUN/logs/nginx.pid")" 2>/dev/null || true; fi
   if [ -f "$RUN/doc/logs/nginx.pid" ]; then kill "$(cat "$RUN/doc/logs/nginx.pid")" 2>/dev/null || true; fi
   if [ -f "$RUN/one/logs/nginx.pid" ]; then kill "$(cat "$RUN/one/logs/nginx.pid")" 2>/dev/null || true; fi
+  # The cluster-cache test's nodes and Redis (it stops them itself unless it died).
+  for f in "$RUN"/cluster/*/logs/nginx.pid "$RUN/cluster/redis.pid" "$RUN/cluster/redis-tls.pid"; do
+    if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi
+  done
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   if [ "$rc" -ne 0 ] && [ -f "$RUN/logs/error.log" ]; then
     echo "---- nginx error.log (tail) ----"; tail -n 40 "$RUN/logs/error.log"
     [ -f "$RUN/doc/logs/error.log" ] && { echo "---- documented nginx.conf: error.log (tail) ----"; tail -n 20 "$RUN/doc/logs/error.log"; }
     [ -f "$RUN/one/logs/error.log" ] && { echo "---- 1-worker nginx: error.log (tail) ----"; tail -n 20 "$RUN/one/logs/error.log"; }
+    for f in "$RUN"/cluster/*/logs/error.log; do
+      [ -f "$f" ] && { echo "---- cluster node $f (tail) ----"; tail -n 20 "$f"; }
+    done
   fi
   [ -n "${KEEP_RUN:-}" ] || rm -rf "$RUN"
   exit "$rc"
@@ -190,3 +197,12 @@ ONE_URL="http://127.0.0.1:$ONE_PORT" ONE_PREFIX="$RUN/one" DOC_URL="http://127.0
   AS2_URL="http://127.0.0.1:$AS2_PORT" EXCHANGE_URL="http://127.0.0.1:$EX_PORT" UNDERSCORE_URL="http://127.0.0.1:$UPORT" \
   AS3_URL="http://127.0.0.1:$AS3_PORT" TLSAS_URL="https://127.0.0.1:$TLSAS_PORT" PKI_DIR="$RUN/pki" \
   NGINX_PREFIX="$RUN" timeout 500 node --test --test-concurrency=1 tests/nginx/e2e.test.mjs tests/nginx/client-auth.test.mjs
+
+# 6. The cluster cache (issue 14): three nginx nodes on one real redis-server, all started
+#    (and stopped) by the test itself, with an AS of its own. With DEMO_PROXY_BIN set to a
+#    demo_proxy built with the cluster cache, a demo-proxy node joins them (one more test).
+command -v redis-server >/dev/null || { echo "redis-server is not installed (scripts/install.sh)"; exit 1; }
+mkdir -p "$RUN/cluster"
+chmod a+rwx "$RUN/cluster"
+CLUSTER_DIR="$RUN/cluster" LUA_DIR="$RUN/lua" TESTS_DIR="$RUN/tests" UPSTREAM_URL="http://127.0.0.1:$UP_PORT" \
+  AS_SCRIPT="$ROOT/tests/node/as-server.mjs" timeout 300 node --test --test-concurrency=1 tests/nginx/cluster.test.mjs

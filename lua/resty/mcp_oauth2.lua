@@ -45,10 +45,18 @@
 --   underscores_in_headers  true when nginx's `underscores_in_headers on`: access() then
 --                 drops every request header the decision says must not reach the upstream
 --                 (`X_User_Id` for `X-User-Id`), not only the exact names
+--
+-- Cluster cache (`cluster_cache_strategy: redis` in the configuration): introspection and
+-- token-exchange answers are shared between nginx nodes (and Rust/C/demo nodes) through
+-- Redis with resty.redis (resty.mcp_oauth2.cluster, docs/cluster-cache.md). A miss goes
+-- worker cache -> shared dict -> Redis -> (lock; the leader calls the AS and stores the
+-- answer for the core's cache TTL); evict publishes to every node; a timer per worker reads
+-- the eviction log every 0.25 s. Redis failing never fails a request.
 
 local ffi = require("ffi")
 local cjson = require("cjson.safe")
 require("resty.mcp_oauth2.cdef")
+local cluster_cache = require("resty.mcp_oauth2.cluster")
 
 local ngx = ngx
 local ngx_var = ngx.var
@@ -333,9 +341,15 @@ function _M.check(conf, opts)
     return nil, "mcp_oauth2_validator_new: " .. result_name(C, rc)
   end
   local _, mode = choose_http(opts.http, opts.location or "/_mcp_oauth2_as")
-  err = transport_error(cjson.decode(json), mode, opts)
+  local decoded = cjson.decode(json)
+  err = transport_error(decoded, mode, opts)
   if err then
     return nil, err
+  end
+  -- cluster_cache_strategy: redis is honoured through resty.redis, never ignored.
+  local _, cerr = cluster_cache.new(decoded)
+  if cerr then
+    return nil, cerr
   end
   return true
 end
@@ -356,13 +370,36 @@ local evict_seen = setmetatable({}, { __mode = "k" })
 -- metrics snapshots. Every TICK seconds.
 local TICK = 0.2
 local ticker_started = false
+-- The cluster cache's watcher: every handler with one, every WATCH_EVERY seconds.
+local cluster_wanted, cluster_started = false, false
+local cluster_tick
+
+local function start_cluster_watch()
+  if cluster_started then
+    return
+  end
+  local ok, err = ngx.timer.every(cluster_cache.WATCH_EVERY, cluster_tick)
+  if ok then
+    cluster_started = true
+    -- The first round now: the eviction log's current number.
+    ngx.timer.at(0, cluster_tick)
+  else
+    ngx_log(ngx_ERR, "mcp_oauth2: cannot start the cluster cache timer: ", err)
+  end
+end
 
 local function start_ticker()
-  if ticker_started or not (ngx.timer and ngx.timer.every) then
+  if (ticker_started and (cluster_started or not cluster_wanted)) or not (ngx.timer and ngx.timer.every) then
     return
   end
   if ngx.get_phase and ngx.get_phase() == "init" then
     return -- no timers in init_by_lua: started by the first request instead
+  end
+  if cluster_wanted then
+    start_cluster_watch()
+  end
+  if ticker_started then
+    return
   end
   local ok, err = ngx.timer.every(TICK, function(premature)
     if not premature then
@@ -380,6 +417,9 @@ local function start_ticker()
 end
 
 local function register(self)
+  if self.cluster then
+    cluster_wanted = true
+  end
   handlers[self] = true
   by_id[self.id] = self
   local shm = self.shm
@@ -445,6 +485,17 @@ function _M.new(conf, opts)
   err = transport_error(decoded, mode, opts)
   if err then
     return nil, err
+  end
+  -- The cluster cache on Redis (cluster_cache_strategy: redis): refused, never ignored,
+  -- when resty.redis cannot be loaded.
+  local cluster, cerr = cluster_cache.new(decoded)
+  if cerr then
+    return nil, cerr
+  end
+  if cluster then
+    cluster.on_error = function()
+      C.mcp_oauth2_validator_record_cluster_cache_error(vbox[0])
+    end
   end
   -- resty.http presents the mutual-TLS client certificate itself: parsed once, here.
   local client_cert
@@ -576,6 +627,8 @@ function _M.new(conf, opts)
     -- How often a request waited for another one's AS call, and re-validations of open
     -- responses (tests, diagnostics).
     counts = { worker_waits = 0, shm_waits = 0, rechecks = 0, streams_cut = 0 },
+    -- The cluster cache on Redis (nil: off); it keeps the validator alive through `vbox`.
+    cluster = cluster,
     variables = variables,
     n_variables = variables and #variables or 0,
     underscores = opts.underscores_in_headers == true,
@@ -846,16 +899,107 @@ local function perform(self, box)
   if not status then
     ngx_log(ngx_WARN, "mcp_oauth2: ", r.purpose, " call failed: ", ct, ": ", body)
   end
-  local fetched_at = ngx_now() * 1000
+  local fetched_at = floor(ngx_now() * 1000)
   resume(self, box, nil, status, ct, body)
-  return encode(fetched_at, status, ct, body)
+  return encode(fetched_at, status, ct, body), status
+end
+
+-- Phases with cosockets: the cluster cache talks to Redis only there (header and body
+-- filters, log, set_by_lua and init phases have none).
+local COSOCKET_PHASES = {
+  rewrite = true, access = true, content = true, timer = true, ssl_cert = true,
+  ssl_session_fetch = true, ssl_client_hello = true, preread = true,
+}
+local function cosockets()
+  local get_phase = ngx.get_phase
+  return not get_phase or COSOCKET_PHASES[get_phase()] == true
+end
+
+-- An answer stored in Redis ("<fetched_at ms>\n<status>\n<content-type>\n<body>"),
+-- replayed with its first fetch time (never later than now: clocks differ between nodes).
+-- False when it is unreadable (another build wrote it?): then this node fetches alone.
+local function replay_cluster(self, box, stored)
+  local at, status, ct, rest = str_match(stored, "^(%d+)\n(%d%d%d)\n([^\n]*)\n()")
+  if not at then
+    return false
+  end
+  local now = floor(ngx_now() * 1000)
+  resume(self, box, math_min(tonumber(at), now), tonumber(status), ct ~= "" and ct or nil, str_sub(stored, rest))
+  return true
+end
+
+-- How long a cache shared between processes may keep the answer under `key` (ms): what is
+-- left of the core's own entry (Validator::cache_ttl); nil: not to be kept.
+local function kept_ttl_ms(self, key)
+  if self.C.mcp_oauth2_validator_cache_ttl_ms(self.v, key, #key, ngx_now() * 1000, u64) == OK then
+    local ttl = tonumber(u64[0])
+    if ttl >= 1 then
+      return ttl
+    end
+  end
+  return nil
+end
+
+-- The answer for a step about one token (`kept`), asking the cluster cache first when
+-- there is one: another node's answer (replayed), or this node's AS call as the
+-- cluster-wide leader (then shared for the core's TTL), or, while another node fetches
+-- it, that node's answer (waiting at most `timeout`; then this node calls the AS itself).
+-- Redis failing never fails the request: the node calls the AS. Returns the stored form.
+local function fetch(self, box, key, kept)
+  local cl = self.cluster
+  if not (kept and cl and not cl.down and cosockets()) then
+    return (perform(self, box))
+  end
+  local C, v = self.C, self.v
+  local outcome, stored = cl:lookup(key)
+  local counts = cl.counts
+  if outcome == "hit" then
+    if replay_cluster(self, box, stored) then
+      counts.hits = counts.hits + 1
+      C.mcp_oauth2_validator_record_cluster_cache(v, true)
+      return stored
+    end
+    outcome = "down"
+  elseif outcome == "wait" then
+    counts.waits = counts.waits + 1
+    stored = cl:wait(key)
+    if stored and replay_cluster(self, box, stored) then
+      counts.hits = counts.hits + 1
+      C.mcp_oauth2_validator_record_cluster_cache(v, true)
+      return stored
+    end
+  end
+  counts.misses = counts.misses + 1
+  C.mcp_oauth2_validator_record_cluster_cache(v, false)
+  if outcome ~= "lead" then
+    return (perform(self, box))
+  end
+  counts.leads = counts.leads + 1
+  local done, raw, status = pcall(perform, self, box)
+  if not done then
+    cl:store(key, nil)
+    error(raw, 0)
+  end
+  -- Shared for what is left of this node's own entry: never longer, and not at all when
+  -- it was not kept (a failure, an answer not to be cached); the lock goes either way.
+  local ttl = status and kept_ttl_ms(self, key)
+  -- Storing yields (cosockets): the decision the resume left in `dp` waits in its own box,
+  -- as other requests of this worker (the followers it woke) use `dp` meanwhile.
+  local held = ffi_gc(ffi_new("mcp_oauth2_decision*[1]"), C.mcp_oauth2_decision_free)
+  held[0] = dp[0]
+  dp[0] = nil
+  cl:store(key, ttl and raw or nil, ttl)
+  dp[0] = held[0]
+  held[0] = nil
+  ffi_gc(held, nil)
+  return raw
 end
 
 -- One HTTP step: the shared dict's answer (L2), or the one AS call for this key across all
 -- workers (leader), or the leader's result (other workers' requests).
 local function http_step(self, box)
   local shm = self.shm
-  if not shm then
+  if not shm and not self.cluster then
     perform(self, box)
     return
   end
@@ -866,11 +1010,18 @@ local function http_step(self, box)
   check(C, C.mcp_oauth2_pending_purpose(p, u32), "pending_purpose")
   local purpose = tonumber(u32[0])
   check(C, C.mcp_oauth2_pending_timeout_ms(p, u64), "pending_timeout_ms")
-  local lock_wait = self.lock_wait or (2 * tonumber(u64[0]) / 1000 + 1)
+  local timeout = tonumber(u64[0]) / 1000
+  -- The leader may wait `timeout` for another node, then call the AS (`timeout`), after
+  -- Redis's own timeouts.
+  local lock_wait = self.lock_wait or (2 * timeout + 1 + (self.cluster and (timeout + self.cluster.io_wait) or 0))
 
   -- Introspection and exchange answers are kept in the dict (and counted as its hits and
   -- misses); metadata and key sets only go through the flight entry.
   local kept = purpose == PURPOSE_INTROSPECTION or purpose == PURPOSE_TOKEN_EXCHANGE
+  if not shm then
+    fetch(self, box, key, kept)
+    return
+  end
   local stored = shm:get(key)
   if kept then
     C.mcp_oauth2_validator_record_shared_cache(self.v, stored ~= nil)
@@ -887,7 +1038,7 @@ local function http_step(self, box)
       shm:delete(lock_key)
       return replay(self, box, stored)
     end
-    local done, raw = pcall(perform, self, box)
+    local done, raw = pcall(fetch, self, box, key, kept)
     if not done then
       shm:delete(lock_key)
       error(raw, 0)
@@ -897,20 +1048,18 @@ local function http_step(self, box)
     -- An introspection or exchange answer is kept for as long as the core keeps what it
     -- derived from it (never failures: they have no cache TTL). Asked by key: after an
     -- introspection that a token exchange follows there is no decision yet.
-    if kept and C.mcp_oauth2_validator_cache_ttl_ms(self.v, key, #key, ngx_now() * 1000, u64) == OK then
-      local ttl = tonumber(u64[0]) / 1000
-      if ttl >= 0.001 then
-        local set_ok, set_err = shm:set(key, raw, ttl)
-        if not set_ok then
-          ngx_log(ngx_WARN, "mcp_oauth2: shared cache: ", set_err)
-        end
+    local ttl = kept and kept_ttl_ms(self, key)
+    if ttl then
+      local set_ok, set_err = shm:set(key, raw, ttl / 1000)
+      if not set_ok then
+        ngx_log(ngx_WARN, "mcp_oauth2: shared cache: ", set_err)
       end
     end
     shm:delete(lock_key)
     return
   elseif err ~= "exists" then
     ngx_log(ngx_WARN, "mcp_oauth2: shared lock: ", err)
-    perform(self, box)
+    fetch(self, box, key, kept)
     return
   end
 
@@ -1347,7 +1496,7 @@ end
 --- (the validated identity) and returns true, valid_until (Unix seconds, nil for a token
 --- without exp), or ends the request with the decided response.
 function _M.access(self)
-  if not ticker_started then
+  if not ticker_started or (cluster_wanted and not cluster_started) then
     start_ticker()
   end
   local var = ngx_var
@@ -1635,10 +1784,20 @@ local function evict_key_here(self, key, evicted_at)
   cut_streams(self, key, "token_evicted", not had and evicted_at or nil)
 end
 
+-- Publishes evictions that waited for a phase with cosockets (a timer's).
+local function publish_queued(premature, cl)
+  if not premature and not cl.down then
+    cl:evict({})
+  end
+end
+
 --- Forgets a token (after revocation) in every worker within a tick (0.2 s): this worker's
 --- cache and the shared dict at once, then the other workers' in-process caches through an
 --- eviction log in the shared dict (cache keys, never tokens). Responses still streaming
---- for this token end too. Returns whether this worker had it cached.
+--- for this token end too. With the cluster cache, also on every node: the Redis entry is
+--- deleted and the key appended to the cluster's eviction log (at once where cosockets
+--- work, else from a timer; while Redis is down, when it is back). Returns whether this
+--- worker had it cached.
 function _M.evict(self, token)
   local C = self.C
   check(C, C.mcp_oauth2_validator_evict(self.v, token, #token, flag), "validator_evict")
@@ -1661,6 +1820,15 @@ function _M.evict(self, token)
     end
   end
   cut_streams(self, key, "token_evicted")
+  local cl = self.cluster
+  if cl then
+    if cosockets() then
+      cl:evict({ key })
+    else
+      cl:queue({ key })
+      ngx.timer.at(0, publish_queued, cl)
+    end
+  end
   return had
 end
 
@@ -1694,6 +1862,58 @@ local function apply_evictions()
     end
     evict_seen[shm] = last
   end
+end
+
+-- The cluster cache's round in each worker (every WATCH_EVERY s, a timer: cosockets):
+-- reconnects when Redis was down, publishes evictions that waited, drops what other nodes
+-- evicted from this worker's cache and the shared dict (ending the token's streams as a
+-- local eviction does), and logs the warning about Redis failing, once a minute at most.
+local cluster_busy = setmetatable({}, { __mode = "k" })
+cluster_tick = function(premature)
+  if premature then
+    return
+  end
+  for h in pairs(handlers) do
+    local cl = h.cluster
+    if cl and not cluster_busy[cl] then
+      cluster_busy[cl] = true
+      local ok, keys, back = pcall(cl.watch, cl)
+      cluster_busy[cl] = nil
+      if not ok then
+        ngx_log(ngx_ERR, "mcp_oauth2: cluster cache timer: ", keys)
+      else
+        local now = ngx_now()
+        local shm = h.shm
+        for _, key in ipairs(keys) do
+          if shm then
+            shm:delete(key)
+          end
+          evict_key_here(h, key, now)
+        end
+        if back then
+          ngx_log(ngx.NOTICE, "mcp_oauth2: cluster cache (Redis at ", cl.address,
+            ") answers again; sharing answers with the other nodes")
+        end
+        local warning = cl:warning(now)
+        if warning then
+          ngx_log(ngx_WARN, "mcp_oauth2: ", warning)
+        end
+      end
+    end
+  end
+end
+
+-- One round of the cluster cache's watcher now (busted specs: the mock has no timers).
+function _M._cluster_tick()
+  return cluster_tick(false)
+end
+
+--- True when the cluster cache (cluster_cache_strategy: redis) is in use and Redis
+--- answered this worker's last exchange with it; false while it fails (requests then skip
+--- it) or without a cluster cache. For health checks.
+function _M.cluster_cache_up(self)
+  local cl = self.cluster
+  return cl ~= nil and not cl.down
 end
 
 local weak_keys = { __mode = "k" }

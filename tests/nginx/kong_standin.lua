@@ -258,6 +258,20 @@ local function get_confs()
     for k, v in pairs(extra) do c[k] = v end
     return M.kong_config(c)
   end
+  -- The cluster-cache test's nodes (tests/nginx/cluster.conf.template): one conf on the
+  -- shared Redis, with an ACL user name (Redis's `default`) and the password.
+  local redis = package.loaded.test_redis
+  if redis then
+    confs = {
+      kr = conf({
+        resource = "http://mcp.cluster.test/kong/mcp",
+        cluster_cache_strategy = "redis",
+        cluster_cache_redis = { host = redis.host, port = redis.port, username = "default",
+          password = redis.password, database = redis.database },
+      }),
+    }
+    return confs
+  end
   local as2 = package.loaded.test_as2
   confs = {
     a = conf({ claim_to_header = { { claim = "client_id", header = "X-Client-Id" } }, consumer_claim = { "client_id" } }),
@@ -353,7 +367,7 @@ end
 local function current_conf()
   local which = ngx.var.http_x_test_conf
   if not get_confs()[which or ""] then
-    which = "a"
+    which = package.loaded.test_redis and "kr" or "a"
   end
   return get_confs()[which], which
 end

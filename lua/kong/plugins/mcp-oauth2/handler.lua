@@ -4,6 +4,8 @@
 -- alone holds the defaults and checks every configuration with the core itself); AS calls
 -- go through resty.http (Kong ships it) or the capture location, never blocking the
 -- worker. Every response comes from the core, the consumer-mapping refusals included.
+-- With `cluster_cache_strategy: redis` the validator shares answers and evictions with the
+-- other nodes through Redis (resty.mcp_oauth2.cluster, with the resty.redis Kong ships).
 
 local mcp_oauth2 = require("resty.mcp_oauth2")
 local cjson = require("cjson.safe")
