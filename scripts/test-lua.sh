@@ -202,6 +202,12 @@ ONE_URL="http://127.0.0.1:$ONE_PORT" ONE_PREFIX="$RUN/one" DOC_URL="http://127.0
 #    (and stopped) by the test itself, with an AS of its own. With DEMO_PROXY_BIN set to a
 #    demo_proxy built with the cluster cache, a demo-proxy node joins them (one more test).
 command -v redis-server >/dev/null || { echo "redis-server is not installed (scripts/install.sh)"; exit 1; }
+# The mixed cluster's demo-proxy node is part of the suite (built by `cargo test` already:
+# this build takes seconds); DEMO_PROXY_BIN from the environment wins.
+if [ -z "${DEMO_PROXY_BIN:-}" ]; then
+  cargo build -q -p mcp-oauth2-demo
+  export DEMO_PROXY_BIN="$ROOT/target/debug/demo_proxy"
+fi
 mkdir -p "$RUN/cluster"
 chmod a+rwx "$RUN/cluster"
 CLUSTER_DIR="$RUN/cluster" LUA_DIR="$RUN/lua" TESTS_DIR="$RUN/tests" UPSTREAM_URL="http://127.0.0.1:$UP_PORT" \
