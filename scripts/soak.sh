@@ -7,8 +7,8 @@
 # Starts two oidc-provider AS instances (tests/node/as-server.mjs; one per gateway, so each
 # gateway's introspections are counted apart), an upstream (scripts/soak/upstream.mjs),
 # nginx with 2 workers and the real module (scripts/soak/nginx.conf.template) and the demo
-# proxy (release builds), mints a pool of valid tokens per gateway, then drives both
-# gateways at once, as fast as they answer, with one wrk per gateway per minute
+# proxy (release builds), mints a pool of valid tokens per gateway, then drives each gateway
+# for a minute in turn (nginx, demo, nginx, ...), as fast as it answers, with wrk
 # (scripts/soak/traffic.lua): PRM requests, malformed Authorization headers, and bearer
 # tokens of which 90 % are invalid (random, at most SOAK_POOL distinct ones per
 # negative-cache window) and 10 % valid (from the pool). After every minute it prints, per
@@ -24,8 +24,10 @@
 #   SOAK_VALID_POOL=100    valid tokens minted per gateway
 #   SOAK_VALID_PCT=10  SOAK_PRM_PCT=5  SOAK_MALFORMED_PCT=5
 #   SOAK_MINUTE_SECONDS=60 length of a "minute" (shorter only to try the script out)
-#   SOAK_GATEWAYS="nginx demo"  the gateways to drive (both always run); one alone gets
-#                          the whole machine
+#   SOAK_GATEWAYS="nginx demo"  the gateways to drive (both always run)
+#   SOAK_PARALLEL=1        drive both at once in each minute (default: nginx's minute, then
+#                          the demo's: on 2 cores the demo's threads otherwise starve nginx's
+#                          2 single-threaded workers and the rates say little)
 #   SOAK_SKIP_INSTALL=1    do not run the installers; SOAK_SKIP_BUILD=1 do not run cargo
 #   KEEP_RUN=1             keep the run directory (logs, wrk output, samples)
 set -euo pipefail
@@ -43,6 +45,7 @@ PRM_PCT="${SOAK_PRM_PCT:-5}"
 MALFORMED_PCT="${SOAK_MALFORMED_PCT:-5}"
 MINUTE_SECONDS="${SOAK_MINUTE_SECONDS:-60}"
 GATEWAYS="${SOAK_GATEWAYS:-nginx demo}"
+PARALLEL="${SOAK_PARALLEL:-}"
 
 # ---- 1. install and build ------------------------------------------------------------
 if [[ -z "${SOAK_SKIP_INSTALL:-}" ]]; then
@@ -140,9 +143,10 @@ cat >"$RUN/demo.json" <<JSON
   "cache_ttl_negative": $NEG_TTL
 }
 JSON
-# The request log (one line per request) stays on, as in real use, into a file.
+# The request log (one line per request) stays on, as in real use, into a file opened for
+# appending, which is emptied after every minute (tens of thousands of lines a second).
 "$DEMO_BIN" --config "$RUN/demo.json" --upstream "http://127.0.0.1:$UP_PORT" --listen "127.0.0.1:$DEMO_PORT" \
-  >"$RUN/demo.out" 2>"$RUN/demo.log" & PIDS+=($!); DEMO_PID=$!
+  >"$RUN/demo.out" 2>>"$RUN/demo.log" & PIDS+=($!); DEMO_PID=$!
 
 NGINX_URL="http://127.0.0.1:$NGINX_PORT"
 DEMO_URL="http://127.0.0.1:$DEMO_PORT"
@@ -188,6 +192,7 @@ POOL=$POOL
 NEG_TTL=$NEG_TTL
 VALID_POOL=$VALID_POOL
 GATEWAYS=$GATEWAYS
+PARALLEL=$PARALLEL
 ENV
 
 rss_kb() { awk '/^VmRSS:/{print $2; f=1} END{if(!f) print 0}' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -224,10 +229,12 @@ for n in $(seq 1 "$MINUTES"); do
       "$RUN/tokens-$g" "$PREFIX" "$POOL" "$NEG_TTL" "$PRM_PCT" "$MALFORMED_PCT" "$VALID_PCT" "$RUN/m$n/$g.out" \
       >"$RUN/m$n/$g.txt" 2>&1 &
     WRK_PIDS+=($!)
+    if [[ -z "$PARALLEL" ]]; then wait "$!" || true; WRK_PIDS=(); fi
   done
   for p in "${WRK_PIDS[@]}"; do wait "$p" || true; done
   WRK_PIDS=()
   sample "$RUN/samples/m$n"
+  tail -n 20 "$RUN/demo.log" >"$RUN/m$n/demo.log.tail"; : >"$RUN/demo.log"
   python3 scripts/soak/report.py minute "$RUN" "$n"
 done
 

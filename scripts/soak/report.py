@@ -140,7 +140,8 @@ class Minutes:
     def print_minute(self, n):
         s = self.samples[n]
         dt = s["time"] - self.samples[n - 1]["time"]
-        print(f"== minute {n} of {self.env.get('MINUTES')} ({dt:.0f} s; both gateways loaded at once) ==")
+        how = "both gateways loaded at once" if self.env.get("PARALLEL") else "one gateway after the other"
+        print(f"== minute {n} of {self.env.get('MINUTES')} ({dt:.0f} s: {how}) ==")
         for g in GATEWAYS:
             w = self.wrk[(n, g)]
             row = [r for r in self.rows if r[0] == n and r[1] == g][0]
