@@ -195,7 +195,8 @@ GATEWAYS=$GATEWAYS
 PARALLEL=$PARALLEL
 ENV
 
-rss_kb() { awk '/^VmRSS:/{print $2; f=1} END{if(!f) print 0}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# VmRSS, and its anonymous (heap) and shared-memory (nginx's lua_shared_dict zone) parts, in kB.
+rss_kb() { awk '/^VmRSS:/{r=$2} /^RssAnon:/{a=$2} /^RssShmem:/{s=$2} END{print r+0, a+0, s+0}' "/proc/$1/status" 2>/dev/null || echo 0 0 0; }
 sample() { # file
   {
     echo "time $(date +%s.%N)"
@@ -208,6 +209,7 @@ sample() { # file
     echo "rss as-demo $AS_DEMO_PID $(rss_kb "$AS_DEMO_PID")"
     echo "rss upstream $UP_PID $(rss_kb "$UP_PID")"
     echo "upstream $(curl -s "http://127.0.0.1:$UP_PORT/__soak/stats" || echo null)"
+    echo "shm $(curl -s "$NGINX_URL/__soak/shm" || echo null)"
     for p in nginx-master:$NGINX_MASTER demo:$DEMO_PID; do
       if kill -0 "${p#*:}" 2>/dev/null; then echo "alive ${p%%:*} ${p#*:} 1"; else echo "alive ${p%%:*} ${p#*:} 0"; fi
     done
