@@ -191,12 +191,14 @@ CONNECTIONS=$CONNECTIONS
 POOL=$POOL
 NEG_TTL=$NEG_TTL
 VALID_POOL=$VALID_POOL
+CLK_TCK=$(getconf CLK_TCK)
 GATEWAYS=$GATEWAYS
 PARALLEL=$PARALLEL
 ENV
 
 # VmRSS, and its anonymous (heap) and shared-memory (nginx's lua_shared_dict zone) parts, in kB.
 rss_kb() { awk '/^VmRSS:/{r=$2} /^RssAnon:/{a=$2} /^RssShmem:/{s=$2} END{print r+0, a+0, s+0}' "/proc/$1/status" 2>/dev/null || echo 0 0 0; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 sample() { # file
   {
     echo "time $(date +%s.%N)"
@@ -210,6 +212,9 @@ sample() { # file
     echo "rss upstream $UP_PID $(rss_kb "$UP_PID")"
     echo "upstream $(curl -s "http://127.0.0.1:$UP_PORT/__soak/stats" || echo null)"
     echo "shm $(curl -s "$NGINX_URL/__soak/shm" || echo null)"
+    # CPU time (user + system, clock ticks) of the gateways' processes.
+    for w in "$NGINX_MASTER" $(ps -o pid= --ppid "$NGINX_MASTER"); do echo "cpu nginx $w $(cpu_ticks "$w")"; done
+    echo "cpu demo $DEMO_PID $(cpu_ticks "$DEMO_PID")"
     for p in nginx-master:$NGINX_MASTER demo:$DEMO_PID; do
       if kill -0 "${p#*:}" 2>/dev/null; then echo "alive ${p%%:*} ${p#*:} 1"; else echo "alive ${p%%:*} ${p#*:} 0"; fi
     done

@@ -54,6 +54,9 @@ def read_sample(run, n):
                 label, pid, kb, anon, shm = (rest.split() + ["0", "0"])[:5]
                 s["rss"].append((label, int(pid), int(kb)))
                 s.setdefault("split", {})[(label, int(pid))] = (int(anon), int(shm))
+            elif key == "cpu":
+                g, pid, ticks = rest.split()
+                s.setdefault("cpu", {})[(g, int(pid))] = int(ticks)
             elif key == "alive":
                 label, pid, ok = rest.split()
                 s["alive"].append((label, int(pid), ok == "1"))
@@ -143,6 +146,17 @@ class Minutes:
             self.rows.append((n, g, calls, len(new) + (w["unique_invalid"] if w else 0),
                               self.calls_cum[g], self.distinct_cum[g]))
 
+    def cpu_us_per_request(self, n, g, requests):
+        """CPU time the gateway's processes used in minute n, per request it answered. With one
+        gateway driven at a time the other's processes are idle, so this is the gateway's own
+        cost, which other load on the machine disturbs much less than the rate."""
+        a, b = self.samples[n - 1].get("cpu", {}), self.samples[n].get("cpu", {})
+        keys = [k for k in b if k[0] == g]
+        if not keys or not requests:
+            return None
+        ticks = sum(b[k] - a.get(k, 0) for k in keys)
+        return ticks / float(self.env.get("CLK_TCK", "100")) * 1e6 / requests
+
     @staticmethod
     def split(sample, label, pid):
         """ (heap A + shared S) for processes that map nginx's shared zone."""
@@ -175,6 +189,9 @@ class Minutes:
                     extra.append(f"200 not from upstream {w['not_upstream'][kind]}")
                 parts.append(f"{kind} {txt}" + (f" ({', '.join(extra)})" if extra else ""))
             print("         statuses: " + " | ".join(parts))
+            cpu = self.cpu_us_per_request(n, g, sm["requests"])
+            if cpu is not None:
+                print(f"         gateway CPU: {cpu:.1f} us per request (user + system, all its processes)")
             errs = {k: sm[k] for k in ("connect", "read", "write", "timeout") if sm[k]}
             inflight = sum(w["inflight"].values())
             print(f"         wrk socket errors: {errs or 'none'}; cut in flight at the minute's end: {inflight}")
@@ -189,7 +206,9 @@ class Minutes:
                                           for label, pid, kb in rss))
             shm = s.get("shm")
             if g == "nginx" and shm:
-                print(f"         shared zone: {shm['keys']} keys, {mib((shm['capacity'] - shm['free_space']) / 1024)}"
+                print(f"         shared zone: {shm['keys']} live keys ({shm.get('other')} answers and others,"
+                      f" {shm.get('flight')} flight:, {shm.get('lock')} lock:),"
+                      f" {mib((shm['capacity'] - shm['free_space']) / 1024)}"
                       f" of {mib(shm['capacity'] / 1024)} MiB in use (free_space); Lua heap of worker"
                       f" {shm['pid']}: {mib(shm['lua_kb'])} MiB")
         other = [(label, pid, kb) for (label, pid, kb) in s["rss"]
