@@ -13,8 +13,9 @@
 # tokens of which 90 % are invalid (random, at most SOAK_POOL distinct ones per
 # negative-cache window) and 10 % valid (from the pool). After every minute it prints, per
 # gateway: requests, statuses per kind of request, AS calls against the distinct tokens
-# sent, RSS of every process. At the end: PASS/FAIL lines (scripts/soak/report.py); exit 1
-# on any FAIL. See docs/soak.md.
+# sent, RSS of every process, the gateway's CPU per request, nginx's shared zone. At the
+# end: PASS/FAIL lines (scripts/soak/report.py); exit 1 on any FAIL. A run takes 2 x MINUTES
+# minutes of load (each gateway gets MINUTES) plus the setup. See docs/soak.md.
 #
 # Knobs (environment):
 #   SOAK_CONNECTIONS=8     wrk connections per gateway (one per wrk thread)
