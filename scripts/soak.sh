@@ -112,7 +112,7 @@ free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1
 
 # ---- 3. services ---------------------------------------------------------------------------
 # Tokens must outlive the run (an expired pool token would be a correct 401).
-TOKEN_TTL=$((MINUTES * MINUTE_SECONDS + 3600))
+TOKEN_TTL=$((2 * MINUTES * MINUTE_SECONDS + 3600))
 AS_TOKEN_TTL=$TOKEN_TTL node tests/node/as-server.mjs >"$RUN/as-nginx.out" 2>"$RUN/as-nginx.log" & PIDS+=($!); AS_NGINX_PID=$!
 AS_TOKEN_TTL=$TOKEN_TTL node tests/node/as-server.mjs >"$RUN/as-demo.out" 2>"$RUN/as-demo.log" & PIDS+=($!); AS_DEMO_PID=$!
 node scripts/soak/upstream.mjs >"$RUN/upstream.out" 2>"$RUN/upstream.log" & PIDS+=($!); UP_PID=$!
