@@ -369,6 +369,11 @@ local evict_seen = setmetatable({}, { __mode = "k" })
 -- The worker's timer: revocations from other workers, open responses to re-validate,
 -- metrics snapshots. Every TICK seconds.
 local TICK = 0.2
+-- How long a flight's result stays in the shared dict for the requests that waited on it.
+local FLIGHT_KEEP = 2
+-- Expired shared-dict entries freed per tick and zone (nginx frees them lazily otherwise,
+-- and a full zone then evicts live answers first: found by scripts/soak.sh).
+local FLUSH_PER_TICK = 500
 local ticker_started = false
 -- The cluster cache's watcher: every handler with one, every WATCH_EVERY seconds.
 local cluster_wanted, cluster_started = false, false
@@ -1044,7 +1049,9 @@ local function http_step(self, box)
       error(raw, 0)
     end
     -- Followers of this flight read its result, whatever it was (AS failures included).
-    shm:set(flight_key, raw, lock_wait)
+    -- They poll at least every 10 ms, so it is kept briefly: a follower that missed it asks
+    -- the AS itself, and a flood of new tokens does not fill the zone with results.
+    shm:set(flight_key, raw, math_min(lock_wait, FLIGHT_KEEP))
     -- An introspection or exchange answer is kept for as long as the core keeps what it
     -- derived from it (never failures: they have no cache TTL). Asked by key: after an
     -- introspection that a token exchange follows there is no decision yet.
@@ -2260,10 +2267,16 @@ function _M._tick()
   apply_evictions()
   local now_ms = ngx_now() * 1000
   local publish = tick_count % 5 == 0
+  local flushed = {}
   for h in pairs(handlers) do
     check_streams(h, now_ms)
     if publish then
       publish_metrics(h)
+    end
+    local shm = h.shm
+    if shm and not flushed[shm] and shm.flush_expired then
+      flushed[shm] = true
+      shm:flush_expired(FLUSH_PER_TICK)
     end
   end
 end
