@@ -84,10 +84,13 @@ impl ScopePolicy {
         if self.max_body > 0 && body.len() as u64 > self.max_body {
             return Err(BodyProblem::TooLarge);
         }
-        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        // JSON text is UTF-8 (RFC 8259 §8.1). Checked on the whole body: serde_json skips the
+        // members it ignores without validating them, so a non-UTF-8 byte there would pass.
+        let body = std::str::from_utf8(body).map_err(|_| BodyProblem::Unreadable)?;
+        let first = body.bytes().find(|b| !b.is_ascii_whitespace());
         let messages: Vec<RpcMessage> = match first {
-            Some(b'[') => serde_json::from_slice(body).map_err(|_| BodyProblem::Unreadable)?,
-            Some(b'{') => vec![serde_json::from_slice(body).map_err(|_| BodyProblem::Unreadable)?],
+            Some(b'[') => serde_json::from_str(body).map_err(|_| BodyProblem::Unreadable)?,
+            Some(b'{') => vec![serde_json::from_str(body).map_err(|_| BodyProblem::Unreadable)?],
             _ => return Err(BodyProblem::Unreadable),
         };
         let mut required = self.required.clone();
