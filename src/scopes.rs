@@ -37,10 +37,18 @@ pub(crate) enum BodyProblem {
 /// One JSON-RPC message, as far as scopes care. A duplicated `method` member is an error.
 #[derive(Deserialize)]
 struct RpcMessage {
-    #[serde(default)]
-    method: Option<String>,
+    /// `None` only when the member is absent (a response): `"method": null` is a present
+    /// member that is not a string, refused like any other (`Option<String>` would read
+    /// `null` as absent and skip the message's method scopes).
+    #[serde(default, deserialize_with = "present")]
+    method: Option<Value>,
     #[serde(default)]
     params: Option<Value>,
+}
+
+/// A member that is present, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 impl ScopePolicy {
@@ -95,7 +103,11 @@ impl ScopePolicy {
         };
         let mut required = self.required.clone();
         for m in &messages {
-            let Some(method) = &m.method else { continue };
+            let method = match &m.method {
+                None => continue,
+                Some(Value::String(method)) => method,
+                Some(_) => return Err(BodyProblem::Unreadable),
+            };
             if let Some(s) = self.method_scopes.get(method) {
                 push_unique(&mut required, s);
             }

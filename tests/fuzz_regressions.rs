@@ -62,3 +62,14 @@ fn non_utf8_body_in_an_ignored_member_is_a_400() {
     // UTF-8 everywhere: read, and the missing scope is a 403 as before.
     assert_eq!(status_for_body("{\"method\":\"tools/list\",\"x\":\"é\"}".as_bytes()), 403);
 }
+
+/// Finding 2 (`method_scopes` target): `"method": null` was read as a message without a
+/// method (a response), so it needed no method scopes and was allowed; the contract says a
+/// `method` that is not a string is a 400.
+#[test]
+fn null_method_is_a_400_not_a_response() {
+    assert_eq!(status_for_body(br#"{"jsonrpc":"2.0","id":1,"method":null}"#), 400);
+    assert_eq!(status_for_body(br#"[{"method":"tools/call"},{"method":null}]"#), 400);
+    // A message without `method` (a response) still needs only `scopes_required`.
+    assert_eq!(status_for_body(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#), 200);
+}
