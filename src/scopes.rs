@@ -46,6 +46,27 @@ struct RpcMessage {
     params: Option<Value>,
 }
 
+/// A JSON-RPC message read only from a JSON object: a derived `Deserialize` also takes a
+/// struct from an array of its fields in order (`["tools/list"]`, or `[]` as a message
+/// without a method), which is not a JSON-RPC message.
+struct ObjectMessage(RpcMessage);
+
+impl<'de> Deserialize<'de> for ObjectMessage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = ObjectMessage;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON-RPC message (a JSON object)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ObjectMessage, A::Error> {
+                RpcMessage::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ObjectMessage)
+            }
+        }
+        d.deserialize_map(Object)
+    }
+}
+
 /// A member that is present, whatever its value (`null` included).
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
@@ -96,13 +117,13 @@ impl ScopePolicy {
         // members it ignores without validating them, so a non-UTF-8 byte there would pass.
         let body = std::str::from_utf8(body).map_err(|_| BodyProblem::Unreadable)?;
         let first = body.bytes().find(|b| !b.is_ascii_whitespace());
-        let messages: Vec<RpcMessage> = match first {
+        let messages: Vec<ObjectMessage> = match first {
             Some(b'[') => serde_json::from_str(body).map_err(|_| BodyProblem::Unreadable)?,
             Some(b'{') => vec![serde_json::from_str(body).map_err(|_| BodyProblem::Unreadable)?],
             _ => return Err(BodyProblem::Unreadable),
         };
         let mut required = self.required.clone();
-        for m in &messages {
+        for ObjectMessage(m) in &messages {
             let method = match &m.method {
                 None => continue,
                 Some(Value::String(method)) => method,

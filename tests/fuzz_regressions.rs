@@ -73,3 +73,16 @@ fn null_method_is_a_400_not_a_response() {
     // A message without `method` (a response) still needs only `scopes_required`.
     assert_eq!(status_for_body(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#), 200);
 }
+
+/// Finding 3 (`method_scopes` target): a batch whose element is an array (`[[]]`,
+/// `[["tools/list"]]`) was read as a message, because a derived `Deserialize` takes a
+/// struct from the array of its fields: `[[]]` passed as a response needing no method
+/// scopes. The contract says a body that is not an object or an array of objects is a 400.
+#[test]
+fn array_inside_a_batch_is_a_400() {
+    assert_eq!(status_for_body(b"[[]]"), 400);
+    assert_eq!(status_for_body(br#"[["tools/list"]]"#), 400);
+    assert_eq!(status_for_body(br#"[{"method":"tools/list"},[null]]"#), 400);
+    // Objects, as before.
+    assert_eq!(status_for_body(br#"[{"id":1,"result":{}},{"id":2,"error":{}}]"#), 200);
+}
