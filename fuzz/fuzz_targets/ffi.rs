@@ -218,8 +218,7 @@ fn rust_answer(a: &Answer<'_>) -> Result<HttpResponse, TransportError> {
 }
 
 /// The Rust API's status for the same inputs (200 for an allow), `None` if it did not settle.
-fn rust_status(config: &str, req: &Request<'_>, a: &Answer<'_>) -> Option<u16> {
-    let validator = Validator::from_json(config).ok()?;
+fn rust_status(validator: &Validator, req: &Request<'_>, a: &Answer<'_>) -> Option<u16> {
     let now = mcp_oauth2_fuzz::now();
     let mut step = validator.begin(req, now);
     for _ in 0..8 {
@@ -273,7 +272,8 @@ fuzz_target!(|data: &[u8]| unsafe {
     let mut validator = ptr::null_mut();
     let mut error = ptr::null_mut();
     let created = mcp_oauth2_validator_new(config.as_ptr(), config.len(), &mut validator, &mut error);
-    let rust_ok = std::str::from_utf8(config).is_ok_and(|c| Validator::from_json(c).is_ok());
+    let rust_validator = utf8(config).and_then(|c| Validator::from_json(c).ok());
+    let rust_ok = rust_validator.is_some();
     match created {
         R::Ok => assert!(rust_ok, "the C ABI accepted a configuration the Rust API refuses"),
         R::InvalidConfig | R::Unsupported => {
@@ -385,8 +385,8 @@ fuzz_target!(|data: &[u8]| unsafe {
     }
 
     // The Rust API decides the same (when the request is expressible in it).
-    if let (Some(m), Some(p), true, true, Some(cfg)) =
-        (utf8(method), utf8(path), names_ok, peer.is_empty(), utf8(config))
+    if let (Some(m), Some(p), true, true, Some(rust_validator)) =
+        (utf8(method), utf8(path), names_ok, peer.is_empty(), &rust_validator)
     {
         let mut req = Request::new(m, p);
         for (n, v) in &raw_headers {
@@ -395,7 +395,7 @@ fuzz_target!(|data: &[u8]| unsafe {
         if let Some(b) = body {
             req = req.body(b);
         }
-        if let Some(rust) = rust_status(cfg, &req, &a) {
+        if let Some(rust) = rust_status(rust_validator, &req, &a) {
             assert_eq!(rust, c_status, "the C ABI and the Rust API decide differently (allowed: {allowed})");
         }
     }
