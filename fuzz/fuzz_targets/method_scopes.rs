@@ -125,15 +125,15 @@ fn expected(body: &[u8]) -> Expected {
     let mut strictly_valid = true;
     for Members(members) in &messages {
         let names: Vec<&str> = members.iter().map(|(k, _)| k.as_str()).collect();
+        if names.iter().enumerate().any(|(i, n)| names[..i].contains(n)) {
+            strictly_valid = false;
+        }
         let mut methods = members.iter().filter(|(k, _)| k == "method").map(|(_, v)| v);
         let method = match (methods.next(), methods.next()) {
             (None, _) => continue,
             (Some(Value::String(m)), None) => m.as_str(),
             _ => return Expected::Invalid, // not a string, or repeated
         };
-        if names.iter().enumerate().any(|(i, n)| names[..i].contains(n)) {
-            strictly_valid = false;
-        }
         scopes.extend(method_scopes(method));
         if method == "tools/call" {
             // The last `params` (as a JSON parser that keeps the last duplicate reads it).
