@@ -23,14 +23,21 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             assert!(validator.is_err(), "Validator::from_json accepted what Config::from_json refused");
             assert!(!e.message().is_empty());
-            assert_no_secret(&parsed, &e.to_string(), "a configuration error");
+            assert_no_secret(&parsed, &e.to_string(), "a configuration error", |v| {
+                Config::from_json(&v.to_string()).err().map(|e| e.to_string())
+            });
         }
         Ok(config) => {
-            assert_no_secret(&parsed, &format!("{config:?}"), "Config's Debug");
+            assert_no_secret(&parsed, &format!("{config:?}"), "Config's Debug", |v| {
+                Config::from_json(&v.to_string()).ok().map(|c| format!("{c:?}"))
+            });
             let rebuilt = Validator::new(config.clone());
             assert_eq!(rebuilt.is_ok(), validator.is_ok(), "Validator::new and Validator::from_json disagree");
             match rebuilt {
-                Err(e) => assert_no_secret(&parsed, &e.to_string(), "a validator error"),
+                Err(e) => assert_no_secret(&parsed, &e.to_string(), "a validator error", |v| {
+                    let c = Config::from_json(&v.to_string()).ok()?;
+                    Validator::new(c).err().map(|e| e.to_string())
+                }),
                 Ok(v) => {
                     let doc: Value = serde_json::from_slice(v.metadata_document()).expect("the metadata is JSON");
                     assert_eq!(doc["resource"], Value::String(config.resource.clone()));
@@ -38,7 +45,9 @@ fuzz_target!(|data: &[u8]| {
                         config.authorization_servers.iter().map(|s| Value::String(s.clone())).collect();
                     assert_eq!(doc["authorization_servers"], Value::Array(servers));
                     for w in v.warnings() {
-                        assert_no_secret(&parsed, w, "a construction warning");
+                        assert_no_secret(&parsed, w, "a construction warning", |v| {
+                            Validator::from_json(&v.to_string()).ok().map(|v| v.warnings().join("\n"))
+                        });
                     }
                 }
             }

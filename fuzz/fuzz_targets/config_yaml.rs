@@ -38,10 +38,14 @@ fuzz_target!(|data: &[u8]| {
     assert!(found.config.is_object(), "the loader returned a config that is not an object");
     let config = Config::from_value(found.config.clone());
     match &config {
-        Err(e) => assert_no_secret(&found.config, &e.to_string(), "a configuration error"),
+        Err(e) => assert_no_secret(&found.config, &e.to_string(), "a configuration error", |v| {
+            Config::from_value(v.clone()).err().map(|e| e.to_string())
+        }),
         Ok(c) => {
             if let Err(e) = Validator::new(c.clone()) {
-                assert_no_secret(&found.config, &e.to_string(), "a validator error");
+                assert_no_secret(&found.config, &e.to_string(), "a validator error", |v| {
+                    Validator::new(Config::from_value(v.clone()).ok()?).err().map(|e| e.to_string())
+                });
             }
         }
     }
