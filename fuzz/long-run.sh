@@ -18,9 +18,9 @@ status() {
     t=$(basename "$log" .log)
     # libFuzzer progress lines: "#1234567	pulse  cov: … exec/s: 2345 rss: …"; the final
     # "Done N runs in S second(s)" when the run completed.
-    runs=$(grep -ao '^#[0-9]*' "$log" | tail -n1 | tr -d '#')
-    rate=$(grep -ao 'exec/s: [0-9]*' "$log" | tail -n1 | awk '{print $2}')
-    secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -n1)
+    runs=$(grep -ao '^#[0-9]*' "$log" | tail -n1 | tr -d '#' || true)
+    rate=$(grep -ao 'exec/s: [0-9]*' "$log" | tail -n1 | awk '{print $2}' || true)
+    secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -n1 || true)
     if grep -aq 'Test unit written to\|ERROR: AddressSanitizer\|panicked at' "$log"; then
       state="CRASH: $(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n1)"
     elif grep -aq '^Done [0-9]* runs' "$log"; then
