@@ -37,10 +37,39 @@ pub(crate) enum BodyProblem {
 /// One JSON-RPC message, as far as scopes care. A duplicated `method` member is an error.
 #[derive(Deserialize)]
 struct RpcMessage {
-    #[serde(default)]
-    method: Option<String>,
+    /// `None` only when the member is absent (a response): `"method": null` is a present
+    /// member that is not a string, refused like any other (`Option<String>` would read
+    /// `null` as absent and skip the message's method scopes).
+    #[serde(default, deserialize_with = "present")]
+    method: Option<Value>,
     #[serde(default)]
     params: Option<Value>,
+}
+
+/// A JSON-RPC message read only from a JSON object: a derived `Deserialize` also takes a
+/// struct from an array of its fields in order (`["tools/list"]`, or `[]` as a message
+/// without a method), which is not a JSON-RPC message.
+struct ObjectMessage(RpcMessage);
+
+impl<'de> Deserialize<'de> for ObjectMessage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = ObjectMessage;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON-RPC message (a JSON object)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ObjectMessage, A::Error> {
+                RpcMessage::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ObjectMessage)
+            }
+        }
+        d.deserialize_map(Object)
+    }
+}
+
+/// A member that is present, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 impl ScopePolicy {
@@ -84,15 +113,22 @@ impl ScopePolicy {
         if self.max_body > 0 && body.len() as u64 > self.max_body {
             return Err(BodyProblem::TooLarge);
         }
-        let first = body.iter().find(|b| !b.is_ascii_whitespace());
-        let messages: Vec<RpcMessage> = match first {
-            Some(b'[') => serde_json::from_slice(body).map_err(|_| BodyProblem::Unreadable)?,
-            Some(b'{') => vec![serde_json::from_slice(body).map_err(|_| BodyProblem::Unreadable)?],
+        // JSON text is UTF-8 (RFC 8259 §8.1). Checked on the whole body: serde_json skips the
+        // members it ignores without validating them, so a non-UTF-8 byte there would pass.
+        let body = std::str::from_utf8(body).map_err(|_| BodyProblem::Unreadable)?;
+        let first = body.bytes().find(|b| !b.is_ascii_whitespace());
+        let messages: Vec<ObjectMessage> = match first {
+            Some(b'[') => serde_json::from_str(body).map_err(|_| BodyProblem::Unreadable)?,
+            Some(b'{') => vec![serde_json::from_str(body).map_err(|_| BodyProblem::Unreadable)?],
             _ => return Err(BodyProblem::Unreadable),
         };
         let mut required = self.required.clone();
-        for m in &messages {
-            let Some(method) = &m.method else { continue };
+        for ObjectMessage(m) in &messages {
+            let method = match &m.method {
+                None => continue,
+                Some(Value::String(method)) => method,
+                Some(_) => return Err(BodyProblem::Unreadable),
+            };
             if let Some(s) = self.method_scopes.get(method) {
                 push_unique(&mut required, s);
             }
