@@ -309,6 +309,19 @@ local function transport_error(decoded, mode, opts)
   return nil
 end
 
+-- What the host adds to the core's verdict on a configuration, for check() and new() alike:
+-- what the transport cannot do (capture: forward proxies, HTTP/1.0, mutual TLS without its
+-- location, extra headers) and the cluster cache on Redis (refused when resty.redis cannot
+-- be loaded), each naming the field, never ignored. Returns the cluster cache (or nil), or
+-- nil and the error.
+local function host_checks(decoded, mode, opts)
+  local err = transport_error(decoded, mode, opts)
+  if err then
+    return nil, err
+  end
+  return cluster_cache.new(decoded)
+end
+
 --- Checks a configuration with the core exactly as new() builds it (config_json, then
 --- mcp_oauth2_validator_new), and what the transport new() would choose with these `opts`
 --- cannot do (the capture transport: forward proxies, http_version 1.0, a mutual-TLS
@@ -341,13 +354,7 @@ function _M.check(conf, opts)
     return nil, "mcp_oauth2_validator_new: " .. result_name(C, rc)
   end
   local _, mode = choose_http(opts.http, opts.location or "/_mcp_oauth2_as")
-  local decoded = cjson.decode(json)
-  err = transport_error(decoded, mode, opts)
-  if err then
-    return nil, err
-  end
-  -- cluster_cache_strategy: redis is honoured through resty.redis, never ignored.
-  local _, cerr = cluster_cache.new(decoded)
+  local _, cerr = host_checks(cjson.decode(json), mode, opts)
   if cerr then
     return nil, cerr
   end
@@ -485,15 +492,7 @@ function _M.new(conf, opts)
     return nil, mode
   end
   local decoded = cjson.decode(json)
-  -- What the transport cannot do (capture: forward proxies, HTTP/1.0, mutual TLS without
-  -- its location, extra headers): refused here, naming the field, never ignored.
-  err = transport_error(decoded, mode, opts)
-  if err then
-    return nil, err
-  end
-  -- The cluster cache on Redis (cluster_cache_strategy: redis): refused, never ignored,
-  -- when resty.redis cannot be loaded.
-  local cluster, cerr = cluster_cache.new(decoded)
+  local cluster, cerr = host_checks(decoded, mode, opts)
   if cerr then
     return nil, cerr
   end
